@@ -1,0 +1,126 @@
+"""The one in-memory type every reader returns and every writer takes."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field, replace
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+
+def affine_from_spacing(spacing: tuple[float, float, float]) -> np.ndarray:
+    """Return a 4x4 voxel-to-world affine for an axis-aligned grid.
+
+    Parameters
+    ----------
+    spacing : tuple of float
+        Voxel size in millimetres, in array order (z, y, x).
+
+    Returns
+    -------
+    numpy.ndarray
+        4x4 affine mapping (z, y, x, 1) voxel indices to world millimetres.
+    """
+    affine = np.eye(4)
+    affine[0, 0], affine[1, 1], affine[2, 2] = (float(s) for s in spacing)
+    return affine
+
+
+@dataclass
+class Volume:
+    """A 3D scan or label map with its geometry.
+
+    Attributes
+    ----------
+    array : numpy.ndarray
+        Voxel values, shape (z, y, x). Label maps are integer arrays.
+    spacing : tuple of float
+        Voxel size in millimetres, same axis order as ``array``.
+    affine : numpy.ndarray
+        4x4 matrix mapping array indices (z, y, x, 1) to world coordinates in millimetres.
+        Readers convert the file's own convention (NIfTI's RAS on (i, j, k) = (x, y, z) order,
+        NRRD's space directions, ITK's LPS) to this array order; writers convert back, so a
+        written file overlays its source in ITK-SNAP or 3D Slicer.
+    source : pathlib.Path or None
+        File the volume was read from.
+    metadata : dict
+        Anything a writer needs to reproduce the file (e.g. ``"nifti_affine"``, ``"nrrd_header"``),
+        plus free-form information.
+    is_label : bool
+        True for label maps (integer, non-negative).
+    """
+
+    array: np.ndarray
+    spacing: tuple[float, float, float] = (1.0, 1.0, 1.0)
+    affine: np.ndarray | None = None
+    source: Path | None = None
+    metadata: dict[str, Any] = field(default_factory=dict)
+    is_label: bool = False
+
+    def __post_init__(self) -> None:
+        self.spacing = tuple(float(s) for s in self.spacing)  # type: ignore[assignment]
+        if self.affine is None:
+            self.affine = affine_from_spacing(self.spacing)
+        self.affine = np.asarray(self.affine, dtype=float)
+        if self.source is not None:
+            self.source = Path(self.source)
+
+    @property
+    def shape(self) -> tuple[int, ...]:
+        """Shape of the voxel array (z, y, x)."""
+        return tuple(self.array.shape)
+
+    @property
+    def name(self) -> str:
+        """A short name: the source file name without its extension(s), or ``"volume"``."""
+        if self.source is None:
+            return str(self.metadata.get("name", "volume"))
+        name = self.source.name
+        for ext in (".nii.gz", ".nii", ".nrrd", ".nhdr", ".h5", ".hdf5", ".mha", ".mhd", ".tiff", ".tif"):
+            if name.lower().endswith(ext):
+                return name[: -len(ext)]
+        return name
+
+    @property
+    def translate(self) -> tuple[float, float, float]:
+        """World position of voxel (0, 0, 0), for napari's ``translate``."""
+        return tuple(float(t) for t in self.affine[:3, 3])  # type: ignore[return-value]
+
+    def with_array(self, array: np.ndarray, *, is_label: bool | None = None, **metadata: Any) -> Volume:
+        """Return a volume on the same grid holding another array (e.g. a segmentation of this scan)."""
+        if tuple(array.shape[-3:]) != self.shape[-3:]:
+            raise ValueError(f"array shape {array.shape} does not match volume shape {self.shape}")
+        meta = {**self.metadata, **metadata}
+        return replace(
+            self,
+            array=array,
+            metadata=meta,
+            is_label=self.is_label if is_label is None else is_label,
+            affine=self.affine.copy(),
+        )
+
+    def layer_kwargs(self) -> dict[str, Any]:
+        """Keyword arguments for a napari layer on this volume's grid (scale, affine, metadata)."""
+        rotation = self.affine[:3, :3] / np.asarray(self.spacing)[None, :]
+        kwargs: dict[str, Any] = {
+            "name": self.name,
+            "scale": self.spacing,
+            "translate": self.translate,
+            "metadata": {"sscce_volume": self.geometry(), **{k: v for k, v in self.metadata.items()}},
+        }
+        if not np.allclose(rotation, np.eye(3), atol=1e-6):
+            # non axis-aligned grids: let napari apply the rotation part
+            rot = np.eye(4)
+            rot[:3, :3] = rotation
+            kwargs["affine"] = rot
+        return kwargs
+
+    def geometry(self) -> dict[str, Any]:
+        """Geometry as plain Python values (JSON-able): shape, spacing, affine, source."""
+        return {
+            "shape": list(self.shape),
+            "spacing": list(self.spacing),
+            "affine": self.affine.tolist(),
+            "source": str(self.source) if self.source else None,
+        }
