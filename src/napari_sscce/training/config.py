@@ -1,0 +1,207 @@
+"""``TrainConfig``: every setting of a training run, saved as ``out/config.json`` and inside each checkpoint.
+
+Defaults follow the semi-supervised literature on LA (science.md): SGD lr 0.01, momentum 0.9, weight
+decay 1e-4, 6000 iterations, x0.1 at 2500 and 5000, batch 2 labeled + 2 unlabeled, patch 112x112x80
+(x, y, z), i.e. ``patch_size = (80, 112, 112)`` in our (z, y, x) order.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import json
+import os
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+from napari_sscce.atomic import atomic_write_json
+
+SCHEDULES = ("step", "poly", "constant")
+PRECISIONS = ("auto", "fp32", "bf16", "fp16")
+REFERENCE_ITERATIONS = 6000
+REFERENCE_MILESTONES = (2500, 5000)
+REFERENCE_RAMPUP_STEP = 150
+
+
+@dataclass
+class TrainConfig:
+    """Settings of one training run.
+
+    Attributes
+    ----------
+    data : str
+        Dataset folder (anything ``io.datasets.open_dataset`` reads).
+    split : str or None
+        A ``splits.json`` with ``"labeled"``, ``"unlabeled"`` and ``"val"`` lists of case names.
+        None: the dataset's own split (its ``splits.json``), or ``labeled`` below.
+    labeled : int or None
+        Use only the first N labeled cases as labeled; the remaining labeled cases (not in val)
+        become unlabeled (their labels are ignored). Applied after ``split``.
+    method : str
+        ``"cce"``, ``"supervised"`` or ``"ugmcl"`` (``napari_sscce.methods.METHODS``).
+    method_options : dict
+        Per-method switches and weights of every loss term (see each method's ``default_options``).
+    networks : list of str or None
+        Registry names of (net_a, net_b); None = the method's default.
+    patch_size : tuple of int
+        Training patch (z, y, x). The command line takes X Y Z like the papers.
+    labeled_bs, unlabeled_bs : int
+        Rows of each kind per batch (two-stream batches). ``unlabeled_bs = 0`` trains on labeled only.
+    iterations : int
+        Optimiser steps.
+    schedule : {"step", "poly", "constant"}
+        ``"step"``: lr x ``gamma`` at each milestone (default 2500 and 5000 scaled to ``iterations``);
+        ``"poly"``: lr x (1 - t / T) ^ ``poly_power``.
+    foreground_fraction : float
+        Fraction of labeled patches centred on a voxel of a random present foreground class.
+    augment_* : switches of the augmentations in ``training.augment``.
+    rampup_length, rampup_step : ramp-up ``sigmoid_rampup(t // rampup_step, rampup_length)``;
+        ``rampup_step = None`` scales 150 to the iteration budget (150 at 6000 iterations).
+    seed : int
+        Seeds Python, NumPy and torch, and the sampler.
+    device : str
+        ``"auto"`` (CUDA when present), ``"cpu"``, ``"cuda"``, ``"cuda:1"`` ...
+    precision : {"auto", "fp32", "bf16", "fp16"}
+        ``"auto"``: fp16 autocast with a GradScaler on CUDA (bf16 where supported), bf16 autocast +
+        channels_last_3d on CPUs that support bf16, else fp32.
+    out : str
+        Run folder (config.json, metrics.jsonl, best/last checkpoints, training state).
+    val_every : int
+        Validate (and write ``last``/``best``) every N iterations; 0 = only at the end.
+    val_max_cases : int or None
+        Validate on the first N val cases only (None = all).
+    num_workers : int
+        > 0: batches are prepared in a background thread (a queue of ``num_workers * 2`` batches).
+    normalization : str
+        ``preprocessing.normalize_intensity`` mode, recorded in the checkpoint for inference.
+    cache_mb : float
+        Bound of the in-memory cache of loaded (normalised) cases.
+    """
+
+    data: str = ""
+    split: str | None = None
+    labeled: int | None = None
+    method: str = "cce"
+    method_options: dict[str, Any] = field(default_factory=dict)
+    networks: list[str] | None = None
+    base_filters: int = 16
+    network_normalization: str = "batchnorm"
+    has_dropout: bool = True
+    patch_size: tuple[int, int, int] = (80, 112, 112)
+    labeled_bs: int = 2
+    unlabeled_bs: int = 2
+    iterations: int = REFERENCE_ITERATIONS
+    lr: float = 0.01
+    momentum: float = 0.9
+    weight_decay: float = 1e-4
+    nesterov: bool = False
+    schedule: str = "step"
+    milestones: list[int] | None = None
+    gamma: float = 0.1
+    poly_power: float = 0.9
+    foreground_fraction: float = 1.0 / 3.0
+    augment_flip: bool = True
+    augment_rot90: bool = True
+    augment_intensity: bool = False
+    intensity_scale: float = 0.1
+    intensity_shift: float = 0.1
+    augment_noise: bool = False
+    noise_std: float = 0.05
+    rampup_length: float = 40.0
+    rampup_step: int | None = None
+    seed: int = 0
+    deterministic: bool = True
+    device: str = "auto"
+    precision: str = "auto"
+    out: str = "runs/train"
+    val_every: int = 200
+    val_max_cases: int | None = None
+    val_overlap: float = 0.5
+    num_workers: int = 0
+    normalization: str = "percentile_zscore"
+    cache_mb: float = 2048.0
+    num_classes: int | None = None
+    class_names: list[str] | None = None
+    init_checkpoint: str | None = None
+
+    def __post_init__(self) -> None:
+        self.patch_size = tuple(int(v) for v in self.patch_size)  # type: ignore[assignment]
+        if len(self.patch_size) != 3 or min(self.patch_size) < 1:
+            raise ValueError(f"patch_size must be three positive integers (z, y, x), got {self.patch_size}")
+        if self.schedule not in SCHEDULES:
+            raise ValueError(f"unknown schedule {self.schedule!r}; choose one of {', '.join(SCHEDULES)}")
+        if self.precision not in PRECISIONS:
+            raise ValueError(f"unknown precision {self.precision!r}; choose one of {', '.join(PRECISIONS)}")
+        if self.labeled_bs < 1 or self.unlabeled_bs < 0:
+            raise ValueError(
+                f"need labeled_bs >= 1 and unlabeled_bs >= 0, got {self.labeled_bs}, {self.unlabeled_bs}"
+            )
+        if self.iterations < 1:
+            raise ValueError(f"iterations must be >= 1, got {self.iterations}")
+        if self.networks is not None:
+            self.networks = list(self.networks)
+            if len(self.networks) != 2:
+                raise ValueError(f"networks must name two networks, got {self.networks}")
+        if self.milestones is not None:
+            self.milestones = [int(m) for m in self.milestones]
+
+    # ------------------------------------------------------------------ derived values
+    def resolved_milestones(self) -> list[int]:
+        """Step-schedule milestones: given ones, or 2500 and 5000 scaled from 6000 to ``iterations``."""
+        if self.milestones is not None:
+            return list(self.milestones)
+        return [max(1, round(m * self.iterations / REFERENCE_ITERATIONS)) for m in REFERENCE_MILESTONES]
+
+    def resolved_rampup_step(self) -> int:
+        """Iterations per ramp-up unit: given, or 150 scaled from 6000 to ``iterations`` (at least 1)."""
+        if self.rampup_step is not None:
+            return max(1, int(self.rampup_step))
+        return max(1, round(REFERENCE_RAMPUP_STEP * self.iterations / REFERENCE_ITERATIONS))
+
+    @property
+    def batch_size(self) -> int:
+        """Rows per batch (labeled + unlabeled)."""
+        return self.labeled_bs + self.unlabeled_bs
+
+    # ------------------------------------------------------------------ (de)serialisation
+    def to_dict(self) -> dict[str, Any]:
+        """A JSON-ready dict of every field."""
+        out = dataclasses.asdict(self)
+        out["patch_size"] = list(self.patch_size)
+        return out
+
+    @classmethod
+    def from_dict(cls, data: dict[str, Any]) -> TrainConfig:
+        """Build from :meth:`to_dict` output; unknown keys raise a ``ValueError`` naming them."""
+        names = {f.name for f in dataclasses.fields(cls)}
+        unknown = sorted(set(data) - names)
+        if unknown:
+            raise ValueError(f"unknown TrainConfig field(s): {', '.join(unknown)}")
+        return cls(**data)
+
+    def replace(self, **changes: Any) -> TrainConfig:
+        """A copy with ``changes`` applied."""
+        return dataclasses.replace(self, **changes)
+
+    def save(self, path: str | os.PathLike) -> Path:
+        """Write the config as JSON (atomically); returns the path."""
+        path = Path(path)
+        atomic_write_json(path, self.to_dict())
+        return path
+
+    @classmethod
+    def load(cls, path: str | os.PathLike) -> TrainConfig:
+        """Read a config written by :meth:`save`."""
+        path = Path(path)
+        try:
+            data = json.loads(path.read_text())
+        except FileNotFoundError:
+            raise FileNotFoundError(f"{path}: training config not found") from None
+        except json.JSONDecodeError as exc:
+            raise ValueError(f"{path}: not valid JSON ({exc})") from None
+        if not isinstance(data, dict):
+            raise ValueError(f"{path}: expected a JSON object of TrainConfig fields")
+        try:
+            return cls.from_dict(data)
+        except (TypeError, ValueError) as exc:
+            raise ValueError(f"{path}: {exc}") from None
