@@ -1,0 +1,229 @@
+"""One low-level reader per file format, each returning a :class:`RawVolume` in (z, y, x) order.
+
+Used by :func:`napari_sscce.io.readers.read_volume`, which adds channel selection, label
+casting and uniform error messages. Library exceptions propagate from here on purpose.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+from napari_sscce.io import geometry
+from napari_sscce.io.errors import VolumeError
+from napari_sscce.io.validate import ensure_3d
+
+#: voxel size of the LA 2018 h5 files (not stored in them), in mm
+LA_SPACING = 0.625
+#: ImageJ / TIFF length units -> millimetres
+_UNIT_TO_MM = {"mm": 1.0, "millimeter": 1.0, "cm": 10.0, "m": 1000.0, "micron": 1e-3, "um": 1e-3,
+               "\u00b5m": 1e-3, "\\u00b5m": 1e-3, "nm": 1e-6}
+
+
+@dataclass
+class RawVolume:
+    """What a format reader returns: array with spatial axes (z, y, x) (maybe plus a channel axis),
+    the :class:`Volume` affine, writer metadata, and which axis holds channels (None: guess)."""
+
+    array: np.ndarray
+    affine: np.ndarray
+    metadata: dict[str, Any] = field(default_factory=dict)
+    channel_axis: int | None = None
+
+
+def read_nifti(path: Path) -> RawVolume:
+    """NIfTI: data (x, y, z[, c]) on RAS+ -> (z, y, x[, c]); keeps the file's affine and codes."""
+    import nibabel as nib
+
+    img = nib.load(str(path))
+    data = np.asarray(img.dataobj)  # applies scl_slope / scl_inter
+    if data.ndim < 3:
+        ensure_3d(data.T, path)
+    order = (2, 1, 0, *range(3, data.ndim))
+    array = np.ascontiguousarray(data.transpose(order))
+    header = img.header
+    affine_ras = np.asarray(img.affine, dtype=float)
+    metadata = {
+        "nifti_affine": affine_ras.tolist(),
+        "nifti_qform_code": int(header["qform_code"]),
+        "nifti_sform_code": int(header["sform_code"]),
+        "nifti_xyzt_units": list(header.get_xyzt_units()),
+        "source_dtype": str(data.dtype),
+    }
+    return RawVolume(array, geometry.ras_xyz_to_volume(affine_ras), metadata, channel_axis=3)
+
+
+def read_nrrd(path: Path) -> RawVolume:
+    """NRRD: space directions -> affine (converted from the file's named space to RAS), space origin."""
+    import nrrd
+
+    data, header = nrrd.read(str(path), index_order="C")  # array axes reversed from header order
+    ndim = data.ndim
+    directions = header.get("space directions")
+    if directions is not None:
+        directions = np.asarray(directions, dtype=float)
+        spatial = [i for i in range(ndim) if np.all(np.isfinite(directions[i]))]
+    else:
+        spatial = list(range(ndim))
+    if ndim < 3 or len(spatial) < 3:
+        ensure_3d(data, path)
+    nonspatial = [i for i in range(ndim) if i not in spatial]
+    channel_axis = (ndim - 1 - nonspatial[0]) if nonspatial else None
+    spatial = spatial[:3]
+    affine_space = np.eye(4)
+    if directions is not None:
+        affine_space[: directions.shape[1], :3] = directions[spatial].T
+    else:
+        spacings = np.asarray(header.get("spacings", [1.0] * ndim), dtype=float)
+        spacings = np.where(np.isfinite(spacings), spacings, 1.0)
+        affine_space[:3, :3] = np.diag(spacings[spatial])
+    origin = header.get("space origin")
+    if origin is not None:
+        affine_space[: len(origin), 3] = np.asarray(origin, dtype=float)
+    space = geometry.canonical_space(header.get("space"))
+    affine_ras = geometry.space_to_ras(space) @ affine_space
+    metadata = {"nrrd_space": space, "source_dtype": str(data.dtype)}
+    affine = geometry.ras_xyz_to_volume(affine_ras)
+    return RawVolume(np.ascontiguousarray(data), affine, metadata, channel_axis)
+
+
+def describe_h5(path: Path) -> str:
+    """A one-line listing of an HDF5 file's datasets with their shapes and dtypes."""
+    import h5py
+
+    items: list[str] = []
+    with h5py.File(path, "r") as f:
+        f.visititems(lambda name, obj: items.append(f"'{name}' {obj.shape} {obj.dtype}")
+                     if isinstance(obj, h5py.Dataset) else None)
+    return ", ".join(items) if items else "no datasets"
+
+
+def h5_has_dataset(path: Path, key: str) -> bool:
+    """True when the HDF5 file has a dataset ``key`` (False for unreadable files)."""
+    import h5py
+
+    try:
+        with h5py.File(path, "r") as f:
+            return isinstance(f.get(key), h5py.Dataset)
+    except OSError:
+        return False
+
+
+def read_h5(path: Path, key: str = "image") -> RawVolume:
+    """LA layout: dataset ``key`` stored (x, y, z); spacing from a ``spacing`` attribute of the dataset
+    or the file (in the stored (x, y, z) order), else 0.625 mm isotropic as in the LA 2018 set."""
+    import h5py
+
+    with h5py.File(path, "r") as f:
+        dataset = f.get(key)
+        if not isinstance(dataset, h5py.Dataset):
+            listing = describe_h5(path)
+            raise VolumeError(
+                path,
+                f"has no '{key}' dataset (it holds: {listing}); napari-sscce reads HDF5 files in the "
+                f"LA layout with an 'image' dataset (and a 'label' dataset) stored (x, y, z)",
+            )
+        data = dataset[()]
+        spacing_attr = dataset.attrs.get("spacing", f.attrs.get("spacing"))
+    if data.ndim < 3:
+        ensure_3d(data, path)
+    channel_axis = None
+    if data.ndim == 4:  # stored (x, y, z) plus a channel axis: pick it before reordering
+        channel_axis = int(np.argmin(data.shape))
+    spacing_xyz = np.full(3, LA_SPACING) if spacing_attr is None else np.asarray(spacing_attr, float).ravel()
+    if spacing_xyz.size == 1:
+        spacing_xyz = np.repeat(spacing_xyz, 3)
+    if data.ndim == 3:
+        data = data.transpose(2, 1, 0)
+    elif data.ndim == 4:
+        spatial = [i for i in range(4) if i != channel_axis]
+        data = data.transpose(spatial[2], spatial[1], spatial[0], channel_axis)
+        channel_axis = 3
+    affine_ras = np.diag([*spacing_xyz[:3], 1.0])
+    metadata = {"h5_dataset": key, "source_dtype": str(data.dtype)}
+    affine = geometry.ras_xyz_to_volume(affine_ras)
+    return RawVolume(np.ascontiguousarray(data), affine, metadata, channel_axis)
+
+
+def read_itk(path: Path, dicom: bool = False) -> RawVolume:
+    """MetaImage or DICOM via SimpleITK; ITK's (x, y, z) on LPS+ -> (z, y, x) on RAS (reversed)."""
+    import SimpleITK as sitk
+
+    metadata: dict[str, Any] = {}
+    if dicom:
+        files, series_id, n_series = _dicom_series_files(path)
+        reader = sitk.ImageSeriesReader()
+        reader.SetFileNames(files)
+        image = reader.Execute()
+        metadata.update(dicom_series_id=series_id, dicom_series_count=n_series, dicom_files=len(files))
+    else:
+        image = sitk.ReadImage(str(path))
+    array = sitk.GetArrayFromImage(image)  # (z, y, x[, components]) or (t, z, y, x)
+    dim = image.GetDimension()
+    if dim < 3:
+        ensure_3d(array, path, channel_axis=-1 if image.GetNumberOfComponentsPerPixel() > 1 else None)
+    channel_axis = -1 if image.GetNumberOfComponentsPerPixel() > 1 else (0 if dim == 4 else None)
+    direction = np.asarray(image.GetDirection(), dtype=float).reshape(dim, dim)[:3, :3]
+    affine_lps = geometry.itk_affine(image.GetSpacing()[:3], image.GetOrigin()[:3], direction)
+    metadata["source_dtype"] = str(array.dtype)
+    return RawVolume(array, geometry.lps_xyz_to_volume(affine_lps), metadata, channel_axis)
+
+
+def _dicom_series_files(path: Path) -> tuple[list[str], str, int]:
+    """File names of the DICOM series in a folder (the largest one), or of the series holding a file."""
+    import SimpleITK as sitk
+
+    folder = path if path.is_dir() else path.parent
+    reader = sitk.ImageSeriesReader()
+    ids = list(reader.GetGDCMSeriesIDs(str(folder)))
+    if not ids:
+        raise VolumeError(path, "holds no DICOM series (and is not a file napari-sscce reads)")
+    series = {sid: list(reader.GetGDCMSeriesFileNames(str(folder), sid)) for sid in ids}
+    if path.is_dir():
+        chosen = max(series, key=lambda sid: len(series[sid]))
+    else:
+        chosen = next((sid for sid, names in series.items() if any(Path(n).name == path.name for n in names)),
+                      ids[0])
+    return series[chosen], chosen, len(ids)
+
+
+def read_tiff(path: Path) -> RawVolume:
+    """3D TIFF: (z, y, x) stack; z spacing from ImageJ ``spacing``, y/x from the resolution tags."""
+    import tifffile
+
+    with tifffile.TiffFile(str(path)) as tif:
+        series = tif.series[0]
+        axes = series.axes.upper()
+        data = series.asarray()
+        imagej = tif.imagej_metadata or {}
+        page = tif.pages[0]
+        res = [_resolution(page.tags.get(name)) for name in ("YResolution", "XResolution")]
+        unit_tag = page.tags.get("ResolutionUnit")
+        res_unit = int(unit_tag.value) if unit_tag is not None else 1
+    channel_axis = next((axes.index(c) for c in "CS" if c in axes), None)
+    if data.ndim - (channel_axis is not None) < 3:
+        ensure_3d(data if channel_axis is None else np.take(data, 0, axis=channel_axis), path)
+    unit = str(imagej.get("unit", "")).strip().lower()
+    if unit:
+        to_mm = _UNIT_TO_MM.get(unit, 1.0)
+    else:
+        to_mm = {2: 25.4, 3: 10.0}.get(res_unit, 1.0)  # inch, centimetre; none: treat as mm
+    yx = [to_mm / r if r and r > 0 else 1.0 for r in res]
+    if not imagej and res_unit == 1 and all(r in (None, 1.0) for r in res):
+        yx = [1.0, 1.0]
+    z = float(imagej.get("spacing", 1.0)) * (to_mm if unit else 1.0)
+    affine = np.diag([z, yx[0], yx[1], 1.0])
+    metadata = {"tiff_axes": axes, "tiff_unit": unit or None, "source_dtype": str(data.dtype)}
+    return RawVolume(np.ascontiguousarray(data), affine, metadata, channel_axis)
+
+
+def _resolution(tag) -> float | None:
+    if tag is None:
+        return None
+    value = tag.value
+    if isinstance(value, tuple) and len(value) == 2:
+        return value[0] / value[1] if value[1] else None
+    return float(value)

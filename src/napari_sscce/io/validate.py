@@ -1,0 +1,185 @@
+"""Checks on volumes and label maps, with messages that name the file and say what to do.
+
+Readers call :func:`ensure_3d` and :func:`as_label_array` on everything they read; training,
+inference and :meth:`VolumeDataset.load_case` call :func:`check_image`, :func:`check_labels`
+and :func:`check_pair` before using a volume.
+"""
+
+from __future__ import annotations
+
+import os
+
+import numpy as np
+
+from napari_sscce.io.errors import VolumeError
+from napari_sscce.io.volume import Volume
+
+#: relative tolerance when comparing the spacing of an image and its label map
+SPACING_RTOL = 1e-3
+
+
+def ensure_3d(
+    array: np.ndarray,
+    path: str | os.PathLike | None,
+    *,
+    channel: int | None = None,
+    channel_axis: int | None = None,
+) -> np.ndarray:
+    """Return a 3D view of ``array``, picking one channel of a 4D volume.
+
+    Parameters
+    ----------
+    array : numpy.ndarray
+        Array as read, spatial axes (z, y, x) already in that order.
+    path : path-like or None
+        File it came from (for messages).
+    channel : int, optional
+        Channel (or time point) to keep when the volume is 4D.
+    channel_axis : int, optional
+        Which axis holds the channels; defaults to the shortest axis.
+
+    Raises
+    ------
+    VolumeError
+        2D images, 4D volumes without ``channel``, out-of-range channels, 5D and more.
+    """
+    arr = np.asarray(array)
+    if arr.ndim > 3:  # drop singleton axes such as NIfTI's (x, y, z, 1)
+        keep = [i for i, n in enumerate(arr.shape) if n != 1]
+        if len(keep) >= 3:
+            arr = arr.reshape([arr.shape[i] for i in keep])
+    if arr.ndim == 4:
+        axis = int(np.argmin(arr.shape)) if channel_axis is None else channel_axis % 4
+        n = arr.shape[axis]
+        if channel is None:
+            raise VolumeError(
+                path,
+                f"is a 4D volume (shape {arr.shape}) with {n} channels or time points on axis {axis}; "
+                f"pick one channel, e.g. `sscce predict ... --channel N` or "
+                f"`read_volume(path, channel=N)` with N in 0..{n - 1}",
+            )
+        if not -n <= channel < n:
+            raise VolumeError(path, f"has {n} channels (axis {axis}); channel {channel} does not exist")
+        arr = np.take(arr, channel, axis=axis)
+    elif channel not in (None, 0):
+        raise VolumeError(path, f"has a single channel (shape {arr.shape}); channel {channel} does not exist")
+    if arr.ndim < 3 or min(arr.shape) == 1:
+        raise VolumeError(
+            path, f"is 2D (shape {arr.shape}); napari-sscce segments 3D volumes (z, y, x) only"
+        )
+    if arr.ndim > 3:
+        raise VolumeError(path, f"has {arr.ndim} dimensions (shape {arr.shape}); expected a 3D volume")
+    return arr
+
+
+def smallest_label_dtype(max_value: int) -> np.dtype:
+    """uint8 when labels fit, else uint16, else uint32."""
+    for dtype in (np.uint8, np.uint16, np.uint32):
+        if max_value <= np.iinfo(dtype).max:
+            return np.dtype(dtype)
+    return np.dtype(np.int64)
+
+
+def as_label_array(array: np.ndarray, path: str | os.PathLike | None) -> np.ndarray:
+    """Return ``array`` as an unsigned integer label map.
+
+    Float files whose values are all integers (some hippocampus label files are float32) are cast.
+
+    Raises
+    ------
+    VolumeError
+        Non-integer, NaN / Inf or negative values.
+    """
+    arr = np.asarray(array)
+    if arr.dtype == bool:
+        return arr.astype(np.uint8)
+    if not np.issubdtype(arr.dtype, np.integer):
+        if not np.issubdtype(arr.dtype, np.floating):
+            raise VolumeError(path, f"holds {arr.dtype} values; a label map needs integer class indices")
+        finite = np.isfinite(arr)
+        if not finite.all():
+            raise VolumeError(path, f"is a label map with {int((~finite).sum())} NaN/Inf voxels")
+        frac = arr != np.round(arr)
+        if frac.any():
+            example = float(arr[frac].flat[0])
+            raise VolumeError(
+                path,
+                f"is not an integer label map: {int(frac.sum())} voxels have fractional values "
+                f"(e.g. {example:g}); is this an image rather than labels?",
+            )
+    if arr.size == 0:
+        raise VolumeError(path, "is empty")
+    lo, hi = arr.min(), arr.max()
+    if lo < 0:
+        raise VolumeError(path, f"has negative labels (min {lo:g}); class indices must be 0, 1, 2, ...")
+    return arr.astype(smallest_label_dtype(int(hi)), copy=False)
+
+
+def check_image(volume: Volume) -> Volume:
+    """Check that a scan is 3D, not empty and free of NaN / Inf voxels; return it unchanged.
+
+    Raises
+    ------
+    VolumeError
+        With the volume's source file in the message.
+    """
+    ensure_3d(volume.array, volume.source)
+    arr = volume.array
+    if not (np.issubdtype(arr.dtype, np.number) or arr.dtype == bool):
+        raise VolumeError(volume.source, f"holds {arr.dtype} values; expected numbers")
+    if np.issubdtype(arr.dtype, np.floating):
+        bad = ~np.isfinite(arr)
+        if bad.any():
+            n_nan = int(np.isnan(arr).sum())
+            raise VolumeError(
+                volume.source,
+                f"has {n_nan} NaN and {int(bad.sum()) - n_nan} Inf voxels; "
+                f"replace them (e.g. numpy.nan_to_num) before segmenting",
+            )
+    return volume
+
+
+def check_labels(volume: Volume, num_classes: int | None = None) -> Volume:
+    """Check that a label map is 3D, integer and non-negative, with labels below ``num_classes``.
+
+    Returns
+    -------
+    Volume
+        The same volume (its array cast to an unsigned dtype when it held integer-valued floats).
+    """
+    ensure_3d(volume.array, volume.source)
+    volume.array = as_label_array(volume.array, volume.source)
+    if num_classes is not None:
+        top = int(volume.array.max())
+        if top >= num_classes:
+            found = np.unique(volume.array)
+            raise VolumeError(
+                volume.source,
+                f"has label {top} but the model has {num_classes} classes (0..{num_classes - 1}); "
+                f"labels found: {found[:20].tolist()}",
+            )
+    return volume
+
+
+def check_pair(image: Volume, label: Volume) -> None:
+    """Check that a label map lies on its image's grid (same shape and spacing).
+
+    Raises
+    ------
+    VolumeError
+        Naming the label file and both shapes or spacings.
+    """
+    where = label.source or image.source
+    if image.shape != label.shape:
+        raise VolumeError(
+            where,
+            f"label shape {label.shape} does not match image shape {image.shape}"
+            + (f" ({image.source})" if image.source else ""),
+        )
+    if not np.allclose(image.spacing, label.spacing, rtol=SPACING_RTOL, atol=1e-6):
+        raise VolumeError(
+            where,
+            f"label spacing {tuple(round(s, 4) for s in label.spacing)} mm does not match image spacing "
+            f"{tuple(round(s, 4) for s in image.spacing)} mm"
+            + (f" ({image.source})" if image.source else ""),
+        )
