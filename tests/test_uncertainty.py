@@ -8,7 +8,16 @@ import numpy as np
 import pytest
 import torch
 
-from napari_sscce.uncertainty import entropy, entropy_torch, kl_divergence, kl_divergence_torch
+from napari_sscce.uncertainty import (
+    adaptive_threshold,
+    entropy,
+    entropy_torch,
+    kl_divergence,
+    kl_divergence_torch,
+    label_regions,
+    rank_regions,
+    volume_score,
+)
 
 
 def _random_prob(rng: np.random.Generator, shape: tuple[int, ...]) -> np.ndarray:
@@ -75,3 +84,85 @@ def test_torch_twins_match_numpy(rng: np.random.Generator) -> None:
     assert torch.allclose(kl_divergence_torch(tp_b, tq.unsqueeze(0), dim=1)[0], kl_divergence_torch(tp, tq))
     assert torch.equal(tp_b, before)
     assert entropy_torch(tp.half()).dtype == torch.float32
+
+
+def _ball(shape: tuple[int, int, int], center: tuple[int, int, int], radius: float) -> np.ndarray:
+    zz, yy, xx = np.indices(shape)
+    return (zz - center[0]) ** 2 + (yy - center[1]) ** 2 + (xx - center[2]) ** 2 <= radius**2
+
+
+def _planted(rng: np.random.Generator) -> tuple[np.ndarray, np.ndarray, np.ndarray, np.ndarray, np.ndarray]:
+    """Low background noise, a big moderately uncertain blob in entropy, a small very uncertain one in KL."""
+    shape = (24, 32, 32)
+    h = rng.uniform(0.0, 0.2, shape).astype(np.float32)
+    k = rng.uniform(0.0, 0.2, shape).astype(np.float32)
+    big = _ball(shape, (12, 10, 10), 4.0)
+    small = _ball(shape, (8, 24, 22), 2.0)
+    h[big] = 0.8
+    k[small] = 0.95
+    labels = np.zeros(shape, np.uint8)
+    labels[6:18, 6:28, 6:28] = 1
+    labels[4:12, 20:30, 18:28] = 2
+    return h, k, labels, big, small
+
+
+def test_rank_regions_finds_planted_blobs_in_order(rng: np.random.Generator) -> None:
+    h, k, labels, big, small = _planted(rng)
+    spacing = (2.0, 0.5, 0.5)
+    regions = rank_regions(h, k, labels, spacing=spacing, min_size=5)
+    assert len(regions) == 2
+    first, second = regions
+    assert [r.id for r in regions] == [1, 2]
+    # big blob: 0.8 * log(1 + 257) > small blob: 0.95 * log(1 + 33)
+    assert first.size_voxels == int(big.sum()) and second.size_voxels == int(small.sum())
+    assert np.allclose(first.centroid, (12, 10, 10), atol=1e-6)
+    assert np.allclose(second.centroid, (8, 24, 22), atol=1e-6)
+    assert first.volume_mm3 == pytest.approx(big.sum() * 0.5)
+    assert first.mean_entropy == pytest.approx(0.8) and first.mean_kl < 0.2
+    assert second.mean_kl == pytest.approx(0.95) and second.mean_uncertainty == pytest.approx(0.95)
+    assert first.score == pytest.approx(0.8 * math.log1p(big.sum()), rel=1e-5)
+    assert first.score > second.score
+    assert first.bbox == (8, 6, 6, 17, 15, 15)
+    # the big blob reaches the edge of class 1 (y = 6), so its neighbourhood touches background too
+    assert first.classes == (0, 1) and second.classes == (2,)
+    assert first.to_dict()["size_voxels"] == first.size_voxels
+
+
+def test_label_regions_image_and_filters(rng: np.random.Generator) -> None:
+    h, k, labels, big, small = _planted(rng)
+    image, regions = label_regions(h, k, labels, min_size=5)
+    assert image.dtype == np.int32
+    assert np.array_equal(image == 1, big) and np.array_equal(image == 2, small)
+    # min_size drops the small blob; max_regions keeps the best one; a high threshold keeps nothing
+    kept = rank_regions(h, k, labels, min_size=int(small.sum()) + 1)
+    assert [r.size_voxels for r in kept] == [int(big.sum())]
+    assert len(rank_regions(h, k, labels, min_size=5, max_regions=1)) == 1
+    assert rank_regions(h, k, labels, threshold=0.99) == []
+    # entropy only: just the big blob
+    only_h = rank_regions(h, None, labels, min_size=5)
+    assert len(only_h) == 1 and only_h[0].mean_kl == 0.0
+
+
+def test_adaptive_threshold_floor_and_percentile(rng: np.random.Generator) -> None:
+    u = rng.uniform(0, 0.3, (10, 10, 10)).astype(np.float32)
+    assert adaptive_threshold(u) == 0.5  # a confident volume: the floor applies
+    u2 = rng.uniform(0.4, 1.0, (10, 10, 10)).astype(np.float32)
+    assert adaptive_threshold(u2) == pytest.approx(float(np.percentile(u2, 95)))
+
+
+def test_volume_score_ranks_more_uncertain_volume_higher(rng: np.random.Generator) -> None:
+    h, k, labels, _, _ = _planted(rng)
+    calm_h, calm_k = h * 0.5, k * 0.5
+    assert volume_score(h, k, labels) > volume_score(calm_h, calm_k, labels)
+    # background far from the structure does not dilute the score
+    big_h = np.zeros((60, 60, 60), np.float32)
+    big_l = np.zeros_like(big_h, dtype=np.uint8)
+    big_l[5:10, 5:10, 5:10] = 1
+    big_h[2:13, 2:13, 2:13] = 0.6  # the structure and its 3-voxel band
+    assert volume_score(big_h, None, big_l) == pytest.approx(0.6)
+    assert volume_score(big_h) < 0.01
+    # without foreground: the whole-volume mean
+    whole_mean = float(np.maximum(h, k).mean())
+    assert volume_score(h, k, np.zeros_like(labels)) == pytest.approx(whole_mean, rel=1e-5)
+    with pytest.raises(ValueError, match="shape"):
+        volume_score(h, k, labels[:-1])

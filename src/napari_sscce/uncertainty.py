@@ -15,15 +15,25 @@ gives one active-learning score per volume.
 from __future__ import annotations
 
 import math
+from dataclasses import asdict, dataclass, field
+from typing import Any
 
 import numpy as np
 import torch
+from scipy import ndimage
 
 __all__ = [
     "entropy",
     "entropy_torch",
     "kl_divergence",
     "kl_divergence_torch",
+    "Region",
+    "adaptive_threshold",
+    "combined_uncertainty",
+    "dilated_foreground",
+    "label_regions",
+    "rank_regions",
+    "volume_score",
 ]
 
 EPS = 1e-8
@@ -194,3 +204,276 @@ def kl_divergence_torch(
     if normalize:
         kl = kl.neg_().exp_().neg_().add_(1.0)
     return kl
+
+
+# ----------------------------------------------------------------------------------------------- regions
+DEFAULT_MIN_THRESHOLD = 0.5
+DEFAULT_PERCENTILE = 95.0
+FOREGROUND_MARGIN = 3
+
+
+def combined_uncertainty(entropy_map: np.ndarray, kl_map: np.ndarray | None = None) -> np.ndarray:
+    """Voxel uncertainty ``u = max(entropy, kl)`` of two [0, 1] maps (just the entropy when kl is None).
+
+    The maximum keeps both kinds of doubt: an ambiguous mean prediction (entropy) and a confident
+    disagreement between the two networks (KL), which the mean alone can hide.
+    """
+    h = np.asarray(entropy_map, dtype=np.float32)
+    if kl_map is None:
+        return h
+    k = np.asarray(kl_map, dtype=np.float32)
+    if k.shape != h.shape:
+        raise ValueError(f"entropy map shape {h.shape} differs from KL map shape {k.shape}")
+    return np.maximum(h, k)
+
+
+def dilated_foreground(labels: np.ndarray, margin: int = FOREGROUND_MARGIN) -> np.ndarray:
+    """Boolean mask of ``labels > 0`` grown by ``margin`` voxels (26-connectivity), within its bounding box.
+
+    Parameters
+    ----------
+    labels : ndarray
+        Label map (0 = background).
+    margin : int
+        Number of dilation steps.
+
+    Returns
+    -------
+    ndarray
+        bool, same shape; all False when there is no foreground.
+    """
+    fg = np.asarray(labels) > 0
+    out = np.zeros(fg.shape, dtype=bool)
+    if not fg.any() or margin <= 0:
+        return fg
+    coords = np.nonzero(fg)
+    box = tuple(
+        slice(max(int(c.min()) - margin, 0), min(int(c.max()) + margin + 1, n))
+        for c, n in zip(coords, fg.shape, strict=True)
+    )
+    structure = np.ones((3,) * fg.ndim, dtype=bool)
+    out[box] = ndimage.binary_dilation(fg[box], structure=structure, iterations=margin)
+    return out
+
+
+def adaptive_threshold(u: np.ndarray, labels: np.ndarray | None = None) -> float:
+    """Default region threshold: ``max(0.5, 95th percentile of u inside the dilated foreground)``.
+
+    The percentile adapts to how confident the model is on this volume, so only its ~5 % most uncertain
+    voxels near the structure form regions; the floor 0.5 keeps a confident volume from producing regions
+    out of noise. Without labels or foreground the percentile is taken over the whole volume.
+    """
+    region = dilated_foreground(labels) if labels is not None else None
+    values = u[region] if region is not None and region.any() else u.ravel()
+    if values.size == 0:
+        return DEFAULT_MIN_THRESHOLD
+    return float(max(DEFAULT_MIN_THRESHOLD, np.percentile(values, DEFAULT_PERCENTILE)))
+
+
+@dataclass
+class Region:
+    """One connected region of high uncertainty.
+
+    Attributes
+    ----------
+    id : int
+        Rank (1 = look here first); also the region's value in :func:`label_regions`' label image.
+    centroid : tuple of float
+        Centre (z, y, x) in voxels.
+    bbox : tuple of int
+        ``(z0, y0, x0, z1, y1, x1)``, stops exclusive.
+    size_voxels : int
+        Number of voxels.
+    volume_mm3 : float
+        ``size_voxels * prod(spacing)``.
+    mean_entropy, mean_kl, mean_uncertainty : float
+        Mean of each map over the region (``mean_kl`` is 0 without a KL map).
+    classes : tuple of int
+        Label values inside the region or touching it (26-neighbourhood), background 0 included.
+    score : float
+        ``mean_uncertainty * log(1 + size_voxels)``: uncertain *and* large regions first, with a
+        logarithm so a huge faint region does not always beat a small very uncertain one.
+    """
+
+    id: int
+    centroid: tuple[float, float, float]
+    bbox: tuple[int, ...]
+    size_voxels: int
+    volume_mm3: float
+    mean_entropy: float
+    mean_kl: float
+    mean_uncertainty: float
+    classes: tuple[int, ...] = field(default_factory=tuple)
+    score: float = 0.0
+
+    def to_dict(self) -> dict[str, Any]:
+        """Plain JSON-able values."""
+        return asdict(self)
+
+
+def label_regions(
+    entropy_map: np.ndarray,
+    kl_map: np.ndarray | None,
+    labels: np.ndarray | None = None,
+    spacing: tuple[float, ...] = (1.0, 1.0, 1.0),
+    threshold: float | None = None,
+    min_size: int = 10,
+    max_regions: int | None = None,
+) -> tuple[np.ndarray, list[Region]]:
+    """Like :func:`rank_regions`, also returning a label image of the kept regions (value = rank id).
+
+    Returns
+    -------
+    label_image : ndarray
+        int32, 0 outside the regions, ``region.id`` inside.
+    regions : list of Region
+        Sorted by score, descending.
+    """
+    u = combined_uncertainty(entropy_map, kl_map)
+    h = np.asarray(entropy_map, dtype=np.float32)
+    k = None if kl_map is None else np.asarray(kl_map, dtype=np.float32)
+    lab_map = None if labels is None else np.asarray(labels)
+    if lab_map is not None and lab_map.shape != u.shape:
+        raise ValueError(f"label map shape {lab_map.shape} differs from uncertainty map shape {u.shape}")
+    spacing_arr = np.asarray(spacing, dtype=np.float64)
+    if spacing_arr.shape != (u.ndim,):
+        raise ValueError(f"spacing must have {u.ndim} values, got {spacing!r}")
+    if threshold is None:
+        threshold = adaptive_threshold(u, lab_map)
+    mask = u >= threshold
+    components, n = ndimage.label(mask, structure=np.ones((3,) * u.ndim, dtype=bool))
+    if n == 0:
+        return np.zeros(u.shape, np.int32), []
+
+    comp = components[mask]  # component id of every uncertain voxel (only these are visited)
+    size = np.bincount(comp, minlength=n + 1).astype(np.int64)
+    sum_h = np.bincount(comp, weights=h[mask], minlength=n + 1)
+    sum_k = np.bincount(comp, weights=k[mask], minlength=n + 1) if k is not None else np.zeros(n + 1)
+    sum_u = np.bincount(comp, weights=u[mask], minlength=n + 1)
+    coords = np.nonzero(mask)
+    sum_c = [np.bincount(comp, weights=c, minlength=n + 1) for c in coords]
+    slices = ndimage.find_objects(components)
+
+    kept: list[tuple[float, int]] = []
+    for cid in range(1, n + 1):
+        if size[cid] >= max(int(min_size), 1):
+            mean_u = sum_u[cid] / size[cid]
+            kept.append((float(mean_u * np.log1p(size[cid])), cid))
+    kept.sort(key=lambda t: (-t[0], t[1]))
+    if max_regions is not None:
+        kept = kept[: max(int(max_regions), 0)]
+
+    voxel_mm3 = float(np.prod(spacing_arr))
+    structure = np.ones((3,) * u.ndim, dtype=bool)
+    label_image = np.zeros(u.shape, np.int32)
+    regions: list[Region] = []
+    for rank, (score, cid) in enumerate(kept, start=1):
+        sl = slices[cid - 1]
+        label_image[sl][components[sl] == cid] = rank
+        classes: tuple[int, ...] = ()
+        if lab_map is not None:
+            grown = tuple(
+                slice(max(s.start - 1, 0), min(s.stop + 1, dim)) for s, dim in zip(sl, u.shape, strict=True)
+            )
+            touch = ndimage.binary_dilation(components[grown] == cid, structure=structure)
+            classes = tuple(int(v) for v in np.unique(lab_map[grown][touch]))
+        n_vox = int(size[cid])
+        regions.append(
+            Region(
+                id=rank,
+                centroid=tuple(float(s[cid] / n_vox) for s in sum_c),  # type: ignore[arg-type]
+                bbox=tuple(int(s.start) for s in sl) + tuple(int(s.stop) for s in sl),
+                size_voxels=n_vox,
+                volume_mm3=n_vox * voxel_mm3,
+                mean_entropy=float(sum_h[cid] / n_vox),
+                mean_kl=float(sum_k[cid] / n_vox),
+                mean_uncertainty=float(sum_u[cid] / n_vox),
+                classes=classes,
+                score=score,
+            )
+        )
+    return label_image, regions
+
+
+def rank_regions(
+    entropy_map: np.ndarray,
+    kl_map: np.ndarray | None,
+    labels: np.ndarray | None = None,
+    spacing: tuple[float, ...] = (1.0, 1.0, 1.0),
+    threshold: float | None = None,
+    min_size: int = 10,
+    max_regions: int | None = None,
+) -> list[Region]:
+    """Connected regions of high uncertainty, most worth correcting first.
+
+    Voxels with ``u = max(entropy, kl) >= threshold`` are grouped into 26-connected components
+    (``scipy.ndimage.label``); components smaller than ``min_size`` voxels are dropped; the rest are
+    sorted by ``score = mean_uncertainty * log(1 + size_voxels)``.
+
+    Parameters
+    ----------
+    entropy_map : ndarray
+        Normalised entropy in [0, 1], (z, y, x).
+    kl_map : ndarray or None
+        Normalised KL in [0, 1], same shape (None: entropy only).
+    labels : ndarray, optional
+        Predicted label map; used for the adaptive threshold and :attr:`Region.classes`.
+    spacing : tuple of float
+        Voxel size (z, y, x) in millimetres, for :attr:`Region.volume_mm3`.
+    threshold : float, optional
+        Uncertainty threshold. Default: :func:`adaptive_threshold`, ``max(0.5, 95th percentile of u inside
+        the foreground dilated by 3 voxels)``.
+    min_size : int
+        Smallest region kept, in voxels.
+    max_regions : int, optional
+        Keep only the best ones.
+
+    Returns
+    -------
+    list of Region
+        Sorted by score, descending; ``id`` is the rank starting at 1.
+    """
+    return label_regions(entropy_map, kl_map, labels, spacing, threshold, min_size, max_regions)[1]
+
+
+def volume_score(
+    entropy_map: np.ndarray,
+    kl_map: np.ndarray | None = None,
+    labels: np.ndarray | None = None,
+    margin: int = FOREGROUND_MARGIN,
+) -> float:
+    """Active-learning score of a whole volume: higher = more informative to correct next.
+
+    The score is the mean of ``u = max(entropy, kl)`` over the predicted foreground dilated by ``margin``
+    voxels, i.e. the structure and its boundary band, where the errors are. Averaging there, not over the
+    whole volume, keeps large confident background from diluting the score (a small organ in a big scan
+    would otherwise always look certain). Without labels, or when nothing is predicted, the mean over the
+    whole volume is used.
+
+    Parameters
+    ----------
+    entropy_map : ndarray
+        Normalised entropy in [0, 1].
+    kl_map : ndarray, optional
+        Normalised KL in [0, 1].
+    labels : ndarray, optional
+        Predicted label map.
+    margin : int
+        Dilation of the foreground, in voxels.
+
+    Returns
+    -------
+    float
+        In [0, 1].
+    """
+    u = combined_uncertainty(entropy_map, kl_map)
+    if u.size == 0:
+        return 0.0
+    if labels is not None:
+        lab = np.asarray(labels)
+        if lab.shape != u.shape:
+            raise ValueError(f"label map shape {lab.shape} differs from uncertainty map shape {u.shape}")
+        region = dilated_foreground(lab, margin)
+        if region.any():
+            return float(u[region].mean(dtype=np.float64))
+    return float(u.mean(dtype=np.float64))
