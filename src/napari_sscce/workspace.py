@@ -32,7 +32,9 @@ from typing import Any
 import numpy as np
 
 from napari_sscce.atomic import atomic_path, atomic_write_json
+from napari_sscce.io.readers import read_volume
 from napari_sscce.io.volume import Volume
+from napari_sscce.io.writers import write_volume
 
 __all__ = ["CaseEntry", "ModelVersion", "Workspace", "WorkspaceError"]
 
@@ -90,31 +92,10 @@ def safe_case_name(name: str) -> str:
 
 
 def _write_volume(volume: Volume, path: Path) -> None:
-    try:
-        from napari_sscce.io.writers import write_volume
-    except ImportError:  # TEMPORARY until io.writers lands
-        import nibabel as nib
-
-        from napari_sscce.io.geometry import volume_to_ras_xyz
-
-        array = np.asarray(volume.array).transpose(2, 1, 0)
-        nib.Nifti1Image(array, volume_to_ras_xyz(volume.affine)).to_filename(str(path))
-        return
     write_volume(volume, path)
 
 
 def _read_volume(path: Path, is_label: bool) -> Volume:
-    try:
-        from napari_sscce.io.readers import read_volume
-    except ImportError:  # TEMPORARY until io.readers lands
-        import nibabel as nib
-
-        from napari_sscce.io.geometry import ras_xyz_to_volume, spacing_of
-
-        img = nib.load(str(path))
-        affine = ras_xyz_to_volume(img.affine)
-        arr = np.asanyarray(img.dataobj).transpose(2, 1, 0)
-        return Volume(arr, spacing_of(affine), affine, source=path, is_label=is_label)
     return read_volume(path, is_label=is_label)
 
 
