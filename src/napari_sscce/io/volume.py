@@ -110,10 +110,14 @@ class Volume:
             "metadata": {"sscce_volume": self.geometry(), **{k: v for k, v in self.metadata.items()}},
         }
         if not np.allclose(rotation, np.eye(3), atol=1e-6):
-            # non axis-aligned grids: let napari apply the rotation part
+            # non axis-aligned grids: napari applies `affine` after scale and translate
+            # (world = affine @ (scale * index + translate)), so the rotation and the
+            # translation both go into it
             rot = np.eye(4)
             rot[:3, :3] = rotation
+            rot[:3, 3] = self.translate
             kwargs["affine"] = rot
+            kwargs["translate"] = (0.0, 0.0, 0.0)
         return kwargs
 
     def geometry(self) -> dict[str, Any]:
