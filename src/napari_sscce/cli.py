@@ -27,8 +27,36 @@ def _add_train(sub: argparse._SubParsersAction) -> None:
 
 
 def _add_evaluate(sub: argparse._SubParsersAction) -> None:
-    p = sub.add_parser("evaluate", help="Dice, Jaccard, HD95, ASD of predictions against ground truth")
-    p.set_defaults(func=lambda args: _not_ready("evaluate"))
+    p = sub.add_parser(
+        "evaluate",
+        help="Dice, Jaccard, HD95, ASD of predictions against ground truth",
+        description="Pair <case>_seg.nii.gz (or <case>.nii.gz) predictions with ground-truth files of the "
+        "same case and print Dice / Jaccard (%) and HD95 / ASD in voxels (as the papers report) and mm.",
+    )
+    p.add_argument("--pred", required=True, help="folder of predicted label maps")
+    p.add_argument("--gt", required=True, help="folder of ground-truth label maps (NIfTI, NRRD, LA .h5 ...)")
+    p.add_argument("--out", default=None, help="write metrics.csv and metrics.json to this folder")
+    p.add_argument("--num-classes", type=int, default=None,
+                   help="classes including background (default: 1 + largest ground-truth label)")
+    p.add_argument("--spacing", type=float, nargs=3, default=None, metavar=("Z", "Y", "X"),
+                   help="voxel size in mm for the mm metrics (default: each ground truth's own)")
+    p.add_argument("--empty", choices=("zero", "nan"), default="zero",
+                   help="score of an empty prediction or ground truth: 0 as the papers (default) or nan")
+    p.add_argument("--summary", action="store_true", help="print only each case's mean and the summary rows")
+
+    def run(args: argparse.Namespace) -> int:
+        from napari_sscce.metrics.evaluate import evaluate_folders, format_table
+
+        if args.num_classes is not None and args.num_classes < 2:
+            raise UserError(f"--num-classes must be at least 2, got {args.num_classes}")
+        rows = evaluate_folders(args.pred, args.gt, args.out, num_classes=args.num_classes,
+                                spacing=args.spacing, empty=args.empty)
+        print(format_table(rows, per_class=not args.summary))
+        if args.out:
+            print(f"wrote {args.out}/metrics.csv and metrics.json")
+        return 0
+
+    p.set_defaults(func=run)
 
 
 def _add_demo(sub: argparse._SubParsersAction) -> None:
