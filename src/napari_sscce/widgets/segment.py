@@ -1,0 +1,315 @@
+"""The Segment dock widget: pick an image and a model, run the two networks, show labels and uncertainty.
+
+Thin by design: it reads its controls into an :class:`~napari_sscce.inference.config.InferenceConfig` (whose
+defaults are the controls' defaults), runs :func:`napari_sscce.inference.predict.predict_volume` in a
+background thread with a progress bar and a Cancel button, and shows the result as layers on the image's grid
+(``<image> segmentation``, ``<image> entropy``, ``<image> KL``; see :mod:`._layers`).
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Any
+
+from qtpy.QtWidgets import (
+    QCheckBox,
+    QComboBox,
+    QDoubleSpinBox,
+    QFileDialog,
+    QFormLayout,
+    QHBoxLayout,
+    QLabel,
+    QProgressBar,
+    QPushButton,
+    QVBoxLayout,
+    QWidget,
+)
+
+from napari_sscce.inference.config import DEVICES, InferenceConfig
+from napari_sscce.inference.predict import Prediction, predict_volume
+from napari_sscce.progress import ProgressEvent
+from napari_sscce.widgets._layers import ROLE_KEY, show_prediction, volume_from_layer
+from napari_sscce.widgets._state import known_models, model_summary, remember_model, session_for
+from napari_sscce.widgets._worker import WorkRunner, describe_event
+
+BROWSE = "Choose a model file…"
+
+
+def image_layers(viewer: Any) -> list[Any]:
+    """The viewer's 3D image layers that are scans, not results of this plugin."""
+    return [
+        layer
+        for layer in viewer.layers
+        if layer._type_string == "image" and layer.ndim == 3 and not layer.metadata.get(ROLE_KEY)
+    ]
+
+
+def device_in_use(name: str) -> str:
+    """What ``name`` resolves to on this machine, or why it cannot be used."""
+    from napari_sscce.inference.device import DeviceError, resolve_device
+
+    try:
+        return str(resolve_device(name))
+    except DeviceError as exc:
+        return f"unavailable ({exc})"
+
+
+class ImageLayerCombo(QComboBox):
+    """A combo box of the viewer's image layers that follows layers being added, removed or renamed."""
+
+    def __init__(self, viewer: Any, parent: QWidget | None = None):
+        super().__init__(parent)
+        self.viewer = viewer
+        viewer.layers.events.inserted.connect(self.refresh)
+        viewer.layers.events.removed.connect(self.refresh)
+        viewer.layers.events.reordered.connect(self.refresh)
+        self.refresh()
+
+    def refresh(self, event: Any = None) -> None:
+        """Re-list the image layers, keeping the current choice when it still exists."""
+        current = self.currentText()
+        names = [layer.name for layer in image_layers(self.viewer)]
+        for layer in image_layers(self.viewer):  # follow renames
+            try:
+                layer.events.name.connect(self.refresh, unique=True)
+            except TypeError:
+                layer.events.name.connect(self.refresh)
+        self.blockSignals(True)
+        self.clear()
+        self.addItems(names)
+        if current in names:
+            self.setCurrentText(current)
+        self.blockSignals(False)
+
+    def layer(self) -> Any | None:
+        """The chosen layer."""
+        name = self.currentText()
+        return self.viewer.layers[name] if name and name in self.viewer.layers else None
+
+
+class SegmentWidget(QWidget):
+    """Segment a 3D image with a two-network model and show its uncertainty.
+
+    Parameters
+    ----------
+    napari_viewer : napari.Viewer
+    """
+
+    def __init__(self, napari_viewer: Any, parent: QWidget | None = None):
+        super().__init__(parent)
+        self.viewer = napari_viewer
+        self.session = session_for(napari_viewer)
+        self.runner = WorkRunner(self)
+        self.last_prediction: Prediction | None = None
+        self._run_layer: Any = None
+        defaults = InferenceConfig()
+
+        self.image_combo = ImageLayerCombo(napari_viewer, self)
+        self.model_combo = QComboBox(self)
+        self.model_combo.setToolTip("A napari-sscce model file (.safetensors)")
+        self.browse_button = QPushButton("…", self)
+        self.browse_button.setToolTip(BROWSE)
+        self.browse_button.setMaximumWidth(32)
+        self.model_info = QLabel("no model chosen", self)
+        self.model_info.setWordWrap(True)
+        self.device_combo = QComboBox(self)
+        self.device_combo.addItems(list(DEVICES))
+        self.device_combo.setCurrentText(defaults.device)
+        self.device_label = QLabel(self)
+        self.overlap_spin = QDoubleSpinBox(self)
+        self.overlap_spin.setRange(0.0, 0.95)
+        self.overlap_spin.setSingleStep(0.05)
+        self.overlap_spin.setValue(defaults.overlap)
+        self.overlap_spin.setToolTip("How much neighbouring windows overlap (more = smoother, slower)")
+        self.tta_check = QCheckBox("mirror test-time augmentation", self)
+        self.tta_check.setChecked(defaults.tta)
+        self.largest_check = QCheckBox("keep largest component", self)
+        self.largest_check.setChecked(defaults.largest_component)
+        self.per_network_check = QCheckBox("show each network's probabilities", self)
+        self.per_network_check.setChecked(defaults.return_per_network)
+        self.run_button = QPushButton("Segment", self)
+        self.cancel_button = QPushButton("Cancel", self)
+        self.cancel_button.setEnabled(False)
+        self.progress_bar = QProgressBar(self)
+        self.progress_bar.setRange(0, 100)
+        self.status = QLabel("", self)
+        self.status.setWordWrap(True)
+
+        model_row = QHBoxLayout()
+        model_row.addWidget(self.model_combo, 1)
+        model_row.addWidget(self.browse_button)
+        form = QFormLayout()
+        form.addRow("image", self.image_combo)
+        form.addRow("model", model_row)
+        form.addRow("", self.model_info)
+        form.addRow("device", self.device_combo)
+        form.addRow("", self.device_label)
+        form.addRow("overlap", self.overlap_spin)
+        buttons = QHBoxLayout()
+        buttons.addWidget(self.run_button)
+        buttons.addWidget(self.cancel_button)
+        layout = QVBoxLayout(self)
+        layout.addLayout(form)
+        for w in (self.tta_check, self.largest_check, self.per_network_check):
+            layout.addWidget(w)
+        layout.addLayout(buttons)
+        layout.addWidget(self.progress_bar)
+        layout.addWidget(self.status)
+        layout.addStretch(1)
+
+        self.browse_button.clicked.connect(self._browse)
+        self.model_combo.activated.connect(self._on_model_chosen)
+        self.device_combo.currentTextChanged.connect(self._update_device_label)
+        self.run_button.clicked.connect(lambda: self.run())
+        self.cancel_button.clicked.connect(self.runner.cancel)
+        self.runner.progress.connect(self._on_progress)
+        self.runner.finished.connect(self._on_finished)
+        self.runner.cancelled.connect(self._on_cancelled)
+        self.runner.failed.connect(self._on_failed)
+        self.session.model_changed.connect(self._on_session_model)
+
+        self._fill_models()
+        self._update_device_label(self.device_combo.currentText())
+
+    # ------------------------------------------------------------------------------------------ controls
+    def config(self) -> InferenceConfig:
+        """The inference settings the controls describe."""
+        return InferenceConfig(
+            overlap=float(self.overlap_spin.value()),
+            tta=self.tta_check.isChecked(),
+            largest_component=self.largest_check.isChecked(),
+            device=self.device_combo.currentText(),
+            return_per_network=self.per_network_check.isChecked(),
+        )
+
+    @property
+    def model_path(self) -> Path | None:
+        """The chosen model file."""
+        return self.session.model_path
+
+    def set_model(self, path: str | Path) -> None:
+        """Use the model file ``path`` (shown with its metadata; shared with the other widgets).
+
+        Raises
+        ------
+        napari_sscce.models.checkpoint.CheckpointError
+            When the file is not a napari-sscce model.
+        """
+        from napari_sscce.models.checkpoint import read_checkpoint_metadata
+
+        path = Path(path)
+        metadata = read_checkpoint_metadata(path)
+        self.model_info.setText(model_summary(metadata))
+        self.session.set_model(path)
+        remember_model(path)
+        self._fill_models()
+
+    def _fill_models(self) -> None:
+        self.model_combo.blockSignals(True)
+        self.model_combo.clear()
+        current = self.session.model_path
+        entries = known_models()
+        if current is not None and all(p.resolve() != current.resolve() for _, p in entries):
+            entries.insert(0, (str(current), current))
+        for label, path in entries:
+            self.model_combo.addItem(label, str(path))
+        self.model_combo.addItem(BROWSE, "")
+        if current is not None:
+            index = self.model_combo.findData(str(current))
+            self.model_combo.setCurrentIndex(max(index, 0))
+        self.model_combo.blockSignals(False)
+        if current is None and entries:  # adopt the first known model
+            try:
+                self.set_model(entries[0][1])
+            except ValueError as exc:
+                self.model_info.setText(str(exc))
+
+    def _on_model_chosen(self, index: int) -> None:
+        data = self.model_combo.itemData(index)
+        if not data:
+            self._browse()
+            return
+        try:
+            self.set_model(data)
+        except (ValueError, OSError) as exc:
+            self.model_info.setText(str(exc))
+
+    def _browse(self) -> None:
+        path, _ = QFileDialog.getOpenFileName(self, "Choose a napari-sscce model", "", "Models (*.safetensors)")
+        if path:
+            try:
+                self.set_model(path)
+            except (ValueError, OSError) as exc:
+                self.model_info.setText(str(exc))
+
+    def _on_session_model(self, path: str) -> None:
+        if path and Path(path) != self._combo_path():
+            try:
+                from napari_sscce.models.checkpoint import read_checkpoint_metadata
+
+                self.model_info.setText(model_summary(read_checkpoint_metadata(path)))
+            except (ValueError, OSError) as exc:
+                self.model_info.setText(str(exc))
+            self._fill_models()
+
+    def _combo_path(self) -> Path | None:
+        data = self.model_combo.currentData()
+        return Path(data) if data else None
+
+    def _update_device_label(self, name: str) -> None:
+        self.device_label.setText(f"uses: {device_in_use(name)}")
+
+    # ---------------------------------------------------------------------------------------------- run
+    def run(self, image_layer: Any | None = None) -> None:
+        """Segment ``image_layer`` (default: the chosen one) in the background.
+
+        The result layers appear when the work ends (``runner.finished``); errors are shown in the status line.
+        """
+        layer = image_layer or self.image_combo.layer()
+        if layer is None:
+            self.status.setText("Open a 3D image first (File > Open, or File > Open Sample > napari-sscce).")
+            return
+        if self.model_path is None:
+            self.status.setText("Choose a model file first.")
+            return
+        try:
+            volume = volume_from_layer(layer)
+            config = self.config()
+        except ValueError as exc:
+            self.status.setText(str(exc))
+            return
+        self._run_layer = layer
+        self._set_running(True)
+        self.status.setText(f"segmenting {layer.name} …")
+        self.runner.start(predict_volume, str(self.model_path), volume, config)
+
+    def _set_running(self, running: bool) -> None:
+        self.run_button.setEnabled(not running)
+        self.cancel_button.setEnabled(running)
+        if running:
+            self.progress_bar.setValue(0)
+
+    def _on_progress(self, event: ProgressEvent) -> None:
+        self.progress_bar.setValue(int(round(100 * event.fraction)))
+        self.status.setText(describe_event(event))
+
+    def _on_finished(self, prediction: Prediction) -> None:
+        self._set_running(False)
+        self.progress_bar.setValue(100)
+        self.last_prediction = prediction
+        layer = self._run_layer
+        if layer is None or layer not in self.viewer.layers:
+            self.status.setText("the image layer was closed before the segmentation ended")
+            return
+        show_prediction(self.viewer, layer, prediction, per_network=self.per_network_check.isChecked())
+        self.device_label.setText(f"used: {prediction.device}")
+        self.status.setText(f"{layer.name}: done in {prediction.seconds:.1f} s on {prediction.device}")
+
+    def _on_cancelled(self) -> None:
+        self._set_running(False)
+        self.progress_bar.setValue(0)
+        self.status.setText("cancelled; the previous layers were kept")
+
+    def _on_failed(self, exc: Exception) -> None:
+        self._set_running(False)
+        self.status.setText(f"segmentation failed: {exc}")

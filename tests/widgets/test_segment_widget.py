@@ -1,0 +1,76 @@
+"""Segment widget: layers on the image grid, cancel, re-run replaces, defaults from InferenceConfig."""
+
+from __future__ import annotations
+
+import numpy as np
+import pytest
+
+from napari_sscce.inference.config import InferenceConfig
+from napari_sscce.widgets.segment import SegmentWidget
+
+WAIT_MS = 60_000
+
+
+def _segment(qtbot, widget):
+    widget.run()
+    qtbot.waitUntil(lambda: not widget.runner.running, timeout=WAIT_MS)
+
+
+def test_defaults_come_from_inference_config(make_napari_viewer):
+    widget = SegmentWidget(make_napari_viewer())
+    assert widget.config() == InferenceConfig()
+
+
+def test_segment_adds_three_layers_on_the_image_grid(qtbot, viewer_with_scan, tiny_model_path):
+    viewer = viewer_with_scan
+    widget = SegmentWidget(viewer)
+    widget.set_model(tiny_model_path)
+    assert "method: cce" in widget.model_info.text()
+    _segment(qtbot, widget)
+    assert widget.status.text().startswith("scan: done"), widget.status.text()
+    image = viewer.layers["scan"]
+    seg = viewer.layers["scan segmentation"]
+    ent = viewer.layers["scan entropy"]
+    kl = viewer.layers["scan KL"]
+    assert seg._type_string == "labels" and ent._type_string == "image" and kl._type_string == "image"
+    for layer in (seg, ent, kl):
+        assert layer.data.shape == image.data.shape
+        np.testing.assert_allclose(layer.scale, image.scale)
+        np.testing.assert_allclose(layer.translate, image.translate)
+    assert tuple(ent.contrast_limits) == (0.0, 1.0) and ent.blending == "additive"
+    assert 0.0 <= float(ent.data.min()) and float(ent.data.max()) <= 1.0
+    assert widget.progress_bar.value() == 100
+
+
+def test_rerun_replaces_layers(qtbot, viewer_with_scan, tiny_model_path):
+    viewer = viewer_with_scan
+    widget = SegmentWidget(viewer)
+    widget.set_model(tiny_model_path)
+    _segment(qtbot, widget)
+    seg = viewer.layers["scan segmentation"]
+    seg.data[:] = 0
+    n_layers = len(viewer.layers)
+    _segment(qtbot, widget)
+    assert len(viewer.layers) == n_layers
+    assert viewer.layers["scan segmentation"] is seg
+    np.testing.assert_array_equal(seg.data, widget.last_prediction.labels)
+
+
+def test_cancel_keeps_previous_state(qtbot, viewer_with_scan, tiny_model_path, monkeypatch):
+    viewer = viewer_with_scan
+    widget = SegmentWidget(viewer)
+    widget.set_model(tiny_model_path)
+    widget.runner.progress.connect(lambda event: widget.runner.cancel())  # cancel at the first report
+    with qtbot.waitSignal(widget.runner.cancelled, timeout=WAIT_MS):
+        widget.run()
+    assert "cancelled" in widget.status.text()
+    assert "scan segmentation" not in viewer.layers
+    assert widget.run_button.isEnabled() and not widget.cancel_button.isEnabled()
+
+
+def test_bad_model_file_is_reported(make_napari_viewer, tmp_path):
+    widget = SegmentWidget(make_napari_viewer())
+    bad = tmp_path / "bad.safetensors"
+    bad.write_bytes(b"not a model")
+    with pytest.raises(ValueError, match="bad.safetensors"):
+        widget.set_model(bad)
