@@ -41,6 +41,9 @@ def test_matches_medpy_voxels_and_mm(seed: int) -> None:
     assert m["hd95_vox"] == pytest.approx(medpy_binary.hd95(pred, gt))
     assert m["asd_mm"] == pytest.approx(medpy_binary.asd(pred, gt, spacing))
     assert m["pred_voxels"] == int(pred.sum()) and m["gt_voxels"] == int(gt.sum())
+    iso = surface.binary_metrics(pred, gt, (0.7, 0.7, 0.7))  # isotropic spacing takes a shortcut
+    assert iso["hd95_mm"] == pytest.approx(medpy_binary.hd95(pred, gt, (0.7, 0.7, 0.7)))
+    assert iso["assd_mm"] == pytest.approx(medpy_binary.assd(pred, gt, (0.7, 0.7, 0.7)))
 
 
 def test_masks_touching_the_border_and_integer_labels() -> None:

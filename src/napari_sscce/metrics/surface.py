@@ -238,13 +238,20 @@ def binary_metrics(
     """
     pred, gt = _check(pred, gt)
     out: dict[str, float] = {"dice": dice(pred, gt, empty), "jaccard": jaccard(pred, gt, empty)}
-    for unit, sampling in (("vox", None), ("mm", spacing)):
-        sd = surface_distances(pred, gt, sampling) if unit == "vox" or sampling is not None else None
-        for name in ("hd95", "asd", "assd"):
-            if unit == "mm" and spacing is None:
-                out[f"{name}_{unit}"] = float("nan")
-            else:
-                out[f"{name}_{unit}"] = _empty_value(empty) if sd is None else getattr(sd, name)()
+    sampling = _spacing(spacing, pred.ndim)
+    sd_vox = surface_distances(pred, gt)
+    if sampling is None:
+        sd_mm, scale = None, float("nan")
+    elif np.all(sampling == sampling[0]):  # isotropic: millimetres are voxels times the spacing
+        sd_mm, scale = sd_vox, float(sampling[0])
+    else:
+        sd_mm, scale = surface_distances(pred, gt, sampling), 1.0
+    for name in ("hd95", "asd", "assd"):
+        out[f"{name}_vox"] = _empty_value(empty) if sd_vox is None else getattr(sd_vox, name)()
+        if sampling is None:
+            out[f"{name}_mm"] = float("nan")
+        else:
+            out[f"{name}_mm"] = _empty_value(empty) if sd_mm is None else getattr(sd_mm, name)() * scale
     out["pred_voxels"] = int(np.count_nonzero(pred))
     out["gt_voxels"] = int(np.count_nonzero(gt))
     return out
