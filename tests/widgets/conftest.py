@@ -17,7 +17,9 @@ SPACING = (2.0, 1.0, 0.5)
 def private_settings(tmp_path, monkeypatch):
     """Keep the widgets' remembered settings (recent models, workspace) out of the user's config."""
     monkeypatch.setenv("NAPARI_SSCCE_CONFIG_DIR", str(tmp_path / "config"))
-    monkeypatch.setattr("napari_sscce.widgets._state.BUNDLED_MODEL", tmp_path / "none" / "bundled.safetensors")
+    monkeypatch.setattr(
+        "napari_sscce.widgets._state.BUNDLED_MODEL", tmp_path / "none" / "bundled.safetensors"
+    )
     monkeypatch.setattr("napari_sscce.widgets._state.DEMO_MODEL", tmp_path / "none" / "demo.safetensors")
 
 
@@ -27,8 +29,13 @@ def tiny_model_path(tmp_path_factory):
     torch.manual_seed(0)
     model = build_dual_model("cce", in_channels=1, num_classes=2, base_filters=4)
     path = tmp_path_factory.mktemp("model") / "tiny.safetensors"
-    metadata = {"method": "cce", "patch_size": list(SHAPE), "spacing": list(SPACING),
-                "normalization": {"mode": "zscore"}, "val_metrics": {"dice": 0.5}}
+    metadata = {
+        "method": "cce",
+        "patch_size": list(SHAPE),
+        "spacing": list(SPACING),
+        "normalization": {"mode": "zscore"},
+        "val_metrics": {"dice": 0.5},
+    }
     save_checkpoint(path, model, metadata)
     return path
 

@@ -2,8 +2,8 @@
 
 Layer names tie the results to their image: ``"<image> segmentation"`` (Labels, editable),
 ``"<image> entropy"`` and ``"<image> KL"`` (Image, contrast [0, 1], colormap ``inferno`` / ``magma``,
-additive blending), ``"<image> probabilities A"`` / ``"... B"`` (optional, one channel per class). Running again
-updates these layers' data in place instead of adding copies.
+additive blending), ``"<image> probabilities A"`` / ``"... B"`` (optional, one channel per class).
+Running again updates these layers' data in place instead of adding copies.
 """
 
 from __future__ import annotations
@@ -40,7 +40,8 @@ def volume_from_layer(layer: Any, *, is_label: bool = False) -> Volume:
     data = np.asarray(layer.data)
     if data.ndim != 3:
         raise ValueError(
-            f"layer {layer.name!r} has {data.ndim} dimensions (shape {data.shape}); a 3D (z, y, x) volume is needed"
+            f"layer {layer.name!r} has {data.ndim} dimensions (shape {data.shape}); "
+            "a 3D (z, y, x) volume is needed"
         )
     geometry = dict(layer.metadata.get("sscce_volume") or {})
     if geometry and tuple(geometry.get("shape", ())) == data.shape:
@@ -57,7 +58,7 @@ def volume_from_layer(layer: Any, *, is_label: bool = False) -> Volume:
 
 
 def grid_kwargs(image_layer: Any) -> dict[str, Any]:
-    """``scale``, ``translate`` (and ``affine``, ``rotate``, ``shear``) of a layer, to put results on its grid."""
+    """``scale``, ``translate``, ``affine``, ``rotate`` and ``shear`` of a layer: results go on its grid."""
     return {
         "scale": tuple(image_layer.scale),
         "translate": tuple(image_layer.translate),
@@ -91,7 +92,9 @@ def upsert_layer(viewer: Any, name: str, data: np.ndarray, layer_type: str, **kw
     return add(data, name=name, **kwargs)
 
 
-def show_prediction(viewer: Any, image_layer: Any, prediction: Any, per_network: bool = False) -> dict[str, Any]:
+def show_prediction(
+    viewer: Any, image_layer: Any, prediction: Any, per_network: bool = False
+) -> dict[str, Any]:
     """Add or update the segmentation, entropy and KL layers of ``image_layer``.
 
     Parameters
@@ -117,23 +120,44 @@ def show_prediction(viewer: Any, image_layer: Any, prediction: Any, per_network:
 
     layers = {
         SEGMENTATION: upsert_layer(
-            viewer, result_name(image, SEGMENTATION), np.asarray(prediction.labels).astype(np.uint8),
-            "labels", opacity=0.5, **grid, **meta(SEGMENTATION),
+            viewer,
+            result_name(image, SEGMENTATION),
+            np.asarray(prediction.labels).astype(np.uint8),
+            "labels",
+            opacity=0.5,
+            **grid,
+            **meta(SEGMENTATION),
         ),
         ENTROPY: upsert_layer(
-            viewer, result_name(image, ENTROPY), np.asarray(prediction.entropy, dtype=np.float32), "image",
-            colormap="inferno", contrast_limits=(0.0, 1.0), blending="additive", opacity=0.7, visible=True,
-            **grid, **meta(ENTROPY),
+            viewer,
+            result_name(image, ENTROPY),
+            np.asarray(prediction.entropy, dtype=np.float32),
+            "image",
+            colormap="inferno",
+            contrast_limits=(0.0, 1.0),
+            blending="additive",
+            opacity=0.7,
+            visible=True,
+            **grid,
+            **meta(ENTROPY),
         ),
         KL: upsert_layer(
-            viewer, result_name(image, KL), np.asarray(prediction.kl, dtype=np.float32), "image",
-            colormap="magma", contrast_limits=(0.0, 1.0), blending="additive", opacity=0.7, visible=False,
-            **grid, **meta(KL),
+            viewer,
+            result_name(image, KL),
+            np.asarray(prediction.kl, dtype=np.float32),
+            "image",
+            colormap="magma",
+            contrast_limits=(0.0, 1.0),
+            blending="additive",
+            opacity=0.7,
+            visible=False,
+            **grid,
+            **meta(KL),
         ),
     }
     if per_network and getattr(prediction, "per_network", None) is not None:
         probs_grid = {**grid}
-        for tag, probs in zip(("A", "B"), prediction.per_network):
+        for tag, probs in zip(("A", "B"), prediction.per_network, strict=True):
             probs = np.asarray(probs, dtype=np.float32)
             role = f"probabilities {tag}"
             # classes become a leading, unscaled axis
@@ -142,8 +166,16 @@ def show_prediction(viewer: Any, image_layer: Any, prediction: Any, per_network:
                 "translate": (0.0, *probs_grid["translate"]),
             }
             layers[role] = upsert_layer(
-                viewer, result_name(image, role), probs, "image", colormap="viridis", contrast_limits=(0.0, 1.0),
-                blending="additive", visible=False, **kwargs, **meta(role),
+                viewer,
+                result_name(image, role),
+                probs,
+                "image",
+                colormap="viridis",
+                contrast_limits=(0.0, 1.0),
+                blending="additive",
+                visible=False,
+                **kwargs,
+                **meta(role),
             )
     # the segmentation on top, so that it can be painted right away
     seg = layers[SEGMENTATION]
@@ -164,6 +196,8 @@ def images_with_uncertainty(viewer: Any) -> list[str]:
     for layer in viewer.layers:
         if layer._type_string != "image" or layer.metadata.get(ROLE_KEY):
             continue
-        if find_result_layer(viewer, layer.name, ENTROPY) and find_result_layer(viewer, layer.name, SEGMENTATION):
+        if find_result_layer(viewer, layer.name, ENTROPY) and find_result_layer(
+            viewer, layer.name, SEGMENTATION
+        ):
             names.append(layer.name)
     return names

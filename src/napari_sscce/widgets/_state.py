@@ -30,7 +30,11 @@ DEMO_MODEL = CACHE_DIR / "demo_model.safetensors"
 def settings_path() -> Path:
     """Where the widget settings are kept."""
     base = os.environ.get(CONFIG_ENV)
-    folder = Path(base) if base else Path(os.environ.get("XDG_CONFIG_HOME", Path.home() / ".config")) / "napari-sscce"
+    folder = (
+        Path(base)
+        if base
+        else Path(os.environ.get("XDG_CONFIG_HOME", Path.home() / ".config")) / "napari-sscce"
+    )
     return folder / "widgets.json"
 
 

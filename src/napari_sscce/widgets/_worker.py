@@ -2,9 +2,9 @@
 
 The core functions take ``progress`` and ``cancel`` keyword arguments (``napari_sscce.progress``). A
 :class:`WorkRunner` calls such a function in a napari ``thread_worker``, relays its
-:class:`~napari_sscce.progress.ProgressEvent` objects to the GUI thread through a Qt signal (a signal emitted in
-the worker thread reaches slots of an object living in the GUI thread as a queued call), and reports the end
-through exactly one of ``finished(result)``, ``cancelled()`` or ``failed(exception)``.
+:class:`~napari_sscce.progress.ProgressEvent` objects to the GUI thread through a Qt signal (a signal emitted
+in the worker thread reaches slots of an object living in the GUI thread as a queued call), and reports
+the end through exactly one of ``finished(result)``, ``cancelled()`` or ``failed(exception)``.
 
 Exceptions are caught inside the worker so that a cancel is not shown as an error and a failure is reported
 once, by the widget, in words.
@@ -20,7 +20,7 @@ from typing import Any
 from napari.qt.threading import create_worker
 from qtpy.QtCore import QObject, Signal
 
-from napari_sscce.progress import CancelToken, Cancelled, ProgressEvent
+from napari_sscce.progress import Cancelled, CancelToken, ProgressEvent
 
 
 @dataclass

@@ -235,7 +235,9 @@ class SegmentWidget(QWidget):
             self.model_info.setText(str(exc))
 
     def _browse(self) -> None:
-        path, _ = QFileDialog.getOpenFileName(self, "Choose a napari-sscce model", "", "Models (*.safetensors)")
+        path, _ = QFileDialog.getOpenFileName(
+            self, "Choose a napari-sscce model", "", "Models (*.safetensors)"
+        )
         if path:
             try:
                 self.set_model(path)
@@ -263,7 +265,7 @@ class SegmentWidget(QWidget):
     def run(self, image_layer: Any | None = None) -> None:
         """Segment ``image_layer`` (default: the chosen one) in the background.
 
-        The result layers appear when the work ends (``runner.finished``); errors are shown in the status line.
+        The result layers appear when the work ends (``runner.finished``); errors go to the status line.
         """
         layer = image_layer or self.image_combo.layer()
         if layer is None:
