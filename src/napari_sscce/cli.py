@@ -45,12 +45,18 @@ def _add_evaluate(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--summary", action="store_true", help="print only each case's mean and the summary rows")
 
     def run(args: argparse.Namespace) -> int:
+        import warnings
+
         from napari_sscce.metrics.evaluate import evaluate_folders, format_table
 
         if args.num_classes is not None and args.num_classes < 2:
             raise UserError(f"--num-classes must be at least 2, got {args.num_classes}")
-        rows = evaluate_folders(args.pred, args.gt, args.out, num_classes=args.num_classes,
-                                spacing=args.spacing, empty=args.empty)
+        with warnings.catch_warnings(record=True) as caught:
+            warnings.simplefilter("always")
+            rows = evaluate_folders(args.pred, args.gt, args.out, num_classes=args.num_classes,
+                                    spacing=args.spacing, empty=args.empty)
+        for w in caught:
+            print(f"sscce evaluate: warning: {w.message}", file=sys.stderr)
         print(format_table(rows, per_class=not args.summary))
         if args.out:
             print(f"wrote {args.out}/metrics.csv and metrics.json")

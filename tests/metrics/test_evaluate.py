@@ -139,10 +139,14 @@ def test_cli_evaluate(tmp_path: Path, rng: np.random.Generator, capsys: pytest.C
     empty = np.zeros_like(gt)
     _save_nifti(gt, tmp_path / "g" / "y.nii.gz")
     _save_nifti(empty, tmp_path / "p" / "y_seg.nii.gz")
+    _save_nifti(gt, tmp_path / "g" / "z.nii.gz")  # no prediction: a warning, left out of the means
     code = main(["evaluate", "--pred", str(tmp_path / "p"), "--gt", str(tmp_path / "g"),
                  "--out", str(tmp_path / "o"), "--num-classes", "3"])
     assert code == 0
-    out = capsys.readouterr().out
+    captured = capsys.readouterr()
+    out = captured.out
+    assert "no prediction for 1 case(s): z" in captured.err
+    assert "z " not in out
     lines = {tuple(line.split()[:2]): line.split()[2:] for line in out.splitlines() if line.strip()}
     assert lines[("x", "mean")][:4] == ["100.00", "100.00", "0.00", "0.00"]  # perfect case
     assert lines[("y", "mean")][:4] == ["0.00", "0.00", "0.00", "0.00"]  # empty prediction: papers' zeros

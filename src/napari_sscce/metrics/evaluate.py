@@ -256,8 +256,11 @@ def evaluate_folders(
             f"(ground-truth cases: {gt_names}; predictions: {pred_names})"
         )
     if missing:
+        more = f" and {len(missing) - 10} more" if len(missing) > 10 else ""
         warnings.warn(
-            f"{gt_dir}: no prediction for {len(missing)} case(s): {', '.join(missing)}", stacklevel=2
+            f"{gt_dir}: no prediction for {len(missing)} case(s): {', '.join(missing[:10])}{more}; "
+            "they are left out of the means",
+            stacklevel=2,
         )
 
     loaded = []
