@@ -139,6 +139,8 @@ def test_label_regions_image_and_filters(rng: np.random.Generator) -> None:
     assert len(rank_regions(h, k, labels, min_size=5, max_regions=1)) == 1
     assert rank_regions(h, k, labels, threshold=0.99) == []
     # entropy only: just the big blob
+    by_keyword = rank_regions(entropy=h, kl=k, labels=labels, spacing=(1, 1, 1), min_size=5)
+    assert [r.size_voxels for r in by_keyword] == [int(big.sum()), int(small.sum())]
     only_h = rank_regions(h, None, labels, min_size=5)
     assert len(only_h) == 1 and only_h[0].mean_kl == 0.0
 

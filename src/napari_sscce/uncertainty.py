@@ -212,16 +212,16 @@ DEFAULT_PERCENTILE = 95.0
 FOREGROUND_MARGIN = 3
 
 
-def combined_uncertainty(entropy_map: np.ndarray, kl_map: np.ndarray | None = None) -> np.ndarray:
+def combined_uncertainty(entropy: np.ndarray, kl: np.ndarray | None = None) -> np.ndarray:
     """Voxel uncertainty ``u = max(entropy, kl)`` of two [0, 1] maps (just the entropy when kl is None).
 
     The maximum keeps both kinds of doubt: an ambiguous mean prediction (entropy) and a confident
     disagreement between the two networks (KL), which the mean alone can hide.
     """
-    h = np.asarray(entropy_map, dtype=np.float32)
-    if kl_map is None:
+    h = np.asarray(entropy, dtype=np.float32)
+    if kl is None:
         return h
-    k = np.asarray(kl_map, dtype=np.float32)
+    k = np.asarray(kl, dtype=np.float32)
     if k.shape != h.shape:
         raise ValueError(f"entropy map shape {h.shape} differs from KL map shape {k.shape}")
     return np.maximum(h, k)
@@ -312,8 +312,8 @@ class Region:
 
 
 def label_regions(
-    entropy_map: np.ndarray,
-    kl_map: np.ndarray | None,
+    entropy: np.ndarray,
+    kl: np.ndarray | None,
     labels: np.ndarray | None = None,
     spacing: tuple[float, ...] = (1.0, 1.0, 1.0),
     threshold: float | None = None,
@@ -329,9 +329,9 @@ def label_regions(
     regions : list of Region
         Sorted by score, descending.
     """
-    u = combined_uncertainty(entropy_map, kl_map)
-    h = np.asarray(entropy_map, dtype=np.float32)
-    k = None if kl_map is None else np.asarray(kl_map, dtype=np.float32)
+    u = combined_uncertainty(entropy, kl)
+    h = np.asarray(entropy, dtype=np.float32)
+    k = None if kl is None else np.asarray(kl, dtype=np.float32)
     lab_map = None if labels is None else np.asarray(labels)
     if lab_map is not None and lab_map.shape != u.shape:
         raise ValueError(f"label map shape {lab_map.shape} differs from uncertainty map shape {u.shape}")
@@ -396,8 +396,8 @@ def label_regions(
 
 
 def rank_regions(
-    entropy_map: np.ndarray,
-    kl_map: np.ndarray | None,
+    entropy: np.ndarray,
+    kl: np.ndarray | None,
     labels: np.ndarray | None = None,
     spacing: tuple[float, ...] = (1.0, 1.0, 1.0),
     threshold: float | None = None,
@@ -412,9 +412,9 @@ def rank_regions(
 
     Parameters
     ----------
-    entropy_map : ndarray
+    entropy : ndarray
         Normalised entropy in [0, 1], (z, y, x).
-    kl_map : ndarray or None
+    kl : ndarray or None
         Normalised KL in [0, 1], same shape (None: entropy only).
     labels : ndarray, optional
         Predicted label map; used for the adaptive threshold and :attr:`Region.classes`.
@@ -433,12 +433,12 @@ def rank_regions(
     list of Region
         Sorted by score, descending; ``id`` is the rank starting at 1.
     """
-    return label_regions(entropy_map, kl_map, labels, spacing, threshold, min_size, max_regions)[1]
+    return label_regions(entropy, kl, labels, spacing, threshold, min_size, max_regions)[1]
 
 
 def volume_score(
-    entropy_map: np.ndarray,
-    kl_map: np.ndarray | None = None,
+    entropy: np.ndarray,
+    kl: np.ndarray | None = None,
     labels: np.ndarray | None = None,
     margin: int = FOREGROUND_MARGIN,
 ) -> float:
@@ -452,9 +452,9 @@ def volume_score(
 
     Parameters
     ----------
-    entropy_map : ndarray
+    entropy : ndarray
         Normalised entropy in [0, 1].
-    kl_map : ndarray, optional
+    kl : ndarray, optional
         Normalised KL in [0, 1].
     labels : ndarray, optional
         Predicted label map.
@@ -466,7 +466,7 @@ def volume_score(
     float
         In [0, 1].
     """
-    u = combined_uncertainty(entropy_map, kl_map)
+    u = combined_uncertainty(entropy, kl)
     if u.size == 0:
         return 0.0
     if labels is not None:
