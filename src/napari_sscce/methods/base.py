@@ -86,6 +86,8 @@ class TrainingMethod:
     default_networks: ClassVar[tuple[str, str]] = ("vnet", "resnet_vnet")
     #: ``"dual"`` (two independently trained networks) or ``"mean_teacher"`` (net_b = EMA of net_a)
     model_kind: ClassVar[str] = "dual"
+    #: False: the loop sets ``unlabeled_bs = 0`` (supervised baselines)
+    uses_unlabeled: ClassVar[bool] = True
     default_options: ClassVar[dict[str, Any]] = {}
 
     def __init__(self, config: TrainConfig):

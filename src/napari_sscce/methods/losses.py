@@ -125,3 +125,22 @@ def kl_map(p: torch.Tensor, q: torch.Tensor) -> torch.Tensor:
     p = p.float().clamp_min(1e-8)
     q = q.float().clamp_min(1e-8)
     return (p * (p.log() - q.log())).sum(1)
+
+
+def supervised_loss(
+    logits: torch.Tensor,
+    label: torch.Tensor,
+    mask: torch.Tensor | None = None,
+    ce_weight: float = 0.5,
+    dice_weight: float = 0.5,
+) -> torch.Tensor:
+    """``ce_weight * CE + dice_weight * Dice`` on the voxels where ``mask`` is 1.
+
+    The 0.5 / 0.5 default is SSL4MIS's 3D cross pseudo supervision (``train_cross_pseudo_supervision_3D``).
+    A fully masked-out batch gives 0 (with a graph).
+    """
+    probs = torch.softmax(logits.float(), dim=1)
+    onehot = one_hot(label, logits.shape[1])
+    ce = masked_cross_entropy(logits, label, weight=mask)
+    dice = dice_loss(probs, onehot, mask=mask)
+    return ce_weight * ce + dice_weight * dice

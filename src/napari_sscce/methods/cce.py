@@ -1,0 +1,288 @@
+"""CCE: the dual-network method (Lu et al., arXiv 2509.13084; science.md, Method 1).
+
+Two different networks (VNet and ResNet-34 VNet), independently initialised, each with its own SGD
+optimiser. Every loss term has a switch and a weight in ``default_options`` (``config.method_options``):
+
+* ``sup``: per network, ``0.5 CE + 0.5 Dice`` on confirmed labeled voxels (SSL4MIS CPS-3D weighting);
+  optional ``conf_mse``: where exactly one net is confident (max prob >= 0.6) about foreground, the MSE
+  between its foreground probability and the label (weight 0.5).
+* ``cps``: cross pseudo supervision on unlabeled voxels: each net learns the other's argmax (no gradient
+  through the label) on the voxels the *provider's* percentile entropy mask keeps (entropy of its
+  probabilities; the top ``entropy_percentile`` % of the batch's unlabeled voxels are dropped).
+* ``kl_weighting``: the pseudo-label CE of each voxel is multiplied by ``exp(-KL)`` (detached; KL between
+  the two nets' probabilities at temperature ``kl_temperature``, ``KL(p_provider || p_learner)``), and the
+  weighted sum is divided by the number of kept voxels so that disagreement lowers the term.
+  ``kl``: the mean symmetric KL over unlabeled voxels is added as a regulariser (gradient to both nets).
+* ``contrast``: prototype InfoNCE. Per net, prototypes = mean of that net's L2-normalised features over
+  reliable voxels of each class (labeled voxels with their label, and unlabeled voxels both entropy masks
+  keep and both nets agree on, with the agreed class), detached. Uncertain voxels (unlabeled voxels an
+  entropy mask dropped; at most ``contrast_max_anchors`` at random) are pulled toward the prototype of their
+  pseudo-class (argmax of the mean prediction) and pushed from the others: cross-entropy over cosine
+  similarities / ``contrast_temperature``. Classes without a prototype in the batch are left out.
+* ``cosine``: optional consistency, mean over unlabeled voxels of ``1 - cos(p_A, p_B)``.
+
+Unsupervised terms ramp with ``sigmoid_rampup(t // rampup_step, rampup_length)`` (``TrainConfig``);
+each term's base weight is 0.1 (science.md gives ``0.1 * ramp`` for the contrastive term; SSL4MIS uses
+0.1 for CPS; the same is used for the others). "Unlabeled voxels" are the voxels with ``mask == 0``: the
+unlabeled rows and the unannotated part of partially labeled rows (``Batch.unlabeled_weight``).
+
+Bugs of the released code that are *not* reproduced: entropy is taken on probabilities (not logits), the
+pseudo-label and prototype terms carry gradient to the learner, and each net's uncertain features are
+pulled to its own (detached) prototypes instead of pulling the two nets' prototypes together.
+"""
+
+from __future__ import annotations
+
+from typing import Any, ClassVar
+
+import torch
+import torch.nn.functional as F
+
+from napari_sscce.methods.base import Batch, TrainingMethod
+from napari_sscce.methods.losses import entropy_map, kl_map, masked_cross_entropy, supervised_loss
+
+
+def entropy_keep_mask(entropy: torch.Tensor, valid: torch.Tensor, percent: float) -> torch.Tensor:
+    """Percentile entropy filter: keep the valid voxels outside the top ``percent`` % of entropies.
+
+    Parameters
+    ----------
+    entropy : torch.Tensor
+        ``[B, Z, Y, X]`` voxel entropies (of probabilities).
+    valid : torch.Tensor
+        ``[B, Z, Y, X]`` bool, the voxels taking part (the batch's unlabeled voxels).
+    percent : float
+        Share of the valid voxels to drop, in percent: exactly ``round(n * percent / 100)`` of the
+        ``n`` valid voxels, those of highest entropy (ties broken by position).
+
+    Returns
+    -------
+    torch.Tensor
+        bool mask, True on kept voxels (always False outside ``valid``).
+    """
+    keep = valid.clone()
+    flat_valid = valid.reshape(-1)
+    n = int(flat_valid.sum())
+    k = int(round(n * float(percent) / 100.0))
+    if n == 0 or k <= 0:
+        return keep
+    idx = flat_valid.nonzero(as_tuple=True)[0]
+    values = entropy.reshape(-1)[idx].float()
+    drop = idx[torch.topk(values, k, largest=True, sorted=False).indices]
+    flat = keep.reshape(-1)
+    flat[drop] = False
+    return flat.reshape(valid.shape)
+
+
+def kl_weights(p_provider: torch.Tensor, p_learner: torch.Tensor) -> torch.Tensor:
+    """``exp(-KL(p_provider || p_learner))`` per voxel (detached): 1 where the two agree, toward 0 apart."""
+    with torch.no_grad():
+        return torch.exp(-kl_map(p_provider, p_learner))
+
+
+def prototype_contrastive_loss(
+    features: torch.Tensor,
+    proto_class: torch.Tensor,
+    anchor_mask: torch.Tensor,
+    anchor_class: torch.Tensor,
+    num_classes: int,
+    temperature: float = 0.1,
+    max_anchors: int = 4096,
+) -> torch.Tensor:
+    """InfoNCE of uncertain voxels against detached class prototypes.
+
+    Parameters
+    ----------
+    features : torch.Tensor
+        ``[B, D, Z, Y, X]`` features of one network.
+    proto_class : torch.Tensor
+        ``[B, Z, Y, X]`` long: the class of each reliable voxel, ``-1`` elsewhere.
+    anchor_mask : torch.Tensor
+        ``[B, Z, Y, X]`` bool: uncertain voxels to pull.
+    anchor_class : torch.Tensor
+        ``[B, Z, Y, X]`` long: their pseudo-class.
+    num_classes : int
+    temperature : float
+    max_anchors : int
+        Random subsample bound (``torch.randperm``, so the global torch seed decides it).
+
+    Returns
+    -------
+    torch.Tensor
+        Scalar; 0 (with a graph) when no anchor has a prototype for its class.
+    """
+    feats = features.float().movedim(1, -1)  # [B, Z, Y, X, D]
+    dim = feats.shape[-1]
+    zero = feats.sum() * 0.0
+    with torch.no_grad():
+        rel = proto_class >= 0
+        if not rel.any():
+            return zero
+        rel_feats = F.normalize(feats[rel].detach(), dim=1)
+        rel_cls = proto_class[rel]
+        sums = torch.zeros(num_classes, dim, device=feats.device).index_add_(0, rel_cls, rel_feats)
+        counts = torch.bincount(rel_cls, minlength=num_classes)
+        present = counts > 0
+        protos = F.normalize(sums / counts.clamp_min(1).unsqueeze(1), dim=1)
+    anchors = feats[anchor_mask]
+    cls = anchor_class[anchor_mask]
+    keep = present[cls]
+    anchors, cls = anchors[keep], cls[keep]
+    if anchors.shape[0] == 0:
+        return zero
+    if anchors.shape[0] > max_anchors:
+        pick = torch.randperm(anchors.shape[0], device=anchors.device)[:max_anchors]
+        anchors, cls = anchors[pick], cls[pick]
+    sims = F.normalize(anchors, dim=1) @ protos.t() / float(temperature)  # [N, C]
+    sims = sims.masked_fill(~present.unsqueeze(0), float("-inf"))
+    return F.cross_entropy(sims, cls)
+
+
+def confident_mse(
+    prob_self: torch.Tensor,
+    prob_other: torch.Tensor,
+    label: torch.Tensor,
+    mask: torch.Tensor,
+    threshold: float,
+) -> torch.Tensor:
+    """MSE of this net's foreground probability to the label where only this net is confidently foreground."""
+    def confident_fg(p: torch.Tensor) -> torch.Tensor:
+        maxp, arg = p.max(1)
+        return (maxp >= threshold) & (arg > 0)
+
+    with torch.no_grad():
+        sel = (confident_fg(prob_self) & ~confident_fg(prob_other)).float() * mask
+    fg = 1.0 - prob_self[:, 0]
+    diff = (fg - (label > 0).float()) ** 2
+    return (diff * sel).sum() / sel.sum().clamp_min(1.0)
+
+
+class CCEMethod(TrainingMethod):
+    """Dual-network CCE training (see the module docstring for every term)."""
+
+    name: ClassVar[str] = "cce"
+    default_networks: ClassVar[tuple[str, str]] = ("vnet", "resnet_vnet")
+    model_kind: ClassVar[str] = "dual"
+    default_options: ClassVar[dict[str, Any]] = {
+        "sup": True,
+        "sup_ce_weight": 0.5,
+        "sup_dice_weight": 0.5,
+        "conf_mse": False,
+        "conf_mse_weight": 0.5,
+        "conf_threshold": 0.6,
+        "cps": True,
+        "cps_weight": 0.1,
+        "entropy_filter": True,
+        "entropy_percentile": 20.0,
+        "kl_weighting": True,
+        "kl": True,
+        "kl_weight": 0.1,
+        "kl_temperature": 0.5,
+        "contrast": True,
+        "contrast_weight": 0.1,
+        "contrast_temperature": 0.1,
+        "contrast_max_anchors": 4096,
+        "cosine": False,
+        "cosine_weight": 0.1,
+    }
+
+    def terms(self, model, batch: Batch, iteration: int) -> dict[str, torch.Tensor]:
+        """Every switched-on term, unweighted (``sup_a``, ``cps_b``, ``kl``, ``contrast_a`` ...)."""
+        o = self.options
+        out_a, out_b = model.net_a(batch.image), model.net_b(batch.image)
+        logits_a, feat_a = out_a[0].float(), out_a[1]
+        logits_b, feat_b = out_b[0].float(), out_b[1]
+        num_classes = logits_a.shape[1]
+        p_a, p_b = torch.softmax(logits_a, 1), torch.softmax(logits_b, 1)
+        lb = batch.labeled_bs
+        label, mask = batch.label, batch.mask
+        terms: dict[str, torch.Tensor] = {}
+
+        if o["sup"] and lb > 0:
+            for key, logits in (("a", logits_a), ("b", logits_b)):
+                terms[f"sup_{key}"] = supervised_loss(
+                    logits[:lb], label[:lb], mask[:lb], o["sup_ce_weight"], o["sup_dice_weight"]
+                )
+        if o["conf_mse"] and lb > 0:
+            thr = o["conf_threshold"]
+            terms["conf_mse_a"] = confident_mse(p_a[:lb], p_b[:lb].detach(), label[:lb], mask[:lb], thr)
+            terms["conf_mse_b"] = confident_mse(p_b[:lb], p_a[:lb].detach(), label[:lb], mask[:lb], thr)
+
+        unl = batch.unlabeled_weight() > 0
+        if not bool(unl.any()):
+            return terms
+        with torch.no_grad():
+            pa_d, pb_d = p_a.detach(), p_b.detach()
+            pseudo_a, pseudo_b = pa_d.argmax(1), pb_d.argmax(1)
+            if o["entropy_filter"]:
+                keep_a = entropy_keep_mask(entropy_map(pa_d), unl, o["entropy_percentile"])
+                keep_b = entropy_keep_mask(entropy_map(pb_d), unl, o["entropy_percentile"])
+            else:
+                keep_a = keep_b = unl
+        temp = float(o["kl_temperature"])
+        if o["cps"]:
+            if o["kl_weighting"]:
+                ta = torch.softmax(logits_a.detach() / temp, 1)
+                tb = torch.softmax(logits_b.detach() / temp, 1)
+                w_a = kl_weights(tb, ta)  # net A learns B's labels
+                w_b = kl_weights(ta, tb)
+            else:
+                w_a = w_b = torch.ones_like(unl, dtype=torch.float32)
+            terms["cps_a"] = masked_cross_entropy(logits_a, pseudo_b, keep_b.float() * w_a, keep_b.sum())
+            terms["cps_b"] = masked_cross_entropy(logits_b, pseudo_a, keep_a.float() * w_b, keep_a.sum())
+        if o["kl"]:
+            ta, tb = torch.softmax(logits_a / temp, 1), torch.softmax(logits_b / temp, 1)
+            sym = 0.5 * (kl_map(ta, tb) + kl_map(tb, ta))
+            u = unl.float()
+            terms["kl"] = (sym * u).sum() / u.sum()
+        if o["contrast"]:
+            with torch.no_grad():
+                confirmed = mask > 0
+                agree = keep_a & keep_b & (pseudo_a == pseudo_b)
+                proto_class = torch.full_like(label, -1)
+                proto_class[agree] = pseudo_a[agree]
+                proto_class[confirmed] = label[confirmed]
+                uncertain = unl & ~(keep_a & keep_b)
+                anchor_class = (pa_d + pb_d).argmax(1)
+            for key, feat in (("a", feat_a), ("b", feat_b)):
+                terms[f"contrast_{key}"] = prototype_contrastive_loss(
+                    feat,
+                    proto_class,
+                    uncertain,
+                    anchor_class,
+                    num_classes,
+                    o["contrast_temperature"],
+                    int(o["contrast_max_anchors"]),
+                )
+        if o["cosine"]:
+            cos = F.cosine_similarity(p_a, p_b, dim=1, eps=1e-8)
+            u = unl.float()
+            terms["cosine"] = ((1.0 - cos) * u).sum() / u.sum()
+        return terms
+
+    def term_weights(self, iteration: int) -> dict[str, float]:
+        """Weight of each term at ``iteration`` (unsupervised terms ramped)."""
+        o = self.options
+        ramp = self.rampup_weight(iteration)
+        return {
+            "sup": 1.0,
+            "conf_mse": float(o["conf_mse_weight"]),
+            "cps": float(o["cps_weight"]) * ramp,
+            "kl": float(o["kl_weight"]) * ramp,
+            "contrast": float(o["contrast_weight"]) * ramp,
+            "cosine": float(o["cosine_weight"]) * ramp,
+        }
+
+    def losses(self, model, batch: Batch, iteration: int) -> tuple[torch.Tensor, dict[str, float]]:
+        """Total = sum over both nets of their supervised terms + weighted unsupervised terms."""
+        terms = self.terms(model, batch, iteration)
+        weights = self.term_weights(iteration)
+        total = None
+        for key, value in terms.items():
+            w = weights[key.rsplit("_", 1)[0] if key.endswith(("_a", "_b")) else key]
+            total = value * w if total is None else total + value * w
+        if total is None:  # nothing switched on: a zero loss that still reaches both nets
+            total = sum(p.sum() * 0.0 for p in model.parameters() if p.requires_grad)
+        logged = {k: float(v.detach()) for k, v in terms.items()}
+        logged["ramp"] = self.rampup_weight(iteration)
+        return total, logged
