@@ -161,8 +161,8 @@ def test_all_terms_train_and_total_matches_the_weights():
     ramp = method.rampup_weight(ITERATIONS)
     assert ramp == pytest.approx(1.0)
     expected = (
-        logs["loss_ce"]
-        + logs["loss_dice"]
+        0.5 * logs["loss_ce"]
+        + 0.5 * logs["loss_dice"]
         + 0.3 * logs["loss_sdf"]
         + 0.1 * ramp * logs["loss_intra"]
         + 0.1 * ramp * logs["loss_cross"]

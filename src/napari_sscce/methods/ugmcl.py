@@ -4,8 +4,8 @@ A mean teacher of two dual-task VNets (segmentation head + signed-distance head)
 ``net_b`` the teacher, an exponential moving average (EMA) of the student. Per iteration, with ``t`` the
 iteration (from 0), ``p`` / ``d`` the student's softmax and distance outputs, ``p'`` / ``d'`` the teacher's:
 
-* supervised (labeled rows, annotated voxels): ``CE(p, y) + Dice(p, y) + w_sdf * MSE(d, T(y))`` with
-  ``T`` the normalised signed distance map (:func:`napari_sscce.methods.sdf.compute_sdf`);
+* supervised (labeled rows, annotated voxels): ``0.5 CE(p, y) + 0.5 Dice(p, y) + w_sdf * MSE(d, T(y))``
+  with ``T`` the normalised signed distance map (:func:`napari_sscce.methods.sdf.compute_sdf`);
 * uncertainty: ``T = 8`` stochastic teacher passes (dropout on, input noise
   ``clamp(N(0, 0.1^2), -0.2, 0.2)``), ``u`` = entropy (natural log) of their mean softmax, threshold
   ``u_th = (0.75 + 0.25 * sigmoid_rampup(t, ramp)) * ln C`` with ``ramp`` the run's iterations;
@@ -29,7 +29,9 @@ HiLab-git/DTC ``train_la_dtc.py``) unless stated:
 * intra- and cross-task terms cover every row of the batch (labeled and unlabeled), as the reference;
 * masked MSE = sum over certain voxels and channels / (channels x certain voxels) (the reference divides the
   seg term by ``4 * sum(mask)`` for two classes); the distance MSE of the intra-task term uses the same mask;
-* ``w_sdf = 0.3`` (DTC's ``beta``; the UG-MCL code has no distance supervision at all);
+* CE and Dice weigh 0.5 each, as the UG-MCL code (``0.5 * (CE + Dice + ...)``); ``w_sdf = 0.3`` (DTC's
+  ``beta``: the UG-MCL code supervises the distance head only through a Dice on ``sigmoid(-1500 d)``, not
+  with the MSE the paper describes);
 * the distance target is computed once per case and cropped with the patch; when the batch has no ``"sdf"``
   extra it is computed on the patch (DTC's way). Its MSE is masked by the annotation mask (partial labels).
 
@@ -215,8 +217,8 @@ class UGMCLMethod(TrainingMethod):
     model_kind: ClassVar[str] = "mean_teacher"
     default_options: ClassVar[dict[str, Any]] = {
         "supervised_seg": True,
-        "ce_weight": 1.0,
-        "dice_weight": 1.0,
+        "ce_weight": 0.5,
+        "dice_weight": 0.5,
         "supervised_sdf": True,
         "sdf_weight": 0.3,
         "intra": True,
