@@ -157,3 +157,23 @@ def test_cli_evaluate(tmp_path: Path, rng: np.random.Generator, capsys: pytest.C
     assert code == 2 and "missing" in capsys.readouterr().err
     folders = ["--pred", str(tmp_path / "p"), "--gt", str(tmp_path / "g")]
     assert main(["evaluate", *folders, "--num-classes", "1"]) == 2
+
+
+def test_evaluate_folders_progress_and_cancel(tmp_path: Path, rng: np.random.Generator) -> None:
+    from napari_sscce.progress import Cancelled, CancelToken
+
+    (tmp_path / "p").mkdir()
+    (tmp_path / "g").mkdir()
+    for case in ("a", "b"):
+        gt = _labels(rng)
+        _save_nifti(gt, tmp_path / "g" / f"{case}.nii.gz")
+        _save_nifti(gt, tmp_path / "p" / f"{case}_seg.nii.gz")
+    events = []
+    evaluate_folders(tmp_path / "p", tmp_path / "g", progress=events.append)
+    assert [e.stage for e in events] == ["evaluate"] * 4
+    assert events[-1].step == events[-1].total == 4 and events[-1].values["dice"] == 1.0
+    token = CancelToken()
+    token.cancel()
+    with pytest.raises(Cancelled):
+        evaluate_folders(tmp_path / "p", tmp_path / "g", tmp_path / "o", cancel=token)
+    assert not (tmp_path / "o").exists()
