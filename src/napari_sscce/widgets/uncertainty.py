@@ -1,0 +1,243 @@
+"""The Uncertainty dock widget: where to look first, and which scan to correct next.
+
+Two tables:
+
+- *volumes*: every open image that has ``<image> entropy`` and ``<image> segmentation`` layers, ranked by
+  :func:`napari_sscce.uncertainty.volume_score` (active learning: correct the most uncertain scan first);
+- *regions*: the connected uncertain regions of the chosen image from
+  :func:`napari_sscce.uncertainty.rank_regions` (rank, size, mean uncertainty, classes). Choosing a row (or
+  Next / Previous) moves the view there: the slider to the region's slice, the camera centre to its centre in
+  world coordinates (the layer's scale and translate applied) and a zoom that shows the region with room
+  around it.
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+import numpy as np
+from qtpy.QtWidgets import (
+    QAbstractItemView,
+    QHBoxLayout,
+    QLabel,
+    QPushButton,
+    QTableWidget,
+    QTableWidgetItem,
+    QVBoxLayout,
+    QWidget,
+)
+
+from napari_sscce.uncertainty import Region, rank_regions, volume_score
+from napari_sscce.widgets._layers import (
+    ENTROPY,
+    KL,
+    SEGMENTATION,
+    find_result_layer,
+    images_with_uncertainty,
+)
+
+#: a region fills about this fraction of the canvas after a jump
+REGION_FILL = 0.4
+MAX_REGIONS = 50
+
+
+def region_world_box(layer: Any, region: Region) -> tuple[np.ndarray, np.ndarray]:
+    """World coordinates of a region's centre and the size of its bounding box (per axis)."""
+    centre = np.asarray(layer.data_to_world(np.asarray(region.centroid, dtype=float)), dtype=float)
+    lo = np.asarray(region.bbox[:3], dtype=float)
+    hi = np.asarray(region.bbox[3:], dtype=float)
+    size = np.abs(np.asarray(layer.data_to_world(hi), float) - np.asarray(layer.data_to_world(lo), float))
+    return centre, size
+
+
+def go_to_region(viewer: Any, layer: Any, region: Region) -> None:
+    """Move the viewer's slider, camera centre and zoom to ``region`` of ``layer``'s data."""
+    centre, size = region_world_box(layer, region)
+    ndim = viewer.dims.ndim
+    offset = ndim - centre.size  # extra leading viewer dimensions (other layers) keep their position
+    axes = list(range(offset, ndim))
+    not_displayed = [a for a in axes if a not in viewer.dims.displayed]
+    if not_displayed:
+        viewer.dims.set_point(not_displayed, [centre[a - offset] for a in not_displayed])
+    displayed = [a for a in viewer.dims.displayed if a >= offset]
+    viewer.camera.center = tuple(centre[a - offset] for a in displayed)
+    extent = max(float(max(size[a - offset] for a in displayed)), 1e-6)
+    canvas = getattr(viewer, "canvas", None)
+    canvas_size = canvas.size if canvas is not None else getattr(viewer, "_canvas_size", (600, 800))
+    viewer.camera.zoom = REGION_FILL * float(min(canvas_size)) / extent
+
+
+class UncertaintyWidget(QWidget):
+    """Ranked uncertain regions and volumes, with navigation.
+
+    Parameters
+    ----------
+    napari_viewer : napari.Viewer
+    """
+
+    def __init__(self, napari_viewer: Any, parent: QWidget | None = None):
+        super().__init__(parent)
+        self.viewer = napari_viewer
+        self.regions: list[Region] = []
+        self.image_name: str | None = None
+        self._scores: list[tuple[str, float]] = []
+
+        self.volume_table = QTableWidget(0, 2, self)
+        self.volume_table.setHorizontalHeaderLabels(["image", "score"])
+        self.region_table = QTableWidget(0, 5, self)
+        self.region_table.setHorizontalHeaderLabels(["#", "voxels", "mm³", "uncertainty", "classes"])
+        for table in (self.volume_table, self.region_table):
+            table.setSelectionBehavior(QAbstractItemView.SelectionBehavior.SelectRows)
+            table.setSelectionMode(QAbstractItemView.SelectionMode.SingleSelection)
+            table.setEditTriggers(QAbstractItemView.EditTrigger.NoEditTriggers)
+            table.verticalHeader().setVisible(False)
+            table.horizontalHeader().setStretchLastSection(True)
+        self.volume_table.setMaximumHeight(120)
+        self.refresh_button = QPushButton("Refresh", self)
+        self.prev_button = QPushButton("◀ Previous", self)
+        self.next_button = QPushButton("Next ▶", self)
+        self.status = QLabel("Segment an image to see its uncertain regions.", self)
+        self.status.setWordWrap(True)
+
+        layout = QVBoxLayout(self)
+        layout.addWidget(QLabel("Correct next (most uncertain scan first):", self))
+        layout.addWidget(self.volume_table)
+        layout.addWidget(QLabel("Uncertain regions (largest and most uncertain first):", self))
+        layout.addWidget(self.region_table, 1)
+        nav = QHBoxLayout()
+        nav.addWidget(self.prev_button)
+        nav.addWidget(self.next_button)
+        nav.addWidget(self.refresh_button)
+        layout.addLayout(nav)
+        layout.addWidget(self.status)
+
+        self.refresh_button.clicked.connect(lambda: self.refresh())
+        self.next_button.clicked.connect(lambda: self.step(1))
+        self.prev_button.clicked.connect(lambda: self.step(-1))
+        self.volume_table.itemSelectionChanged.connect(self._on_volume_selected)
+        self.region_table.itemSelectionChanged.connect(self._on_region_selected)
+        napari_viewer.layers.events.inserted.connect(self._on_layers_changed)
+        napari_viewer.layers.events.removed.connect(self._on_layers_changed)
+        self.refresh()
+
+    # ----------------------------------------------------------------------------------------- volumes
+    def refresh(self, image_name: str | None = None) -> None:
+        """Recompute the volume scores and the regions of ``image_name`` (default: the current or best)."""
+        self._scores = []
+        for name in images_with_uncertainty(self.viewer):
+            entropy = find_result_layer(self.viewer, name, ENTROPY).data
+            kl_layer = find_result_layer(self.viewer, name, KL)
+            labels = find_result_layer(self.viewer, name, SEGMENTATION).data
+            score = volume_score(
+                np.asarray(entropy),
+                None if kl_layer is None else np.asarray(kl_layer.data),
+                np.asarray(labels),
+            )
+            self._scores.append((name, float(score)))
+        self._scores.sort(key=lambda item: -item[1])
+        names = [n for n, _ in self._scores]
+        chosen = image_name or (
+            self.image_name if self.image_name in names else (names[0] if names else None)
+        )
+        self.volume_table.blockSignals(True)
+        self.volume_table.setRowCount(len(self._scores))
+        for row, (name, score) in enumerate(self._scores):
+            self.volume_table.setItem(row, 0, QTableWidgetItem(name))
+            self.volume_table.setItem(row, 1, QTableWidgetItem(f"{score:.3f}"))
+        if chosen in names:
+            self.volume_table.selectRow(names.index(chosen))
+        self.volume_table.blockSignals(False)
+        self.show_regions(chosen)
+
+    @property
+    def volume_scores(self) -> list[tuple[str, float]]:
+        """``(image name, score)``, most uncertain first."""
+        return list(self._scores)
+
+    def _on_volume_selected(self) -> None:
+        rows = {i.row() for i in self.volume_table.selectedIndexes()}
+        if rows:
+            self.show_regions(self._scores[min(rows)][0])
+
+    def _on_layers_changed(self, event: Any = None) -> None:
+        layer = getattr(event, "value", None)
+        if layer is not None and layer.metadata.get("sscce_role") == ENTROPY:
+            layer.events.data.connect(lambda e: self.refresh())
+        self.refresh()
+
+    # ----------------------------------------------------------------------------------------- regions
+    def show_regions(self, image_name: str | None) -> None:
+        """Rank and list the uncertain regions of ``image_name``."""
+        self.image_name = image_name
+        self.regions = []
+        if image_name is not None:
+            ent_layer = find_result_layer(self.viewer, image_name, ENTROPY)
+            kl_layer = find_result_layer(self.viewer, image_name, KL)
+            seg_layer = find_result_layer(self.viewer, image_name, SEGMENTATION)
+            spacing = tuple(float(s) for s in ent_layer.scale[-3:])
+            self.regions = rank_regions(
+                np.asarray(ent_layer.data),
+                None if kl_layer is None else np.asarray(kl_layer.data),
+                np.asarray(seg_layer.data),
+                spacing,
+                max_regions=MAX_REGIONS,
+            )
+        self.region_table.blockSignals(True)
+        self.region_table.clearSelection()
+        self.region_table.setRowCount(len(self.regions))
+        for row, region in enumerate(self.regions):
+            classes = ", ".join(str(c) for c in region.classes if c != 0) or "background"
+            values = (
+                str(region.id),
+                str(region.size_voxels),
+                f"{region.volume_mm3:.1f}",
+                f"{region.mean_uncertainty:.2f}",
+                classes,
+            )
+            for col, text in enumerate(values):
+                self.region_table.setItem(row, col, QTableWidgetItem(text))
+        self.region_table.blockSignals(False)
+        if image_name is None:
+            self.status.setText("Segment an image to see its uncertain regions.")
+        elif not self.regions:
+            self.status.setText(f"{image_name}: no uncertain region above the threshold.")
+        else:
+            self.status.setText(
+                f"{image_name}: {len(self.regions)} uncertain regions; click one to go there."
+            )
+
+    def select_region(self, index: int) -> None:
+        """Select row ``index`` and move the view to that region."""
+        if not self.regions:
+            return
+        index = int(np.clip(index, 0, len(self.regions) - 1))
+        self.region_table.selectRow(index)  # triggers _on_region_selected
+        if self.current_index() != index:
+            self._go(index)
+
+    def current_index(self) -> int | None:
+        """Row of the selected region, or ``None``."""
+        rows = {i.row() for i in self.region_table.selectedIndexes()}
+        return min(rows) if rows else None
+
+    def step(self, delta: int) -> None:
+        """Go to the next (``delta = 1``) or previous (``-1``) region."""
+        current = self.current_index()
+        self.select_region(0 if current is None else current + delta)
+
+    def _on_region_selected(self) -> None:
+        index = self.current_index()
+        if index is not None:
+            self._go(index)
+
+    def _go(self, index: int) -> None:
+        layer = find_result_layer(self.viewer, self.image_name, ENTROPY) if self.image_name else None
+        if layer is None:
+            return
+        region = self.regions[index]
+        go_to_region(self.viewer, layer, region)
+        z, y, x = (int(round(c)) for c in region.centroid)
+        self.status.setText(
+            f"region {region.id}: slice {z}, centre (y {y}, x {x}), {region.size_voxels} voxels, "
+            f"mean uncertainty {region.mean_uncertainty:.2f}"
+        )
