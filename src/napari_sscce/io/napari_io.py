@@ -65,8 +65,6 @@ def read_layers(path: PathOrPaths) -> list[LayerData]:
         if detect_format(p) == "h5":
             image, label = read_image_label(p)
             layers += layer_data(image, label)
-            if label is not None:
-                layers[-1][1]["name"] = f"{image.name} labels"
         else:
             volume = read_volume(p)
             if volume.is_label:

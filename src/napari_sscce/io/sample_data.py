@@ -154,7 +154,7 @@ def layer_data(image: Volume, label: Volume | None) -> list[tuple[Any, dict, str
     image_kwargs = {**image.layer_kwargs(), "colormap": "gray"}
     layers: list[tuple[Any, dict, str]] = [(image.array, image_kwargs, "image")]
     if label is not None:
-        label_kwargs = {**label.layer_kwargs(), "opacity": 0.5}
+        label_kwargs = {**label.layer_kwargs(), "name": f"{image.name} labels", "opacity": 0.5}
         layers.append((label.array, label_kwargs, "labels"))
     return layers
 
