@@ -58,6 +58,7 @@ def test_case_keys_and_pairing(tmp_path: Path) -> None:
     assert case_key("x_gt.nii.gz", "gt") == "x" and case_key("x_gt.nii.gz", "pred") is None
     assert case_key("x_pred.nii.gz", "pred") == "x" and case_key("x_pred.nii.gz", "gt") is None
     assert case_key("x_entropy.nii.gz", "pred") is None and case_key("x_kl.nrrd", "pred") is None
+    assert case_key("x_prob_a.nii.gz", "pred") is None  # `sscce predict --per-network` output
     assert case_key("notes.txt", "gt") is None
     assert case_key("LA01.h5", "gt") == "LA01"
     (tmp_path / "p").mkdir()

@@ -40,7 +40,8 @@ PRED_SUFFIXES = ("_seg", "_pred", "_prediction", "_segmentation", "_labels", "_l
 GT_SUFFIXES = ("_gt", "_seg", "_segmentation", "_labels", "_label", "_mask")
 #: files that are not label maps (uncertainty maps, probabilities, images written beside the predictions)
 NON_LABEL_SUFFIXES = (
-    "_entropy", "_kl", "_prob", "_probs", "_probabilities", "_uncertainty", "_img", "_image",
+    "_entropy", "_kl", "_uncertainty", "_prob", "_probs", "_probabilities", "_prob_a", "_prob_b",
+    "_img", "_image",
 )
 CSV_NAME = "metrics.csv"
 JSON_NAME = "metrics.json"
