@@ -17,8 +17,97 @@ class UserError(Exception):
 
 
 def _add_predict(sub: argparse._SubParsersAction) -> None:
-    p = sub.add_parser("predict", help="segment volumes and write label, entropy and KL maps")
-    p.set_defaults(func=lambda args: _not_ready("predict"))
+    from napari_sscce.inference.config import DEVICES, LITERATURE_STRIDE, MODES, PRECISIONS, InferenceConfig
+
+    defaults = InferenceConfig()
+    p = sub.add_parser(
+        "predict",
+        help="segment volumes and write label, entropy and KL maps",
+        description="Writes <name>_seg.nii.gz, <name>_entropy.nii.gz and <name>_kl.nii.gz per input, "
+        "on the input's grid (its affine).",
+    )
+    p.add_argument("inputs", nargs="+", metavar="INPUT", help="scans (.nii/.nii.gz/.nrrd/.h5/...)")
+    p.add_argument("--model", required=True, metavar="CKPT", help="model file written by `sscce train`")
+    p.add_argument("--out", required=True, metavar="DIR", help="output folder")
+    p.add_argument("--device", default=defaults.device, choices=DEVICES, help="default: %(default)s")
+    p.add_argument("--precision", default=defaults.precision, choices=PRECISIONS, help="default: %(default)s")
+    p.add_argument(
+        "--overlap", type=float, default=defaults.overlap, help="window overlap (default %(default)s)"
+    )
+    p.add_argument(
+        "--mode",
+        default=defaults.mode,
+        choices=(*MODES, "literature"),
+        help="window blending; 'literature' = uniform with step (4, 18, 18) z,y,x (default %(default)s)",
+    )
+    p.add_argument("--batch-size", type=int, default=defaults.batch_size, help="windows per forward pass")
+    p.add_argument(
+        "--patch-size",
+        type=int,
+        nargs=3,
+        default=None,
+        metavar=("Z", "Y", "X"),
+        help="window size (default: the model's training patch)",
+    )
+    p.add_argument(
+        "--tta", action="store_true", default=defaults.tta, help="mirroring test-time augmentation"
+    )
+    p.add_argument(
+        "--largest-component",
+        action="store_true",
+        default=defaults.largest_component,
+        help="keep the largest connected component of each class",
+    )
+    p.add_argument(
+        "--per-network",
+        action="store_true",
+        default=defaults.return_per_network,
+        help="also write each network's foreground probability (<name>_prob_a/_prob_b)",
+    )
+
+    def run(args: argparse.Namespace) -> int:
+        from pathlib import Path
+
+        from tqdm import tqdm
+
+        from napari_sscce.inference.files import predict_files
+
+        if not Path(args.model).is_file():
+            raise UserError(f"{args.model}: model file not found")
+        overrides = (
+            {"mode": "uniform", "stride": LITERATURE_STRIDE}
+            if args.mode == "literature"
+            else {"mode": args.mode}
+        )
+        config = InferenceConfig(
+            patch_size=args.patch_size,
+            overlap=args.overlap,
+            batch_size=args.batch_size,
+            tta=args.tta,
+            largest_component=args.largest_component,
+            device=args.device,
+            precision=args.precision,
+            return_per_network=args.per_network,
+            **overrides,
+        )
+        with tqdm(total=0, unit="window", dynamic_ncols=True) as bar:
+
+            def progress(event) -> None:
+                if event.stage == "files":
+                    tqdm.write(event.message)
+                    return
+                if event.total and bar.total != event.total:
+                    bar.reset(total=event.total)
+                bar.set_description(event.message.split(":")[0])
+                bar.n = event.step
+                bar.refresh()
+
+            written = predict_files(args.model, args.inputs, args.out, config, progress)
+        for path in written:
+            print(path)
+        return 0
+
+    p.set_defaults(func=run)
 
 
 def _add_train(sub: argparse._SubParsersAction) -> None:

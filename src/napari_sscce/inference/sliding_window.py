@@ -68,10 +68,10 @@ def gaussian_importance_map(
     """Gaussian window weights of shape ``patch`` (float32, peak 1).
 
     ``sigma = sigma_scale * patch`` per axis (1/8 as nnU-Net and MONAI), centred at ``(p - 1) / 2``,
-    separable, divided by its maximum. Weights below ``max(min, 1e-3)`` are raised to that floor: nnU-Net
-    clips zeros to the smallest nonzero weight, MONAI additionally floors at 1e-3; we follow MONAI exactly
-    (so that ``compute_importance_map(patch, "gaussian", 0.125)`` gives the same numbers) which keeps the
-    corners of a lone window from getting vanishing weight.
+    separable. Weights below ``max(min, 1e-3)`` are raised to that floor before the map is divided by its
+    maximum: nnU-Net clips zeros to the smallest nonzero weight, MONAI additionally floors at 1e-3; we follow
+    MONAI exactly (the map is ``compute_importance_map(patch, "gaussian", 0.125)`` up to the constant factor,
+    which cancels in the blend), which keeps the corners of a lone window from getting vanishing weight.
     """
     weights: torch.Tensor | None = None
     for axis, p in enumerate(patch):
@@ -79,9 +79,9 @@ def gaussian_importance_map(
         g = torch.exp(x**2 / (-2.0 * (p * sigma_scale) ** 2))
         weights = g if axis == 0 else weights.unsqueeze(-1) * g[(None,) * axis]
     assert weights is not None
-    weights = weights / weights.max()
     floor = max(float(weights.min()), 1e-3)
-    return weights.clamp_(min=floor).contiguous()
+    weights = weights.clamp_(min=floor)
+    return (weights / weights.max()).contiguous()
 
 
 def symmetric_padding(shape: Sequence[int], patch: Sequence[int]) -> list[tuple[int, int]]:

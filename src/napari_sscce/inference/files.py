@@ -1,0 +1,127 @@
+"""Predict image files and write the label map and both uncertainty maps next to each other."""
+
+from __future__ import annotations
+
+import os
+from collections.abc import Sequence
+from pathlib import Path
+
+import numpy as np
+
+from napari_sscce.inference.config import InferenceConfig
+from napari_sscce.inference.predict import Prediction, load_model, predict_volume
+from napari_sscce.io.readers import read_volume
+from napari_sscce.io.writers import write_volume
+from napari_sscce.progress import CancelToken, ProgressCallback, ProgressEvent, check, report
+
+#: Output file suffixes, after the input's name.
+SEG_SUFFIX = "_seg.nii.gz"
+ENTROPY_SUFFIX = "_entropy.nii.gz"
+KL_SUFFIX = "_kl.nii.gz"
+
+
+def output_paths(name: str, out_dir: str | os.PathLike) -> dict[str, Path]:
+    """The three files written for an input called ``name``: ``seg``, ``entropy``, ``kl``."""
+    out = Path(out_dir)
+    return {
+        "seg": out / f"{name}{SEG_SUFFIX}",
+        "entropy": out / f"{name}{ENTROPY_SUFFIX}",
+        "kl": out / f"{name}{KL_SUFFIX}",
+    }
+
+
+def write_prediction(
+    prediction: Prediction, out_dir: str | os.PathLike, name: str | None = None
+) -> list[Path]:
+    """Write a prediction's labels, entropy and KL maps as NIfTI on the input volume's grid.
+
+    Files: ``<name>_seg.nii.gz`` (integer labels), ``<name>_entropy.nii.gz`` and ``<name>_kl.nii.gz``
+    (float32 in [0, 1]); with per-network probabilities also ``<name>_prob_a.nii.gz`` and
+    ``<name>_prob_b.nii.gz``: each network's foreground probability ``1 - p(background)``. The affine is the
+    input's (whatever its format: NIfTI, NRRD, LA h5 ...), so the files overlay the scan in any viewer.
+    """
+    volume = prediction.volume
+    name = name or volume.name
+    paths = output_paths(name, out_dir)
+    written = [
+        write_volume(volume.with_array(prediction.labels, is_label=True), paths["seg"]),
+        write_volume(
+            volume.with_array(prediction.entropy.astype(np.float32), is_label=False), paths["entropy"]
+        ),
+        write_volume(volume.with_array(prediction.kl.astype(np.float32), is_label=False), paths["kl"]),
+    ]
+    if prediction.per_network is not None:
+        for tag, prob in zip("ab", prediction.per_network, strict=True):
+            foreground = (1.0 - prob[0]).astype(np.float32)
+            path = Path(out_dir) / f"{name}_prob_{tag}.nii.gz"
+            written.append(write_volume(volume.with_array(foreground, is_label=False), path))
+    return written
+
+
+def predict_files(
+    checkpoint_path: str | os.PathLike,
+    inputs: Sequence[str | os.PathLike],
+    out_dir: str | os.PathLike,
+    config: InferenceConfig | None = None,
+    progress: ProgressCallback | None = None,
+    cancel: CancelToken | None = None,
+) -> list[Path]:
+    """Segment each input file and write its label, entropy and KL maps (see :func:`write_prediction`).
+
+    Parameters
+    ----------
+    checkpoint_path : path-like
+        Model file (loaded once).
+    inputs : sequence of path-like
+        Scans in any format :func:`napari_sscce.io.readers.read_volume` reads (an LA ``.h5`` gives its image).
+    out_dir : path-like
+        Output folder (created).
+    config : InferenceConfig, optional
+        Inference settings.
+    progress, cancel
+        Window-level events of each file (their message starts with ``[i/n] name:``) and a file-level event
+        (stage ``"files"``) after each file; cancel is checked between files and between window batches.
+
+    Returns
+    -------
+    list of pathlib.Path
+        Every written file.
+
+    Raises
+    ------
+    FileNotFoundError
+        When an input does not exist (checked for all inputs before any work).
+    napari_sscce.models.checkpoint.CheckpointError, napari_sscce.io.errors.VolumeError
+        For an unusable model file or input (the message names the file).
+    """
+    paths = [Path(p) for p in inputs]
+    missing = [str(p) for p in paths if not p.exists()]
+    if missing:
+        raise FileNotFoundError(f"input file(s) not found: {', '.join(missing)}")
+    model, metadata = load_model(Path(checkpoint_path))
+    out = Path(out_dir)
+    out.mkdir(parents=True, exist_ok=True)
+    written: list[Path] = []
+    for index, path in enumerate(paths, start=1):
+        check(cancel)
+        volume = read_volume(path, is_label=False)
+        prefix = f"[{index}/{len(paths)}] {volume.name}: "
+
+        def relay(event: ProgressEvent, prefix: str = prefix) -> None:
+            report(
+                progress,
+                ProgressEvent(event.stage, event.step, event.total, prefix + event.message, event.values),
+            )
+
+        prediction = predict_volume(model, volume, config, relay, cancel, metadata=metadata)
+        written.extend(write_prediction(prediction, out, volume.name))
+        report(
+            progress,
+            ProgressEvent(
+                "files",
+                index,
+                len(paths),
+                f"{volume.name} done in {prediction.seconds:.1f} s on {prediction.device}",
+            ),
+        )
+    return written
