@@ -76,6 +76,11 @@ class TrainConfig:
         ``preprocessing.normalize_intensity`` mode, recorded in the checkpoint for inference.
     cache_mb : float
         Bound of the in-memory cache of loaded (normalised) cases.
+    init_checkpoint : str or None
+        Start from this model file (fine-tuning); its architecture replaces the method's default.
+    resume : bool
+        Continue the run in ``out`` from its ``train_state.pt`` (exactly: weights, optimisers,
+        sampler and random states).
     """
 
     data: str = ""
@@ -123,6 +128,7 @@ class TrainConfig:
     num_classes: int | None = None
     class_names: list[str] | None = None
     init_checkpoint: str | None = None
+    resume: bool = False
 
     def __post_init__(self) -> None:
         self.patch_size = tuple(int(v) for v in self.patch_size)  # type: ignore[assignment]

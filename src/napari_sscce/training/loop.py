@@ -1,0 +1,497 @@
+"""The training loop: one function for the API, the command line and the napari widget.
+
+``train(config)`` reads the dataset, builds the method's two networks, and runs ``config.iterations``
+optimiser steps on two-stream patch batches, with mixed precision, a learning-rate schedule, periodic
+validation (mean foreground Dice on the val split, sliding-window inference), checkpoints, exact resume
+and a cancel flag. Files in ``config.out``:
+
+``config.json``        the run's ``TrainConfig``
+``splits.json``        the case names of each role actually used
+``metrics.jsonl``      one JSON line per iteration (loss terms, lr) and per validation
+``last.safetensors``   the latest model (written at each validation, at the end and on cancel)
+``best.safetensors``   the model of best validation Dice (= last when there is no val split)
+``train_state.pt``     optimisers, schedule position, sampler and random states, for ``resume``
+                       (plain tensors and JSON strings, read with ``torch.load(weights_only=True)``)
+"""
+
+from __future__ import annotations
+
+import json
+import math
+import random
+import time
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import torch
+
+from napari_sscce.atomic import atomic_path, atomic_write_json
+from napari_sscce.methods import get_method
+from napari_sscce.methods.base import TrainingMethod
+from napari_sscce.progress import Cancelled, CancelToken, ProgressCallback, ProgressEvent, check, report
+from napari_sscce.training import distributed
+from napari_sscce.training.augment import AugmentConfig
+from napari_sscce.training.config import TrainConfig
+from napari_sscce.training.data import Splits, infer_num_classes, resolve_splits
+from napari_sscce.training.sampling import BatchStream, CaseStore, PatchSampler
+
+STATE_FILE = "train_state.pt"
+#: give up after this many consecutive non-finite losses
+MAX_NONFINITE = 20
+
+
+@dataclass
+class TrainResult:
+    """What a training run produced.
+
+    Attributes
+    ----------
+    best_path, last_path : pathlib.Path or None
+        Checkpoints (None only on a non-main rank of a distributed run).
+    history : list of dict
+        The metric lines of this call (as in ``metrics.jsonl``).
+    iterations : int
+        Optimiser steps completed in all (resumed ones included).
+    cancelled : bool
+        True when the cancel flag stopped the run; its state was saved and ``resume`` continues it.
+    best_metric : float or None
+        Best validation mean foreground Dice.
+    model : torch.nn.Module or None
+        The trained ``DualModel`` (on its training device).
+    """
+
+    best_path: Path | None
+    last_path: Path | None
+    history: list[dict[str, Any]] = field(default_factory=list)
+    iterations: int = 0
+    cancelled: bool = False
+    best_metric: float | None = None
+    model: Any = None
+
+
+# ---------------------------------------------------------------------------- small pieces
+def seed_everything(seed: int, deterministic: bool = True) -> None:
+    """Seed Python, NumPy and torch; with ``deterministic``, ask cuDNN for deterministic kernels."""
+    random.seed(seed)
+    np.random.seed(seed % 2**32)  # noqa: NPY002 - third-party code may use the legacy global generator
+    torch.manual_seed(seed)
+    if torch.backends.cudnn.is_available():
+        torch.backends.cudnn.deterministic = bool(deterministic)
+        torch.backends.cudnn.benchmark = not deterministic
+
+
+def lr_factor(config: TrainConfig, iteration: int) -> float:
+    """Learning-rate multiplier at ``iteration`` (0-based) for the config's schedule."""
+    if config.schedule == "step":
+        return config.gamma ** sum(iteration >= m for m in config.resolved_milestones())
+    if config.schedule == "poly":
+        return (1.0 - iteration / config.iterations) ** config.poly_power
+    return 1.0
+
+
+def resolve_precision(device: torch.device, precision: str) -> tuple[torch.dtype | None, bool]:
+    """``(autocast dtype or None, channels_last_3d)`` for a device and a ``TrainConfig.precision``.
+
+    ``"auto"``: bf16 on CUDA devices that support it, else fp16 (with a GradScaler); on CPU bf16 with
+    channels_last_3d where the CPU has native bf16 (AVX512-BF16 / AMX), else fp32.
+    """
+    if precision == "fp32":
+        return None, False
+    if device.type == "cuda":
+        if precision == "auto":
+            return (torch.bfloat16 if torch.cuda.is_bf16_supported() else torch.float16), False
+        return (torch.bfloat16 if precision == "bf16" else torch.float16), False
+    if device.type == "cpu":
+        if precision == "fp16":
+            raise ValueError("precision 'fp16' needs a CUDA device; use bf16 or fp32 on the CPU")
+        if precision == "auto":
+            from napari_sscce.inference.device import cpu_supports_bf16
+
+            return (torch.bfloat16, True) if cpu_supports_bf16() else (None, False)
+        return torch.bfloat16, True
+    return None, False  # mps and others: fp32
+
+
+def _device(name: str) -> torch.device:
+    from napari_sscce.inference.device import resolve_device
+
+    return resolve_device(name)
+
+
+class MetricsLog:
+    """Appends JSON lines to ``metrics.jsonl`` (main rank only); on resume drops lines past the restart."""
+
+    def __init__(self, path: Path | None, resume_from: int | None):
+        self.path = path
+        if path is None:
+            return
+        if resume_from is None:
+            path.write_text("")
+        elif path.exists():
+            kept = [
+                line
+                for line in path.read_text().splitlines()
+                if line.strip() and json.loads(line).get("iteration", 0) <= resume_from
+            ]
+            path.write_text("".join(line + "\n" for line in kept))
+
+    def write(self, record: dict[str, Any]) -> None:
+        if self.path is not None:
+            with open(self.path, "a") as fh:
+                fh.write(json.dumps(record, default=float) + "\n")
+
+
+# ---------------------------------------------------------------------------- validation
+def validate(
+    model: torch.nn.Module,
+    cases: list[tuple[str, Any, Any]],
+    config: TrainConfig,
+    device: torch.device,
+    num_classes: int,
+    cancel: CancelToken | None = None,
+) -> dict[str, Any]:
+    """Mean foreground Dice of the model on ``(name, image Volume, label Volume)`` cases.
+
+    Sliding-window inference (``inference.predict.predict_volume``) with the training patch, the
+    config's ``val_overlap`` and normalisation, mean of both networks' softmax, argmax.
+    """
+    from napari_sscce.inference.config import InferenceConfig
+    from napari_sscce.inference.predict import predict_volume
+    from napari_sscce.metrics.surface import dice
+
+    icfg = InferenceConfig(
+        patch_size=tuple(config.patch_size),
+        overlap=config.val_overlap,
+        device=str(device),
+        precision="fp32" if config.precision == "fp32" else "auto",
+        batch_size=2,
+    )
+    meta = {"normalization": {"mode": config.normalization}, "patch_size": list(config.patch_size)}
+    per_case: dict[str, list[float]] = {}
+    was_training = model.training
+    for name, image, label in cases:
+        check(cancel)
+        pred = predict_volume(model, image, icfg, metadata=meta)
+        gt = np.asarray(label.array)
+        per_case[name] = [float(dice(pred.labels == c, gt == c)) for c in range(1, num_classes)]
+    model.train(was_training)
+    scores = np.array(list(per_case.values()), dtype=float)
+    per_class = scores.mean(0).tolist() if len(scores) else []
+    return {
+        "dice": float(np.mean(per_class)) if per_class else float("nan"),
+        "dice_per_class": per_class,
+        "cases": len(per_case),
+    }
+
+
+# ---------------------------------------------------------------------------- state
+def _save_state(path: Path, iteration: int, model, optimizers, scaler, rank_states, extra: dict) -> None:
+    state = {
+        "iteration": torch.tensor(iteration),
+        "model": model.state_dict(),
+        "optimizers": [opt.state_dict() for opt in optimizers],
+        "scaler": scaler.state_dict() if scaler is not None else {},
+        "rank_torch_rng": [s["torch_rng"] for s in rank_states],
+        "rank_cuda_rng": [s["cuda_rng"] for s in rank_states],
+        "rank_sampler": [s["sampler"] for s in rank_states],
+        "extra": json.dumps(extra),
+    }
+    with atomic_path(path, suffix=".pt") as tmp:
+        torch.save(state, tmp)
+
+
+def _load_state(path: Path) -> dict[str, Any]:
+    try:
+        return torch.load(path, map_location="cpu", weights_only=True)
+    except FileNotFoundError:
+        raise FileNotFoundError(f"{path}: no training state to resume from") from None
+    except Exception as exc:  # corrupt or foreign file
+        raise ValueError(f"{path}: not a readable training state ({exc})") from exc
+
+
+def _rank_state(sampler_state: dict, device: torch.device) -> dict[str, Any]:
+    return {
+        "torch_rng": torch.get_rng_state(),
+        "cuda_rng": torch.cuda.get_rng_state(device) if device.type == "cuda" else torch.empty(0),
+        "sampler": json.dumps(sampler_state),
+    }
+
+
+# ---------------------------------------------------------------------------- the loop
+def _build_model(method: TrainingMethod, num_classes: int, init_checkpoint: str | None):
+    if init_checkpoint:
+        from napari_sscce.models.checkpoint import load_checkpoint
+
+        ckpt = load_checkpoint(init_checkpoint)
+        model = ckpt.model
+        if model.num_classes != num_classes:
+            raise ValueError(
+                f"{init_checkpoint}: the model has {model.num_classes} classes, the data {num_classes}"
+            )
+        return model
+    return method.build_model(1, num_classes)
+
+
+def train(
+    config: TrainConfig,
+    progress: ProgressCallback | None = None,
+    cancel: CancelToken | None = None,
+    init_checkpoint: str | None = None,
+) -> TrainResult:
+    """Train a model as ``config`` says; see the module docstring for the files written.
+
+    Parameters
+    ----------
+    config : TrainConfig
+    progress : callable, optional
+        Receives ``ProgressEvent("train", iteration, iterations, values={loss terms, "loss", "lr"})``
+        after every step and ``ProgressEvent("validate", ...)`` with ``values={"val_dice", ...}``.
+    cancel : CancelToken, optional
+        Checked before every step and between validation cases. A cancelled run saves its state and
+        ``last.safetensors`` and returns with ``cancelled=True`` (``resume`` continues it).
+    init_checkpoint : str, optional
+        Start from this model (fine-tuning); overrides ``config.init_checkpoint``.
+
+    Returns
+    -------
+    TrainResult
+    """
+    from napari_sscce.io.datasets import open_dataset
+
+    start_time = time.perf_counter()
+    device = _device(config.device)
+    ctx = distributed.setup(device)
+    device = ctx.device
+    try:
+        init = init_checkpoint or config.init_checkpoint
+        return _train(config, progress, cancel, init, ctx, open_dataset, start_time)
+    finally:
+        distributed.cleanup(ctx)
+
+
+def _train(config, progress, cancel, init_checkpoint, ctx, open_dataset, start_time) -> TrainResult:
+    device = ctx.device
+    out = Path(config.out)
+    state_path = out / STATE_FILE
+    method_cls = get_method(config.method)
+    if not method_cls.uses_unlabeled and config.unlabeled_bs:
+        config = config.replace(unlabeled_bs=0)
+    method = method_cls(config)
+
+    dataset = open_dataset(config.data)
+    splits: Splits = resolve_splits(dataset, config.split, config.labeled)
+
+    # labels of the labeled cases: number of classes and the training spacing
+    report(progress, ProgressEvent("train", 0, config.iterations, "reading labeled cases"))
+    labels, spacings = [], []
+    for name in splits.labeled:
+        image, label, _ = dataset.load_case(name)
+        labels.append(np.asarray(label.array) if label is not None else np.zeros(1))
+        spacings.append(image.spacing)
+    num_classes = config.num_classes or infer_num_classes(labels)
+    spacing = [float(v) for v in np.median(np.array(spacings), axis=0)]
+    del labels
+
+    seed_everything(config.seed, config.deterministic)
+    model = _build_model(method, num_classes, init_checkpoint).to(device)
+    torch.manual_seed(config.seed * 1000 + 1 + ctx.rank)  # dropout etc. differ per rank
+    autocast_dtype, channels_last = resolve_precision(device, config.precision)
+    if channels_last:
+        model = model.to(memory_format=torch.channels_last_3d)
+    train_model = distributed.wrap_model(model, ctx)
+    optimizers = method.optimizers(model)
+    scaler = torch.amp.GradScaler("cuda") if autocast_dtype == torch.float16 else None
+
+    store = CaseStore(
+        dataset.load_case, num_classes, config.normalization, method.extra_targets, config.cache_mb
+    )
+    sampler = PatchSampler(
+        store,
+        splits.labeled,
+        splits.unlabeled,
+        config.patch_size,
+        config.labeled_bs,
+        config.unlabeled_bs,
+        config.foreground_fraction,
+        AugmentConfig.from_train_config(config),
+        seed=config.seed,
+        rank=ctx.rank,
+        world_size=ctx.world_size,
+    )
+
+    start_it, best_metric, best_iteration = 0, None, None
+    if config.resume:
+        state = _load_state(state_path)
+        model.load_state_dict(state["model"])
+        for opt, s in zip(optimizers, state["optimizers"], strict=True):
+            opt.load_state_dict(s)
+        if scaler is not None and state["scaler"]:
+            scaler.load_state_dict(state["scaler"])
+        if len(state["rank_sampler"]) != ctx.world_size:
+            raise ValueError(
+                f"{state_path}: saved by {len(state['rank_sampler'])} process(es), "
+                f"resumed with {ctx.world_size}"
+            )
+        sampler.load_state_dict(json.loads(state["rank_sampler"][ctx.rank]))
+        torch.set_rng_state(state["rank_torch_rng"][ctx.rank])
+        if device.type == "cuda" and state["rank_cuda_rng"][ctx.rank].numel():
+            torch.cuda.set_rng_state(state["rank_cuda_rng"][ctx.rank], device)
+        start_it = int(state["iteration"])
+        extra = json.loads(state["extra"])
+        best_metric, best_iteration = extra.get("best_metric"), extra.get("best_iteration")
+        if hasattr(method, "load_state_dict") and extra.get("method_state") is not None:
+            method.load_state_dict(extra["method_state"])
+
+    main = ctx.is_main
+    if main:
+        out.mkdir(parents=True, exist_ok=True)
+        config.save(out / "config.json")
+        atomic_write_json(out / "splits.json", splits.to_dict())
+    log = MetricsLog(out / "metrics.jsonl" if main else None, start_it if config.resume else None)
+    history: list[dict[str, Any]] = []
+    val_cases: list[tuple[str, Any, Any]] | None = None
+    last_path, best_path = out / "last.safetensors", out / "best.safetensors"
+    sampler_state = sampler.state_dict()
+    last_val: dict[str, Any] | None = None
+    summary: dict[str, Any] = {}
+
+    def metadata(val_metrics: dict | None) -> dict[str, Any]:
+        return {
+            "method": config.method,
+            "patch_size": list(config.patch_size),
+            "spacing": spacing,
+            "normalization": {"mode": config.normalization},
+            "class_names": config.class_names,
+            "config": config.to_dict(),
+            "train_summary": summary,
+            "val_metrics": val_metrics,
+        }
+
+    def save_all(iteration: int, val_metrics: dict | None) -> None:
+        """Checkpoints and training state (state gathered from every rank, written by rank 0)."""
+        from napari_sscce.models.checkpoint import save_checkpoint
+
+        rank_states = distributed.all_gather(_rank_state(sampler_state, device), ctx)
+        if not main:
+            return
+        summary.update(
+            iterations=iteration,
+            seconds=round(time.perf_counter() - start_time, 2),
+            device=str(device),
+            precision=str(autocast_dtype).replace("torch.", "") if autocast_dtype else "fp32",
+            world_size=ctx.world_size,
+            cases={k: len(v) for k, v in splits.to_dict().items()},
+            best_iteration=best_iteration,
+        )
+        save_checkpoint(last_path, model, metadata(val_metrics))
+        if not splits.val or best_iteration == iteration or not best_path.exists():
+            save_checkpoint(best_path, model, metadata(val_metrics))
+        extra = {"best_metric": best_metric, "best_iteration": best_iteration}
+        if hasattr(method, "state_dict"):
+            extra["method_state"] = method.state_dict()
+        _save_state(state_path, iteration, model, optimizers, scaler, rank_states, extra)
+
+    def run_validation(iteration: int) -> dict | None:
+        nonlocal val_cases, best_metric, best_iteration
+        if not main or not splits.val:
+            return None
+        if val_cases is None:
+            chosen = splits.val[: config.val_max_cases] if config.val_max_cases else splits.val
+            val_cases = [(n, *dataset.load_case(n)[:2]) for n in chosen]
+        report(progress, ProgressEvent("validate", iteration, config.iterations, "validating"))
+        metrics = validate(model, val_cases, config, device, num_classes, cancel)
+        record = {
+            "iteration": iteration,
+            "val_dice": metrics["dice"],
+            "val_dice_per_class": metrics["dice_per_class"],
+        }
+        if best_metric is None or metrics["dice"] > best_metric:
+            best_metric, best_iteration = metrics["dice"], iteration
+        record["best_val_dice"] = best_metric
+        log.write(record)
+        history.append(record)
+        report(
+            progress,
+            ProgressEvent(
+                "validate",
+                iteration,
+                config.iterations,
+                f"val Dice {metrics['dice']:.4f} (best {best_metric:.4f})",
+                values={"val_dice": metrics["dice"], "best_val_dice": best_metric},
+            ),
+        )
+        return metrics
+
+    stream = BatchStream(sampler, config.num_workers)
+    batches = iter(stream)
+    iteration = start_it
+    nonfinite = 0
+    cancelled = False
+    model.train()
+    try:
+        while iteration < config.iterations:
+            check(cancel)
+            batch, next_state = next(batches)
+            batch = batch.to(device, non_blocking=True)
+            if channels_last:
+                batch.image = batch.image.contiguous(memory_format=torch.channels_last_3d)
+            lr = config.lr * lr_factor(config, iteration)
+            for opt in optimizers:
+                for group in opt.param_groups:
+                    group["lr"] = lr
+            amp = autocast_dtype is not None
+            with torch.autocast(device.type, dtype=autocast_dtype or torch.float32, enabled=amp):
+                loss, terms = method.losses(train_model, batch, iteration)
+            for opt in optimizers:
+                opt.zero_grad(set_to_none=True)
+            finite = bool(torch.isfinite(loss.detach()))
+            if finite or scaler is not None:
+                if scaler is not None:
+                    scaler.scale(loss).backward()
+                    for opt in optimizers:
+                        scaler.step(opt)
+                    scaler.update()
+                else:
+                    loss.backward()
+                    for opt in optimizers:
+                        opt.step()
+                method.after_step(model, iteration)
+            nonfinite = 0 if finite else nonfinite + 1
+            if nonfinite >= MAX_NONFINITE:
+                raise FloatingPointError(
+                    f"the loss was not finite for {MAX_NONFINITE} iterations in a row (last terms {terms}); "
+                    "lower the learning rate or use precision fp32"
+                )
+            sampler_state = next_state
+            iteration += 1
+            record = {"iteration": iteration, "loss": float(loss.detach()), "lr": lr, **terms}
+            log.write(record)
+            history.append(record)
+            message = f"loss {record['loss']:.4f}"
+            event = ProgressEvent("train", iteration, config.iterations, message, values=dict(record))
+            report(progress, event)
+            if config.val_every and iteration % config.val_every == 0 and iteration < config.iterations:
+                last_val = run_validation(iteration) or last_val
+                save_all(iteration, last_val)
+        last_val = run_validation(iteration) or last_val
+    except Cancelled:
+        cancelled = True
+    finally:
+        stream.close()
+    save_all(iteration, last_val)
+    if main:
+        message = "cancelled" if cancelled else "done"
+        report(progress, ProgressEvent("train", iteration, config.iterations, message))
+    if not math.isfinite(best_metric or 0.0):
+        best_metric = None
+    return TrainResult(
+        best_path if main else None,
+        last_path if main else None,
+        history,
+        iteration,
+        cancelled,
+        best_metric,
+        model,
+    )
