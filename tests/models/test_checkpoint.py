@@ -21,6 +21,7 @@ from napari_sscce.models.checkpoint import (
 )
 
 SHAPE = (1, 1, 16, 16, 16)
+SMALL = {"base_filters": 4}  # narrow networks keep the tests fast; the file format does not depend on width
 METADATA = {
     "method": "cce",
     "class_names": ["background", "left atrium"],
@@ -36,7 +37,7 @@ METADATA = {
 def _trained_like(method: str = "cce", num_classes: int = 2) -> DualModel:
     """A model whose batch-norm statistics differ from a fresh one (one train-mode forward)."""
     torch.manual_seed(0)
-    model = build_dual_model(method, in_channels=1, num_classes=num_classes)
+    model = build_dual_model(method, in_channels=1, num_classes=num_classes, **SMALL)
     with torch.no_grad():
         model.train()(torch.randn(2, 1, 16, 16, 16) * 3 + 1)
     return model.eval()
@@ -82,7 +83,7 @@ def test_read_metadata_only_header(saved):
 
 
 def test_default_class_names_and_wrong_count(tmp_path):
-    model = build_dual_model("cce", in_channels=1, num_classes=3)
+    model = build_dual_model("cce", in_channels=1, num_classes=3, **SMALL)
     save_checkpoint(tmp_path / "m.safetensors", model, {"method": "cce"})
     assert read_checkpoint_metadata(tmp_path / "m.safetensors")["class_names"] == [
         "background",
@@ -162,7 +163,7 @@ def test_mismatched_weights(tmp_path, saved):
         meta["arch"]["b"]["kwargs"]["num_classes"] = 3
 
     _rewrite(src, bad, edit_meta=three_classes)
-    _expect_error(bad, r"wrong shape.*out_conv.weight \(2, 16, 1, 1, 1\) instead of \(3, 16, 1, 1, 1\)")
+    _expect_error(bad, r"wrong shape.*out_conv.weight \(2, 4, 1, 1, 1\) instead of \(3, 4, 1, 1, 1\)")
     _rewrite(src, bad, edit_meta=lambda m: m["arch"]["a"].update(name="unet"))
     _expect_error(bad, "cannot rebuild.*unknown network 'unet'")
 
@@ -185,14 +186,14 @@ def test_atomic_write_keeps_old_file_on_crash(tmp_path, saved, monkeypatch):
 
     monkeypatch.setattr(ckpt, "save_file", crash)
     with pytest.raises(OSError, match="disk full"):
-        save_checkpoint(target, build_dual_model("cce"), METADATA)
+        save_checkpoint(target, build_dual_model("cce", **SMALL), METADATA)
     assert target.read_bytes() == before
     assert [p.name for p in tmp_path.iterdir()] == ["m.safetensors"]  # no temporary left behind
     assert read_checkpoint_metadata(target)["method"] == "cce"
 
 
 def test_channels_last_model_saves(tmp_path):
-    model = build_dual_model("cce").to(memory_format=torch.channels_last_3d)
+    model = build_dual_model("cce", **SMALL).to(memory_format=torch.channels_last_3d)
     path = save_checkpoint(tmp_path / "cl.safetensors", model, {})
     loaded = load_checkpoint(path)
     torch.testing.assert_close(
@@ -204,11 +205,14 @@ def test_channels_last_model_saves(tmp_path):
 @pytest.mark.parametrize("normalization", ["batchnorm", "groupnorm", "instancenorm", "none"])
 def test_import_reference_vnet(tmp_path, normalization):
     torch.manual_seed(0)
-    net = build_network("vnet", in_channels=1, num_classes=2, normalization=normalization)
+    net = build_network("vnet", in_channels=1, num_classes=2, normalization=normalization, base_filters=8)
     pth = tmp_path / "vnet_iter_6000.pth"
     torch.save({f"module.{k}": v for k, v in net.state_dict().items()}, pth)  # DataParallel-style keys
     model = import_reference_vnet(pth)
-    assert model.kind == "single" and model.net_a.spec["kwargs"]["normalization"] == normalization
+    assert model.kind == "single"
+    assert (
+        model.net_a.spec["kwargs"] == net.spec["kwargs"]
+    )  # channels, classes, width, normalisation inferred
     x = torch.randn(1, 1, 32, 32, 32)  # instance norm needs more than one voxel at the bottleneck
     with torch.no_grad():
         torch.testing.assert_close(model(x)[0], net.eval()(x)[0])

@@ -23,7 +23,7 @@ def test_from_arch_round_trip():
 
 def test_forward_returns_two_logits():
     torch.manual_seed(0)
-    model = build_dual_model("supervised", in_channels=1, num_classes=2).eval()
+    model = build_dual_model("supervised", in_channels=1, num_classes=2, base_filters=4).eval()
     with torch.no_grad():
         a, b = model(torch.randn(1, 1, 16, 16, 16))
     assert a.shape == b.shape == (1, 2, 16, 16, 16)
@@ -44,7 +44,7 @@ def test_ugmcl_teacher_has_no_grad_params_and_copies_student():
 
 def test_single_kind_runs_once_and_arch_round_trips():
     torch.manual_seed(0)
-    net = build_network("vnet", in_channels=1, num_classes=2)
+    net = build_network("vnet", in_channels=1, num_classes=2, base_filters=4)
     model = DualModel(net, kind="single").eval()
     assert model.net_b is model.net_a
     with torch.no_grad():

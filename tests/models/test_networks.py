@@ -72,14 +72,14 @@ def test_vnet_loads_reference_state_dict_strict(reference_vnet_shapes):
 
 
 @pytest.mark.parametrize("name", sorted(NETWORKS))
-@pytest.mark.parametrize("shape", [(32, 32, 32), (20, 33, 17)])
-def test_output_shapes(name, shape):
+@pytest.mark.parametrize(("shape", "width"), [((32, 32, 32), 16), ((20, 33, 17), 4)])
+def test_output_shapes(name, shape, width):
     torch.manual_seed(0)
-    net = build_network(name, in_channels=2, num_classes=3).eval()
+    net = build_network(name, in_channels=2, num_classes=3, base_filters=width).eval()
     with torch.no_grad():
         out = net(torch.randn(1, 2, *shape))
     assert out[0].shape == (1, 3, *shape)
-    assert out[1].shape == (1, 16, *shape)
+    assert out[1].shape == (1, width, *shape)
     if name == "dualtask_vnet":
         assert len(out) == 3
         assert out[2].shape == (1, 2, *shape)
@@ -91,7 +91,7 @@ def test_output_shapes(name, shape):
 def test_padding_matches_unpadded_output_inside():
     """An odd-sized input gives the same values as the zero-padded multiple-of-16 input, cropped."""
     torch.manual_seed(0)
-    net = VNet(1, 2, normalization="instancenorm").eval()
+    net = VNet(1, 2, base_filters=4, normalization="instancenorm").eval()
     x = torch.randn(1, 1, 30, 32, 31)
     padded = torch.nn.functional.pad(x, (0, 1, 0, 0, 0, 2))
     with torch.no_grad():
@@ -131,7 +131,7 @@ def test_dropout_changes_train_outputs_and_turnoff():
 def test_normalizations_run(normalization):
     torch.manual_seed(0)
     for cls in (VNet, ResNetVNet, DualTaskVNet):
-        net = cls(1, 2, normalization=normalization, has_dropout=False).eval()
+        net = cls(1, 2, base_filters=4, normalization=normalization, has_dropout=False).eval()
         with torch.no_grad():
             # instance norm needs more than one voxel at the 1/16 bottleneck: 32 voxels a side
             out = net(torch.randn(1, 1, 32, 32, 32))
@@ -141,7 +141,7 @@ def test_normalizations_run(normalization):
 @pytest.mark.parametrize("name", sorted(NETWORKS))
 def test_channels_last_3d(name):
     torch.manual_seed(0)
-    net = build_network(name, in_channels=1, num_classes=2).eval()
+    net = build_network(name, in_channels=1, num_classes=2, base_filters=4).eval()
     x = torch.randn(1, 1, 16, 16, 16)
     with torch.no_grad():
         ref = net(x)[0]
@@ -168,7 +168,7 @@ def test_wrong_input_channels_is_clear():
 def test_gradients_reach_every_parameter():
     torch.manual_seed(0)
     for cls in (VNet, ResNetVNet, DualTaskVNet):
-        net = cls(1, 2, has_dropout=False).train()
+        net = cls(1, 2, base_filters=4, has_dropout=False).train()
         out = net(torch.randn(2, 1, 16, 16, 16))
         sum(o.float().mean() for o in out).backward()
         missing = [n for n, p in net.named_parameters() if p.grad is None]
