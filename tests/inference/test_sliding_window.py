@@ -16,7 +16,7 @@ from napari_sscce.inference.sliding_window import (
     sliding_window_dual,
     window_starts,
 )
-from napari_sscce.progress import CancelToken, Cancelled
+from napari_sscce.progress import Cancelled, CancelToken
 
 from ._stand_ins import tiny_dual
 

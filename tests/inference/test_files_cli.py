@@ -1,0 +1,112 @@
+"""``predict_files`` and ``sscce predict``: three NIfTI files per input on the input's grid; clear errors."""
+
+from __future__ import annotations
+
+import nibabel as nib
+import numpy as np
+import pytest
+import torch
+
+from napari_sscce.cli import main
+from napari_sscce.inference.config import InferenceConfig
+from napari_sscce.inference.files import predict_files
+from napari_sscce.progress import Cancelled, CancelToken
+
+AFFINE = np.array(
+    [[0.0, 0.0, -1.5, 30.0], [0.9, 0.1, 0.0, -12.0], [0.0, 1.2, 0.0, 7.5], [0.0, 0.0, 0.0, 1.0]]
+)
+
+
+@pytest.fixture(scope="module")
+def checkpoint(tmp_path_factory):
+    from napari_sscce.models.checkpoint import save_checkpoint
+    from napari_sscce.models.dual import build_dual_model
+
+    torch.manual_seed(0)
+    model = build_dual_model("cce", base_filters=2, has_dropout=False)
+    path = tmp_path_factory.mktemp("model") / "model.safetensors"
+    meta = {"method": "cce", "patch_size": [16, 16, 16], "normalization": {"mode": "zscore"}}
+    return save_checkpoint(path, model, meta)
+
+
+@pytest.fixture
+def nifti_input(tmp_path):
+    data = np.random.default_rng(0).normal(100, 20, (18, 14, 16)).astype(np.float32)  # (i, j, k) = x, y, z
+    path = tmp_path / "inputs" / "case01.nii.gz"
+    path.parent.mkdir()
+    nib.save(nib.Nifti1Image(data, AFFINE), str(path))
+    return path
+
+
+def test_cli_writes_three_files_with_the_input_affine(checkpoint, nifti_input, tmp_path, capsys):
+    out = tmp_path / "out"
+    code = main(["predict", "--model", str(checkpoint), str(nifti_input), "--out", str(out),
+                 "--device", "cpu", "--batch-size", "1", "--largest-component"])
+    assert code == 0
+    names = sorted(p.name for p in out.iterdir())
+    assert names == ["case01_entropy.nii.gz", "case01_kl.nii.gz", "case01_seg.nii.gz"]
+    for name in names:
+        img = nib.load(str(out / name))
+        assert img.shape == (18, 14, 16)
+        np.testing.assert_allclose(img.affine, AFFINE, atol=1e-5)
+    seg = np.asarray(nib.load(str(out / "case01_seg.nii.gz")).dataobj)
+    entropy = nib.load(str(out / "case01_entropy.nii.gz")).get_fdata()
+    assert set(np.unique(seg)) <= {0, 1} and 0 <= entropy.min() and entropy.max() <= 1
+    assert "case01_seg.nii.gz" in capsys.readouterr().out
+
+
+def test_nrrd_input_keeps_its_world_geometry(checkpoint, tmp_path):
+    import nrrd
+
+    data = np.random.default_rng(1).normal(0, 1, (17, 16, 12)).astype(np.float32)
+    directions = np.array([[0.8, 0.0, 0.0], [0.0, 0.0, 1.1], [0.0, -0.7, 0.0]])
+    origin = np.array([5.0, -3.0, 12.0])
+    path = tmp_path / "scan.nrrd"
+    nrrd.write(str(path), data, {"space": "left-posterior-superior", "space directions": directions,
+                                  "space origin": origin})
+    config = InferenceConfig(device="cpu", return_per_network=True)
+    written = predict_files(checkpoint, [path], tmp_path / "out", config)
+    assert [p.name for p in written] == ["scan_seg.nii.gz", "scan_entropy.nii.gz", "scan_kl.nii.gz",
+                                         "scan_prob_a.nii.gz", "scan_prob_b.nii.gz"]
+    expected = np.eye(4)
+    expected[:3, :3] = directions.T
+    expected[:3, 3] = origin
+    expected = np.diag([-1.0, -1.0, 1.0, 1.0]) @ expected  # LPS -> RAS
+    for p in written:
+        img = nib.load(str(p))
+        assert img.shape == data.shape
+        np.testing.assert_allclose(img.affine, expected, atol=1e-5)
+
+
+def test_bad_checkpoint_is_a_clear_cli_error(tmp_path, nifti_input, capsys):
+    bad = tmp_path / "broken.safetensors"
+    bad.write_bytes(b"this is not a model file at all")
+    code = main(["predict", "--model", str(bad), str(nifti_input), "--out", str(tmp_path / "o")])
+    err = capsys.readouterr().err
+    assert code == 2 and str(bad) in err and "Traceback" not in err
+    missing = tmp_path / "nope.safetensors"
+    assert main(["predict", "--model", str(missing), str(nifti_input), "--out", str(tmp_path / "o")]) == 2
+    assert str(missing) in capsys.readouterr().err
+
+
+def test_missing_input_is_reported_before_any_work(checkpoint, tmp_path, capsys):
+    missing = tmp_path / "absent.nii.gz"
+    assert main(["predict", "--model", str(checkpoint), str(missing), "--out", str(tmp_path / "o")]) == 2
+    assert str(missing) in capsys.readouterr().err and not (tmp_path / "o").exists()
+
+
+def test_cli_defaults_come_from_the_config():
+    from napari_sscce.cli import build_parser
+
+    args = build_parser().parse_args(["predict", "x.nii.gz", "--model", "m", "--out", "o"])
+    d = InferenceConfig()
+    assert (args.overlap, args.mode, args.batch_size, args.device, args.precision, args.tta) == (
+        d.overlap, d.mode, d.batch_size, d.device, d.precision, d.tta)
+
+
+def test_predict_files_can_be_cancelled(checkpoint, nifti_input, tmp_path):
+    token = CancelToken()
+    token.cancel()
+    with pytest.raises(Cancelled):
+        predict_files(checkpoint, [nifti_input], tmp_path / "out", InferenceConfig(), cancel=token)
+    assert not list((tmp_path / "out").glob("*.nii.gz"))
