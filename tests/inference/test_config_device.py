@@ -22,6 +22,7 @@ def test_config_round_trip_and_defaults():
     assert (d.overlap, d.mode, d.stride, d.batch_size, d.device, d.precision) == (
         0.5, "gaussian", None, 2, "auto", "auto")
     lit = InferenceConfig.literature()
+    assert InferenceConfig(device="cuda:1").device == "cuda:1"  # validated, resolved only at run time
     assert lit.mode == "uniform" and lit.stride == LITERATURE_STRIDE == (4, 18, 18)
 
 

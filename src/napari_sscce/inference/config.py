@@ -52,7 +52,7 @@ class InferenceConfig:
     largest_component : bool
         Keep only the largest connected component of each foreground class.
     device : {"auto", "cuda", "mps", "cpu"}
-        Where to compute; ``"auto"`` takes CUDA, then Apple MPS, then the CPU.
+        Where to compute; ``"auto"`` takes CUDA, then Apple MPS, then the CPU. ``"cuda:1"`` style names work.
     precision : {"auto", "fp32", "bf16", "fp16"}
         ``"auto"``: bf16 autocast on CUDA GPUs and CPUs that support it, fp16 on older CUDA GPUs, else fp32.
     return_per_network : bool
@@ -97,7 +97,7 @@ class InferenceConfig:
             raise ValueError(f"batch_size must be at least 1, got {self.batch_size}")
         if any(a not in (0, 1, 2) for a in self.tta_axes):
             raise ValueError(f"tta_axes must be spatial axes 0, 1 or 2, got {self.tta_axes}")
-        if self.device not in DEVICES:
+        if str(self.device).split(":")[0] not in DEVICES:
             raise ValueError(f"unknown device {self.device!r}; choose one of {', '.join(DEVICES)}")
         if self.precision not in PRECISIONS:
             raise ValueError(f"unknown precision {self.precision!r}; choose one of {', '.join(PRECISIONS)}")
