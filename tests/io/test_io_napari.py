@@ -119,8 +119,9 @@ def test_hippocampus_sample_missing_data_is_a_clear_error(tmp_path, monkeypatch)
 
 def test_npe2_validate():
     npe2 = Path(sys.executable).parent / "npe2"
-    result = subprocess.run([str(npe2), "validate", "napari_sscce"], capture_output=True, text=True,
-                            timeout=120)
+    env = {**os.environ, "PYTHONIOENCODING": "utf-8"}
+    result = subprocess.run([str(npe2), "validate", "napari_sscce"], capture_output=True, env=env,
+                            timeout=120, text=True, encoding="utf-8", errors="replace")
     assert result.returncode == 0, result.stdout + result.stderr
 
 
