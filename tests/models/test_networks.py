@@ -173,3 +173,15 @@ def test_gradients_reach_every_parameter():
         sum(o.float().mean() for o in out).backward()
         missing = [n for n, p in net.named_parameters() if p.grad is None]
         assert not missing, f"{cls.__name__}: no gradient for {missing}"
+
+
+@pytest.mark.parametrize("name", sorted(NETWORKS))
+@pytest.mark.parametrize("shape", [(80, 112, 112), (81, 100, 113)])
+def test_full_patch_shapes_on_meta_device(name, shape):
+    """The LA patch (112x112x80) and odd sizes, checked for shapes only (meta tensors: no computation)."""
+    with torch.device("meta"):
+        net = build_network(name, in_channels=1, num_classes=2).eval()
+        out = net(torch.empty(2, 1, *shape))
+    assert out[0].shape == (2, 2, *shape)
+    assert out[1].shape == (2, 16, *shape)
+    assert count_parameters(net) == count_parameters(build_network(name, in_channels=1, num_classes=2))
