@@ -1,0 +1,121 @@
+"""Fine-tune widget: edits become an annotation mask, workspace writes, fine-tune, re-segment, revert."""
+
+from __future__ import annotations
+
+import dataclasses
+
+import numpy as np
+import pytest
+
+from napari_sscce.training.config import TrainConfig
+from napari_sscce.widgets.finetune import FINETUNE_OVERRIDES, FinetuneWidget, build_finetune_config
+from napari_sscce.widgets.segment import SegmentWidget
+from napari_sscce.workspace import Workspace
+
+WAIT_MS = 120_000
+
+
+@pytest.fixture
+def segmented(qtbot, viewer_with_scan, tiny_model_path):
+    """The scan segmented by the tiny model; returns (viewer, segment widget, fine-tune widget)."""
+    viewer = viewer_with_scan
+    segment = SegmentWidget(viewer)
+    segment.set_model(tiny_model_path)
+    finetune = FinetuneWidget(viewer)
+    segment.run()
+    qtbot.waitUntil(lambda: not segment.runner.running, timeout=WAIT_MS)
+    assert "scan segmentation" in viewer.layers
+    return viewer, segment, finetune
+
+
+def test_defaults_come_from_train_config(make_napari_viewer, tmp_path):
+    widget = FinetuneWidget(make_napari_viewer())
+    defaults = TrainConfig()
+    assert widget.method_combo.currentText() == defaults.method
+    assert widget.iterations_spin.value() == FINETUNE_OVERRIDES["iterations"]
+    assert widget.mode == "slices"
+    config = build_finetune_config(
+        Workspace(tmp_path / "ws"),
+        {},
+        defaults.method,
+        widget.iterations_spin.value(),
+        tmp_path / "out",
+        unlabeled_bs=defaults.unlabeled_bs,
+    )
+    differing = {
+        f.name
+        for f in dataclasses.fields(TrainConfig)
+        if getattr(config, f.name) != getattr(defaults, f.name)
+    }
+    assert differing == set(FINETUNE_OVERRIDES) | {"data", "out"}
+
+
+def test_edits_become_an_annotation_mask_in_the_workspace(segmented, tmp_path):
+    viewer, _, widget = segmented
+    seg = viewer.layers["scan segmentation"]
+    assert widget.tracker is not None and widget.tracker.layer is seg
+    seg.brush_size = 3
+    seg.paint((5, 10, 10), 1 - int(seg.data[5, 10, 10]))  # a 2D brush stroke in slice 5
+    viewer.dims.set_current_step(0, 9)
+    widget.mark_current_slice()
+    assert widget.tracker.edited_voxels > 0
+    assert {i for _, i in widget.tracker.planes} == {5, 9}
+    assert "checked slices: 2" in widget.counts.text()
+
+    widget.set_workspace(tmp_path / "ws")
+    assert widget.add_to_labeled_set() == "scan"
+    ws = Workspace(tmp_path / "ws")
+    image, labels, mask = ws.load_case("scan")
+    np.testing.assert_array_equal(labels.array, seg.data)
+    expected = np.zeros(seg.data.shape, np.uint8)
+    expected[[5, 9]] = 1
+    np.testing.assert_array_equal(mask.array, expected)
+    np.testing.assert_allclose(image.spacing, viewer.layers["scan"].scale)
+
+
+def test_finetune_adds_a_version_resegments_and_reverts(qtbot, segmented, tmp_path):
+    viewer, segment, widget = segmented
+    viewer.add_image(
+        viewer.layers["scan"].data[:, ::-1].copy(), name="other", scale=viewer.layers["scan"].scale
+    )
+    seg = viewer.layers["scan segmentation"]
+    seg.brush_size = 4
+    seg.paint((8, 16, 16), 1 - int(seg.data[8, 16, 16]))  # a real change
+    widget.set_workspace(tmp_path / "ws")
+    widget.iterations_spin.setValue(2)
+    original_model = segment.model_path
+
+    widget.finetune()
+    qtbot.waitUntil(lambda: not widget.runner.running and widget._stage == "", timeout=WAIT_MS)
+    assert widget.last_result is not None and not widget.last_result.cancelled, widget.status.text()
+    ws = Workspace(tmp_path / "ws")
+    assert [v.version for v in ws.versions] == ["v0001", "v0002"]  # the starting model, then the new one
+    assert ws.current_version == "v0002"
+    assert segment.model_path == ws.current_model_path  # the Segment widget uses the new model
+    assert {c.name: c.labeled for c in ws.cases} == {"scan": True, "other": False}
+    assert len(widget.plot.loss) == 2
+    assert "segmented again" in widget.status.text()
+    assert not widget.tracker.has_edits  # the new segmentation starts a new record
+
+    widget.revert("v0001")
+    qtbot.waitUntil(lambda: not widget.runner.running and widget._stage == "", timeout=WAIT_MS)
+    assert Workspace(tmp_path / "ws").current_version == "v0001"
+    assert segment.model_path == ws.version_path("v0001")
+    assert ws.version_path("v0001").read_bytes() == original_model.read_bytes()
+
+
+def test_cancel_keeps_the_model(qtbot, segmented, tmp_path):
+    viewer, segment, widget = segmented
+    seg = viewer.layers["scan segmentation"]
+    seg.paint((8, 16, 16), 1 - int(seg.data[8, 16, 16]))
+    widget.set_workspace(tmp_path / "ws")
+    widget.iterations_spin.setValue(1000)
+    original_model = segment.model_path
+    widget.runner.progress.connect(lambda event: widget.runner.cancel())
+    widget.finetune()
+    qtbot.waitUntil(lambda: not widget.runner.running, timeout=WAIT_MS)
+    assert "cancelled" in widget.status.text()
+    ws = Workspace(tmp_path / "ws")
+    assert [v.version for v in ws.versions] == ["v0001"]  # only the starting model
+    assert segment.model_path == original_model
+    assert widget.last_result.cancelled and widget.last_result.iterations < 1000
