@@ -16,6 +16,15 @@ inference_config = pytest.importorskip("napari_sscce.inference.config", reason="
 SIZE = 16
 
 
+@pytest.fixture(autouse=True, scope="module")
+def _one_torch_thread():
+    """Tiny tensors: one thread is faster, and avoids oversubscribing the shared cores."""
+    before = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(before)
+
+
 def test_ugmcl_checkpoint_gives_labels_entropy_and_student_teacher_kl(tmp_path):
     from napari_sscce.io.volume import Volume
     from napari_sscce.preprocessing import normalize_intensity
