@@ -31,7 +31,9 @@ HiLab-git/DTC ``train_la_dtc.py``) unless stated:
   seg term by ``4 * sum(mask)`` for two classes); the distance MSE of the intra-task term uses the same mask;
 * CE and Dice weigh 0.5 each, as the UG-MCL code (``0.5 * (CE + Dice + ...)``); ``w_sdf = 0.3`` (DTC's
   ``beta``: the UG-MCL code supervises the distance head only through a Dice on ``sigmoid(-1500 d)``, not
-  with the MSE the paper describes);
+  with the MSE of the method description);
+* the intra-task distance term follows the method description (``beta`` weighting); the released code has
+  it commented out and keeps only the segmentation consistency (``beta = 1`` here reproduces that);
 * the distance target is computed once per case and cropped with the patch; when the batch has no ``"sdf"``
   extra it is computed on the patch (DTC's way). Its MSE is masked by the annotation mask (partial labels).
 
