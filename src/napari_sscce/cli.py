@@ -111,8 +111,145 @@ def _add_predict(sub: argparse._SubParsersAction) -> None:
 
 
 def _add_train(sub: argparse._SubParsersAction) -> None:
-    p = sub.add_parser("train", help="train a model (CCE, UG-MCL or supervised)")
-    p.set_defaults(func=lambda args: _not_ready("train"))
+    from napari_sscce.methods import METHOD_PATHS
+    from napari_sscce.training.config import PRECISIONS, TrainConfig
+
+    d = TrainConfig()
+    p = sub.add_parser(
+        "train",
+        help="train a model (CCE, UG-MCL or supervised)",
+        description="Writes config.json, metrics.jsonl, last.safetensors, best.safetensors and "
+        "train_state.pt (for --resume) to --out. Ctrl-C stops cleanly after the current step "
+        "(saving a resumable state); a second Ctrl-C aborts.",
+    )
+    p.add_argument("--data", metavar="DIR", help="dataset folder (images/ + labels/, MSD, LA h5, workspace)")
+    which = p.add_mutually_exclusive_group()
+    which.add_argument("--split", metavar="JSON", help="splits.json with labeled / unlabeled / val lists")
+    which.add_argument("--labeled", type=int, metavar="N", help="use the first N labeled cases as labeled")
+    p.add_argument("--method", choices=sorted(METHOD_PATHS), help=f"default: {d.method}")
+    p.add_argument("--iterations", type=int, metavar="N", help=f"default: {d.iterations}")
+    p.add_argument(
+        "--patch",
+        type=int,
+        nargs=3,
+        metavar=("X", "Y", "Z"),
+        help="training patch in X Y Z like the papers (e.g. 112 112 80); stored as (z, y, x). "
+        f"Default: {' '.join(map(str, reversed(d.patch_size)))}",
+    )
+    p.add_argument("--out", required=True, metavar="RUN_DIR", help="run folder")
+    p.add_argument("--device", help=f"auto, cpu, cuda, cuda:N (default: {d.device})")
+    p.add_argument("--precision", choices=PRECISIONS, help=f"default: {d.precision}")
+    p.add_argument("--resume", action="store_true", help="continue the run in --out exactly where it stopped")
+    p.add_argument(
+        "--batch",
+        type=int,
+        nargs=2,
+        metavar=("L", "U"),
+        help=f"labeled and unlabeled rows per batch (default: {d.labeled_bs} {d.unlabeled_bs})",
+    )
+    p.add_argument("--seed", type=int, help=f"default: {d.seed}")
+    p.add_argument(
+        "--val-every", type=int, metavar="N", help=f"validate every N iterations (default: {d.val_every})"
+    )
+    p.add_argument("--lr", type=float, help=f"default: {d.lr}")
+    p.add_argument("--schedule", choices=("step", "poly", "constant"), help=f"default: {d.schedule}")
+    p.add_argument("--workers", type=int, metavar="N", help="prepare batches in a background thread if > 0")
+    p.add_argument("--init", metavar="CKPT", help="start from this model (fine-tuning)")
+    p.add_argument(
+        "--option",
+        action="append",
+        default=[],
+        metavar="KEY=VALUE",
+        help="method option (JSON value), e.g. --option cps=false --option entropy_percentile=30",
+    )
+    p.add_argument("--quiet", action="store_true", help="no progress bar")
+
+    def config_from_args(args: argparse.Namespace) -> TrainConfig:
+        import json
+        from pathlib import Path
+
+        if args.resume:
+            saved = Path(args.out) / "config.json"
+            if not saved.is_file():
+                raise UserError(f"{saved}: no run to resume (config.json is missing)")
+            cfg = TrainConfig.load(saved)
+        else:
+            if not args.data:
+                raise UserError("--data is required (unless --resume)")
+            cfg = TrainConfig()
+        changes: dict = {"out": args.out, "resume": bool(args.resume)}
+        plain = {  # argument -> TrainConfig field
+            **{name: name for name in ("data", "split", "labeled", "method", "iterations", "device")},
+            **{name: name for name in ("precision", "seed", "val_every", "lr", "schedule")},
+            "workers": "num_workers",
+            "init": "init_checkpoint",
+        }
+        for arg, fieldname in plain.items():
+            value = getattr(args, arg)
+            if value is not None:
+                changes[fieldname] = value
+        if args.patch:
+            changes["patch_size"] = tuple(reversed(args.patch))  # X Y Z on the command line -> (z, y, x)
+        if args.batch:
+            changes["labeled_bs"], changes["unlabeled_bs"] = args.batch
+        if args.option:
+            options = dict(cfg.method_options)
+            for item in args.option:
+                key, sep, value = item.partition("=")
+                if not sep:
+                    raise UserError(f"--option {item!r}: expected KEY=VALUE")
+                try:
+                    options[key.strip()] = json.loads(value)
+                except json.JSONDecodeError:
+                    options[key.strip()] = value
+            changes["method_options"] = options
+        try:
+            return cfg.replace(**changes)
+        except (TypeError, ValueError) as exc:
+            raise UserError(str(exc)) from None
+
+    def run(args: argparse.Namespace) -> int:
+        import signal
+
+        from tqdm import tqdm
+
+        from napari_sscce.progress import CancelToken
+        from napari_sscce.training.loop import train
+
+        cfg = config_from_args(args)
+        token = CancelToken()
+        bar = tqdm(total=cfg.iterations, desc=f"train {cfg.method}", unit="it", disable=args.quiet)
+        bar.update(0)
+        postfix: dict = {}
+
+        def progress(event) -> None:
+            if event.stage == "train" and "loss" in event.values:
+                bar.n = event.step
+                postfix["loss"] = f"{event.values['loss']:.4f}"
+                bar.set_postfix(postfix, refresh=False)
+                bar.refresh()
+            elif event.stage == "validate" and "val_dice" in event.values:
+                postfix["val_dice"] = f"{event.values['val_dice']:.4f}"
+                bar.set_postfix(postfix)
+
+        def on_sigint(signum, frame) -> None:
+            if token.cancelled:
+                raise KeyboardInterrupt
+            token.cancel()
+            bar.write("stopping after this step (Ctrl-C again to abort)")
+
+        previous = signal.signal(signal.SIGINT, on_sigint)
+        try:
+            result = train(cfg, progress=progress, cancel=token)
+        finally:
+            signal.signal(signal.SIGINT, previous)
+            bar.close()
+        state = "stopped (resume with --resume)" if result.cancelled else "done"
+        best = f", best val Dice {result.best_metric:.4f}" if result.best_metric is not None else ""
+        print(f"{state} at iteration {result.iterations}{best}; model: {result.best_path}")
+        return 0
+
+    p.set_defaults(func=run)
 
 
 def _add_evaluate(sub: argparse._SubParsersAction) -> None:
