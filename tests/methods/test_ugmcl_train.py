@@ -83,16 +83,24 @@ def test_sscce_predict_on_a_ugmcl_checkpoint(trained, tmp_path):
     assert 0 <= kl.array.min() and kl.array.max() < 1 and kl.array.max() > 0  # student and teacher differ
 
 
-def test_sscce_train_command_runs_ugmcl(tmp_path, capsys):
+def test_sscce_train_then_predict_commands(tmp_path, capsys):
     with pytest.raises(SystemExit):
         sscce(["train", "--help"])
     usage = capsys.readouterr().out
-    missing = [o for o in ("--data", "--method", "--out", "--iterations", "--patch-size") if o not in usage]
+    needed = ("--data", "--method", "--out", "--iterations", "--patch", "--option")
+    missing = [o for o in needed if o not in usage]
     if missing:
         pytest.skip(f"`sscce train` lacks {missing} (not written yet)")
     data = make_synthetic_dataset(tmp_path / "data", 3, shape=SHAPE, n_labeled=1, n_val=1, seed=2)
-    args = ["train", "--data", str(data), "--method", "ugmcl", "--out", str(tmp_path / "run"),
-            "--iterations", "2", "--patch-size", "16", "16", "16"]
+    run = tmp_path / "run"
+    args = ["train", "--data", str(data), "--method", "ugmcl", "--out", str(run), "--iterations", "2",
+            "--patch", "16", "16", "16", "--batch", "1", "1", "--device", "cpu", "--precision", "fp32",
+            "--val-every", "0", "--option", "teacher_passes=2", "--quiet"]
     assert sscce(args) == 0
-    ckpt = load_checkpoint(tmp_path / "run" / "last.safetensors")
+    ckpt = load_checkpoint(run / "last.safetensors")
     assert ckpt.metadata["method"] == "ugmcl" and ckpt.model.kind == "mean_teacher"
+    assert ckpt.metadata["config"]["method_options"] == {"teacher_passes": 2}
+    rc = sscce(["predict", str(data / "images" / "case_002.nii.gz"), "--model", str(run / "last.safetensors"),
+                "--out", str(tmp_path / "pred"), "--device", "cpu", "--precision", "fp32"])
+    assert rc == 0
+    assert read_volume(tmp_path / "pred" / "case_002_seg.nii.gz").shape == SHAPE
