@@ -90,6 +90,20 @@ def barrier(ctx: DistContext) -> None:
         dist.barrier()
 
 
+def sync_state(model: nn.Module, ctx: DistContext) -> None:
+    """Copy rank 0's parameters and buffers to every rank (no-op when not distributed).
+
+    DDP keeps gradients in step but each rank updates its own batch-norm running statistics after the
+    last forward (DDP re-broadcasts them only at the next forward), and a mean-teacher's EMA teacher is
+    not wrapped; called before checkpoints so that every rank holds exactly what rank 0 saves.
+    """
+    if not ctx.enabled:
+        return
+    with torch.no_grad():
+        for tensor in model.state_dict().values():
+            dist.broadcast(tensor, src=0)
+
+
 class DDPDual(nn.Module):
     """A ``DualModel`` stand-in whose trainable networks are wrapped in ``DistributedDataParallel``.
 

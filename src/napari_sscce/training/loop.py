@@ -373,6 +373,7 @@ def _train(config, progress, cancel, init_checkpoint, ctx, open_dataset, start_t
         """Checkpoints and training state (state gathered from every rank, written by rank 0)."""
         from napari_sscce.models.checkpoint import save_checkpoint
 
+        distributed.sync_state(model, ctx)
         rank_states = distributed.all_gather(_rank_state(sampler_state, device), ctx)
         if not main:
             return
