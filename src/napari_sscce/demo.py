@@ -1,8 +1,16 @@
 """Open napari with the plugin's dock widgets and sample data: ``python -m napari_sscce.demo``.
 
-``--screenshot PATH`` saves a canvas screenshot and exits. With no arguments and no real display
-(no ``DISPLAY``, or only the virtual screen of ``xvfb-run``) it behaves like
-``--screenshot docs/demo.png``, so ``make demo`` works on a headless machine.
+``--screenshot PATH`` opens the viewer with the widgets and the samples, saves a canvas screenshot and
+exits (``docs/demo.png``).
+
+With no arguments (``make demo``), or with ``--loop``, it plays the whole interactive loop on the synthetic
+sample through the dock widgets themselves (:mod:`napari_sscce.demo_loop`): get a small model (trained by
+this package's own training loop on synthetic scans on the first run, a few minutes on a CPU, then cached as
+``~/.cache/napari-sscce/demo_model.safetensors``), segment, show the uncertainty layers and the ranked
+regions, correct the worst slices (the ground truth is painted into them as a person would), fine-tune
+briefly, segment again, and print the Dice before and after. Headless (no ``DISPLAY``, or only the virtual
+screen of ``xvfb-run``), so that ``make demo`` works on a server, it saves a screenshot of each step in
+``docs/`` (``demo_segment.png``, ``demo_uncertainty.png``, ``demo_finetune.png``).
 """
 
 from __future__ import annotations
@@ -37,19 +45,24 @@ def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="python -m napari_sscce.demo", description=__doc__.splitlines()[0])
     parser.add_argument("--screenshot", type=Path, default=None, help="save a canvas screenshot and exit")
     parser.add_argument("--no-hippocampus", action="store_true", help="show the synthetic sample only")
+    parser.add_argument("--loop", action="store_true",
+                        help="play the whole loop: segment, uncertainty, correct, fine-tune, segment again")
+    parser.add_argument("--shots", type=Path, default=Path("docs"), help="folder of the --loop screenshots")
+    parser.add_argument("--finetune-iterations", type=int, default=40, help="fine-tune steps in --loop")
+    parser.add_argument("--slices", type=int, default=4, help="slices corrected in --loop")
     return parser
 
 
-def add_dock_widgets(viewer) -> list[str]:
-    """Dock the plugin's widgets that can be imported; return the names that were added."""
-    added = []
+def add_dock_widgets(viewer) -> dict[str, object]:
+    """Dock the plugin's widgets that can be imported; return name -> widget for those added."""
+    added = {}
     for name in DOCK_WIDGETS:
         try:
-            viewer.window.add_plugin_dock_widget(PLUGIN, name)
+            _, widget = viewer.window.add_plugin_dock_widget(PLUGIN, name)
         except Exception as exc:  # noqa: BLE001 - a widget that is not ready must not stop the demo
             print(f"demo: skipping the {name!r} widget ({type(exc).__name__}: {exc})", file=sys.stderr)
         else:
-            added.append(name)
+            added[name] = widget
     return added
 
 
@@ -97,10 +110,12 @@ def main(argv: Sequence[str] | None = None) -> int:
     given = list(sys.argv[1:] if argv is None else argv)
     args = build_parser().parse_args(given)
     screenshot = args.screenshot
-    if screenshot is None and not given and not has_real_display():
-        screenshot = DEFAULT_SCREENSHOT
     import napari
 
+    if args.loop or not given:
+        from napari_sscce.demo_loop import run_loop
+
+        return run_loop(args.shots, args.finetune_iterations, args.slices, headless=not has_real_display())
     viewer = napari.Viewer(title="napari-sscce demo", show=True)
     add_dock_widgets(viewer)
     keys = open_samples(viewer, hippocampus=not args.no_hippocampus)

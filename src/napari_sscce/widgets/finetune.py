@@ -461,6 +461,7 @@ class FinetuneWidget(QWidget):
         self.last_result = result
         if result.cancelled:
             self._set_running(False)
+            self._stage = ""
             self.status.setText(
                 f"cancelled after {result.iterations} iterations; the model in use is unchanged "
                 f"(the partial run is in {result.last_path.parent if result.last_path else 'the run folder'})"
