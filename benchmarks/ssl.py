@@ -1,0 +1,251 @@
+"""Semi-supervised benchmark on the hippocampus set: does the unlabeled data help?
+
+Rows (``--methods``, any of):
+
+- ``supervised``: the dual networks (VNet + ResNet-VNet) trained supervised-only on the 16 labeled cases;
+- ``cce``: CCE on the 16 labeled + 114 unlabeled cases;
+- ``supervised_all``: supervised on all 130 training cases with their labels (the upper bound);
+- any other registered method (``napari_sscce.methods.METHODS``, e.g. ``ugmcl``): semi-supervised on
+  16 + 114 with that method's own networks.
+
+Every row uses the same iteration budget, patch, batch (2 labeled + 2 unlabeled; supervised rows draw
+labeled rows only), optimiser and schedule (``TrainConfig`` defaults scaled to the budget). The model of
+the last iteration is evaluated (no model selection on the val cases, which are also the test cases here)
+on the 30 val cases of ``splits.json``: sliding-window inference with the training patch, mean of both
+networks' softmax, argmax; per case the mean over the two foreground classes of Dice, Jaccard, hd95 and
+asd (medpy definitions, in voxels as the papers and in mm; the hippocampus is 1 mm isotropic, so the two
+agree). A row reports the mean over cases, then mean and standard deviation over seeds.
+
+Usage (CPU, a few minutes per row at the default budget; on a GPU use ``--device cuda``)::
+
+    python benchmarks/ssl.py --iterations 2000 --seeds 0 1 2 --device auto
+    python benchmarks/ssl.py --iterations 6 --val-max 3 --methods supervised cce   # smoke check
+
+Results: ``benchmarks/results/ssl.json`` and ``ssl.md`` (``--out``); runs in ``--runs`` (checkpoints,
+metrics.jsonl per run).
+"""
+
+from __future__ import annotations
+
+import os
+import sys
+
+# This file is named like the standard library's ``ssl``: drop its folder from the import path (put there
+# by ``python benchmarks/ssl.py``) before anything imports ``ssl``.
+_HERE = os.path.dirname(os.path.abspath(__file__))
+sys.path[:] = [p for p in sys.path if os.path.abspath(p or os.curdir) != _HERE]
+
+import argparse  # noqa: E402
+import json  # noqa: E402
+import platform  # noqa: E402
+import time  # noqa: E402
+from pathlib import Path  # noqa: E402
+
+import numpy as np  # noqa: E402
+import torch  # noqa: E402
+
+from napari_sscce.atomic import atomic_write_bytes, atomic_write_json  # noqa: E402
+from napari_sscce.inference.config import InferenceConfig  # noqa: E402
+from napari_sscce.inference.predict import predict_volume  # noqa: E402
+from napari_sscce.io.datasets import open_dataset  # noqa: E402
+from napari_sscce.io.sample_data import find_shared_data  # noqa: E402
+from napari_sscce.methods import METHOD_PATHS  # noqa: E402
+from napari_sscce.metrics.evaluate import evaluate_case  # noqa: E402
+from napari_sscce.training.config import TrainConfig  # noqa: E402
+from napari_sscce.training.loop import train  # noqa: E402
+
+#: row name -> (training method, which cases are labeled)
+SPECIAL_ROWS = {"supervised": ("supervised", "labeled"), "supervised_all": ("supervised", "all")}
+REPORTED = ("dice", "jaccard", "hd95_vox", "asd_vox", "hd95_mm", "asd_mm")
+
+
+def row_setup(row: str) -> tuple[str, str]:
+    """``(method, labels)`` of a row: labels ``"labeled"`` (16), ``"semi"`` (16 + 114) or ``"all"`` (130)."""
+    if row in SPECIAL_ROWS:
+        return SPECIAL_ROWS[row]
+    if row in METHOD_PATHS:
+        return row, "semi"
+    raise SystemExit(f"unknown row {row!r}; choose from {sorted({*SPECIAL_ROWS, *METHOD_PATHS})}")
+
+
+def split_for(splits: dict[str, list[str]], labels: str) -> dict[str, list[str]]:
+    """The training split of a row (val left out: it is evaluated separately, after training)."""
+    if labels == "all":
+        return {"labeled": splits["labeled"] + splits["unlabeled"], "unlabeled": [], "val": []}
+    if labels == "labeled":
+        return {"labeled": splits["labeled"], "unlabeled": [], "val": []}
+    return {"labeled": splits["labeled"], "unlabeled": splits["unlabeled"], "val": []}
+
+
+def evaluate_model(checkpoint: Path, dataset, cases: list[str], device: str, precision: str) -> dict:
+    """Per-case metrics (mean over foreground classes) and their mean over cases."""
+    cfg = InferenceConfig(device=device, precision=precision)
+    per_case = {}
+    for name in cases:
+        image, label, _ = dataset.load_case(name)
+        pred = predict_volume(str(checkpoint), image, cfg)
+        gt = np.asarray(label.array).astype(np.int64)
+        num_classes = pred.probabilities.shape[0]
+        result = evaluate_case(pred.labels, gt, num_classes, image.spacing)
+        per_case[name] = {k: float(result["mean"][k]) for k in REPORTED}
+    mean = {k: float(np.nanmean([c[k] for c in per_case.values()])) for k in REPORTED}
+    return {"mean": mean, "cases": per_case}
+
+
+def run_row(row: str, seed: int, args, dataset, splits, runs: Path) -> dict:
+    method, labels = row_setup(row)
+    run_dir = runs / f"{row}_seed{seed}"
+    run_dir.mkdir(parents=True, exist_ok=True)
+    split_file = run_dir / "train_split.json"
+    atomic_write_json(split_file, split_for(splits, labels))
+    config = TrainConfig(
+        data=str(args.data),
+        split=str(split_file),
+        method=method,
+        patch_size=tuple(reversed(args.patch)),
+        labeled_bs=args.batch[0],
+        unlabeled_bs=args.batch[1],
+        iterations=args.iterations,
+        lr=args.lr,
+        seed=seed,
+        device=args.device,
+        precision=args.precision,
+        out=str(run_dir),
+        val_every=0,
+        base_filters=args.base_filters,
+        num_workers=args.workers,
+    )
+    start = time.perf_counter()
+    last_print = [0.0]
+
+    def progress(event) -> None:
+        if event.stage == "train" and time.perf_counter() - last_print[0] > 30:
+            last_print[0] = time.perf_counter()
+            print(f"  [{row} seed {seed}] {event.step}/{event.total} {event.message}", flush=True)
+
+    result = train(config, progress=progress)
+    seconds = time.perf_counter() - start
+    val = splits["val"][: args.val_max] if args.val_max else splits["val"]
+    start_eval = time.perf_counter()
+    metrics = evaluate_model(result.last_path, dataset, val, args.device, args.precision)
+    eval_seconds = time.perf_counter() - start_eval
+    losses = [h["loss"] for h in result.history if "loss" in h]
+    print(f"  [{row} seed {seed}] Dice {metrics['mean']['dice']:.4f} ({seconds:.0f} s training)", flush=True)
+    return {
+        "seed": seed,
+        "train_seconds": round(seconds, 1),
+        "eval_seconds": round(eval_seconds, 1),
+        "final_loss": losses[-1] if losses else None,
+        "device": result.model and str(next(result.model.parameters()).device),
+        "checkpoint": str(result.last_path),
+        **metrics,
+    }
+
+
+def summarise(row: str, runs: list[dict], splits: dict) -> dict:
+    method, labels = row_setup(row)
+    split = split_for(splits, labels)
+    means = {k: [r["mean"][k] for r in runs] for k in REPORTED}
+    return {
+        "row": row,
+        "method": method,
+        "labeled_cases": len(split["labeled"]),
+        "unlabeled_cases": len(split["unlabeled"]),
+        "mean": {k: float(np.mean(v)) for k, v in means.items()},
+        "std_over_seeds": {k: float(np.std(v)) for k, v in means.items()},
+        "train_seconds_mean": float(np.mean([r["train_seconds"] for r in runs])),
+        "runs": runs,
+    }
+
+
+def markdown(report: dict) -> str:
+    cfg = report["config"]
+    lines = [
+        "# Semi-supervised benchmark: hippocampus (MSD Task04), 30 validation cases",
+        "",
+        f"Iterations {cfg['iterations']}, patch (x, y, z) {' x '.join(map(str, cfg['patch_xyz']))}, batch "
+        f"{cfg['batch'][0]} labeled + {cfg['batch'][1]} unlabeled, seeds {cfg['seeds']}, device "
+        f"{report['machine']['device']}, precision {cfg['precision']}, base filters {cfg['base_filters']}. "
+        f"Evaluated cases: {cfg['val_cases']}. Metrics: mean over the two foreground classes, then over "
+        "cases; mean +- std over seeds. hd95 / asd in voxels (= mm here, 1 mm isotropic).",
+        "",
+        "| row | method | labeled | unlabeled | Dice % | Jaccard % | hd95 | asd | train s |",
+        "|---|---|---|---|---|---|---|---|---|",
+    ]
+    for r in report["rows"]:
+        m, s = r["mean"], r["std_over_seeds"]
+        lines.append(
+            f"| {r['row']} | {r['method']} | {r['labeled_cases']} | {r['unlabeled_cases']} | "
+            f"{100 * m['dice']:.2f} +- {100 * s['dice']:.2f} | "
+            f"{100 * m['jaccard']:.2f} +- {100 * s['jaccard']:.2f} | "
+            f"{m['hd95_vox']:.2f} | {m['asd_vox']:.2f} | {r['train_seconds_mean']:.0f} |"
+        )
+    lines += ["", f"Command: `{report['command']}`", ""]
+    return "\n".join(lines)
+
+
+def parse_args(argv=None) -> argparse.Namespace:
+    default_data = (find_shared_data() or Path("../shared/data")) / "hippocampus"
+    others = [m for m in METHOD_PATHS if m not in ("cce", "supervised")]
+    rows = ["supervised", "cce", "supervised_all", *others]
+    p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    p.add_argument("--data", type=Path, default=default_data, help="hippocampus folder (default %(default)s)")
+    p.add_argument("--methods", nargs="+", default=rows, help="rows to run (default: %(default)s)")
+    p.add_argument("--iterations", type=int, default=2000)
+    p.add_argument("--seeds", type=int, nargs="+", default=[0])
+    p.add_argument("--device", default="auto")
+    p.add_argument("--precision", default="auto", choices=("auto", "fp32", "bf16", "fp16"))
+    p.add_argument("--patch", type=int, nargs=3, default=[32, 48, 32], metavar=("X", "Y", "Z"))
+    p.add_argument("--batch", type=int, nargs=2, default=[2, 2], metavar=("L", "U"))
+    p.add_argument("--lr", type=float, default=0.01)
+    p.add_argument("--base-filters", type=int, default=16)
+    p.add_argument("--workers", type=int, default=1, help="background batch preparation (0 = none)")
+    p.add_argument("--val-max", type=int, default=None, help="evaluate only the first N val cases")
+    p.add_argument("--runs", type=Path, default=Path("/tmp/sscce_ssl_runs"), help="run folders")
+    p.add_argument("--out", type=Path, default=Path(__file__).resolve().parent / "results")
+    return p.parse_args(argv)
+
+
+def main(argv=None) -> int:
+    args = parse_args(argv)
+    dataset = open_dataset(args.data)
+    splits = json.loads((Path(args.data) / "splits.json").read_text())
+    per_row = []
+    for row in args.methods:
+        row_setup(row)
+    for row in args.methods:
+        print(f"{row}:", flush=True)
+        runs = [run_row(row, seed, args, dataset, splits, args.runs) for seed in args.seeds]
+        per_row.append(summarise(row, runs, splits))
+    device = per_row[0]["runs"][0]["device"] if per_row else args.device
+    report = {
+        "command": "python benchmarks/ssl.py " + " ".join(sys.argv[1:] if argv is None else argv),
+        "config": {
+            "iterations": args.iterations,
+            "patch_xyz": list(args.patch),
+            "batch": list(args.batch),
+            "seeds": list(args.seeds),
+            "precision": args.precision,
+            "base_filters": args.base_filters,
+            "lr": args.lr,
+            "val_cases": len(splits["val"][: args.val_max] if args.val_max else splits["val"]),
+            "data": str(args.data),
+        },
+        "machine": {
+            "device": device,
+            "cuda": torch.cuda.get_device_name(0) if torch.cuda.is_available() else None,
+            "platform": platform.platform(),
+            "torch": torch.__version__,
+            "cpu_threads": torch.get_num_threads(),
+        },
+        "rows": per_row,
+    }
+    args.out.mkdir(parents=True, exist_ok=True)
+    atomic_write_json(args.out / "ssl.json", report)
+    atomic_write_bytes(args.out / "ssl.md", markdown(report).encode())
+    print(markdown(report))
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
