@@ -93,6 +93,7 @@ class UncertaintyWidget(QWidget):
             table.verticalHeader().setVisible(False)
             table.horizontalHeader().setStretchLastSection(True)
         self.volume_table.setMaximumHeight(120)
+        self.region_table.setMinimumHeight(160)
         self.refresh_button = QPushButton("Refresh", self)
         self.prev_button = QPushButton("◀ Previous", self)
         self.next_button = QPushButton("Next ▶", self)
