@@ -87,3 +87,13 @@ def test_init_checkpoint_starts_from_given_weights(dataset, tmp_path):
 def test_bad_split_is_a_clear_error(dataset, tmp_path):
     with pytest.raises(ValueError, match="labeled"):
         train(tiny_config(dataset, tmp_path / "x", labeled=10))
+
+
+def test_background_batches_match_and_bf16_runs(dataset, tmp_path):
+    plain = train(tiny_config(dataset, tmp_path / "w0", iterations=2, val_every=0))
+    threaded = train(tiny_config(dataset, tmp_path / "w1", iterations=2, val_every=0, num_workers=1))
+    for key, value in plain.model.state_dict().items():
+        assert torch.equal(value, threaded.model.state_dict()[key]), key
+    bf16 = train(tiny_config(dataset, tmp_path / "bf16", iterations=1, precision="bf16"))
+    assert all(torch.isfinite(torch.tensor(r["loss"])) for r in bf16.history if "loss" in r)
+    assert load_checkpoint(bf16.last_path).metadata["train_summary"]["precision"] == "bfloat16"
