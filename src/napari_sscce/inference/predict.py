@@ -360,19 +360,34 @@ def check_low_precision(
     config = config or InferenceConfig()
     ref = predict_volume(model, volume, replace(config, precision="fp32"))
     low = predict_volume(model, volume, replace(config, precision=precision))
+    result = compare_predictions(ref.probabilities, low.probabilities, ref.labels, low.labels)
+    return {"precision": low.precision, **result, "seconds_fp32": ref.seconds, "seconds_low": low.seconds}
+
+
+def compare_predictions(
+    ref_prob: np.ndarray,
+    other_prob: np.ndarray,
+    ref_labels: np.ndarray | None = None,
+    other_labels: np.ndarray | None = None,
+) -> dict[str, float]:
+    """Agreement of two predictions of one volume (e.g. fp32 vs bf16, ours vs a reference engine).
+
+    Labels default to the argmax of the probabilities. Returns ``changed_fraction`` (voxels whose label
+    differs), ``dice`` (mean over the foreground classes present in either map; 1.0 when neither has
+    foreground), ``max_abs_prob_diff`` and ``mean_abs_prob_diff``.
+    """
+    ref_labels = ref_prob.argmax(0) if ref_labels is None else ref_labels
+    other_labels = other_prob.argmax(0) if other_labels is None else other_labels
     dices = []
-    for cls in range(1, ref.probabilities.shape[0]):
-        a, b = ref.labels == cls, low.labels == cls
+    for cls in range(1, ref_prob.shape[0]):
+        a, b = ref_labels == cls, other_labels == cls
         total = int(a.sum()) + int(b.sum())
         if total:
             dices.append(2.0 * int((a & b).sum()) / total)
-    diff = np.abs(ref.probabilities - low.probabilities)
+    diff = np.abs(ref_prob - other_prob)
     return {
-        "precision": low.precision,
-        "changed_fraction": float((ref.labels != low.labels).mean()),
+        "changed_fraction": float((ref_labels != other_labels).mean()),
         "dice": float(np.mean(dices)) if dices else 1.0,
         "max_abs_prob_diff": float(diff.max()),
         "mean_abs_prob_diff": float(diff.mean()),
-        "seconds_fp32": ref.seconds,
-        "seconds_low": low.seconds,
     }
