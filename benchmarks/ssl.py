@@ -203,13 +203,45 @@ def parse_args(argv=None) -> argparse.Namespace:
     p.add_argument("--val-max", type=int, default=None, help="evaluate only the first N val cases")
     p.add_argument("--runs", type=Path, default=Path("/tmp/sscce_ssl_runs"), help="run folders")
     p.add_argument("--out", type=Path, default=Path(__file__).resolve().parent / "results")
+    p.add_argument(
+        "--merge",
+        type=Path,
+        nargs="+",
+        default=None,
+        help="merge the ssl.json reports of runs made in parallel (one row or seed each) into one table",
+    )
     return p.parse_args(argv)
+
+
+def merge_reports(paths: list[Path], splits: dict) -> dict:
+    """One report from several partial ``ssl.json`` reports (rows or seeds run as parallel processes)."""
+    parts = [json.loads(Path(p).read_text()) for p in paths]
+    runs_by_row: dict[str, list[dict]] = {}
+    for part in parts:
+        for row in part["rows"]:
+            runs_by_row.setdefault(row["row"], []).extend(row["runs"])
+    order = ["supervised", "cce", "supervised_all"]
+    names = sorted(runs_by_row, key=lambda r: (order.index(r) if r in order else len(order), r))
+    rows = [summarise(r, sorted(runs_by_row[r], key=lambda x: x["seed"]), splits) for r in names]
+    report = dict(parts[0])
+    seeds = sorted({r["seed"] for runs in runs_by_row.values() for r in runs})
+    report["config"] = {**parts[0]["config"], "seeds": seeds}
+    report["command"] = parts[0]["command"] + f"  (merged from {len(parts)} parallel runs)"
+    report["rows"] = rows
+    return report
 
 
 def main(argv=None) -> int:
     args = parse_args(argv)
-    dataset = open_dataset(args.data)
     splits = json.loads((Path(args.data) / "splits.json").read_text())
+    if args.merge:
+        report = merge_reports(args.merge, splits)
+        args.out.mkdir(parents=True, exist_ok=True)
+        atomic_write_json(args.out / "ssl.json", report)
+        atomic_write_bytes(args.out / "ssl.md", markdown(report).encode())
+        print(markdown(report))
+        return 0
+    dataset = open_dataset(args.data)
     per_row = []
     for row in args.methods:
         row_setup(row)
