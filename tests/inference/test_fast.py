@@ -7,7 +7,12 @@ import copy
 import torch
 from torch import nn
 
-from napari_sscce.inference.fast import fold_batchnorm, optimize_for_inference, widen_single_channel_convs
+from napari_sscce.inference.fast import (
+    fold_batchnorm,
+    fuse_conv_relu,
+    optimize_for_inference,
+    widen_single_channel_convs,
+)
 
 
 def _randomise_bn(model: nn.Module) -> nn.Module:
@@ -21,7 +26,7 @@ def _randomise_bn(model: nn.Module) -> nn.Module:
     return model.eval()
 
 
-def test_folding_and_widening_keep_the_outputs():
+def test_folding_widening_and_fusion_keep_the_outputs():
     from napari_sscce.models.registry import build_network
 
     torch.manual_seed(0)
@@ -32,8 +37,11 @@ def test_folding_and_widening_keep_the_outputs():
         fast = copy.deepcopy(net)
         folded = fold_batchnorm(fast)
         widened = widen_single_channel_convs(fast)
-        assert folded > 5 and widened == 1
+        fused = fuse_conv_relu(fast)
+        assert folded > 5 and widened == 1 and fused > 5
         assert not any(isinstance(m, nn.BatchNorm3d) for m in fast.modules())
+        relus = sum(isinstance(m, nn.ReLU) for m in fast.modules())
+        assert relus <= sum(isinstance(m, nn.ConvTranspose3d) for m in fast.modules())  # only after up-convs
         torch.testing.assert_close(fast(x)[0], ref, rtol=1e-4, atol=1e-4)
 
 

@@ -4,6 +4,9 @@
   merged into the convolution's weights and bias (one pass over the activations less per layer).
 - Single-channel convolutions get a zero second input channel: oneDNN's bf16 kernels are far slower for one
   input channel (a 7x7x7 stem convolution was 4-5x faster with two) and a zero channel changes nothing.
+- ReLUs (and the residual additions of ResNet blocks) are fused into the convolutions as oneDNN post-ops
+  (``torch.ops.mkldnn._convolution_pointwise``, what ``torch.compile`` emits on CPUs): one pass over the
+  activations less per layer.
 - Weights are stored in bf16 and in ``channels_last_3d`` so that no per-forward cast or reorder is needed.
 
 :func:`optimize_for_inference` works on a copy, checks the rewritten model against the original on a small
@@ -95,9 +98,14 @@ class _TwoChannelConv(nn.Module):
             if conv.bias is not None:
                 self.conv.bias.copy_(conv.bias)
 
+        self.fuse_relu = False  # set by fuse_conv_relu when a ReLU follows
+
     def forward(self, x: torch.Tensor) -> torch.Tensor:
-        x = torch.cat([x, torch.zeros_like(x)], dim=1)
-        return self.conv(x.contiguous(memory_format=torch.channels_last_3d))
+        x = torch.cat([x, torch.zeros_like(x)], dim=1).contiguous(memory_format=torch.channels_last_3d)
+        if self.fuse_relu:
+            c = self.conv
+            return _pointwise_op()(x, c.weight, c.bias, *_conv_args(c), "relu", [], "")
+        return self.conv(x)
 
 
 def widen_single_channel_convs(model: nn.Module) -> int:
@@ -107,6 +115,105 @@ def widen_single_channel_convs(model: nn.Module) -> int:
         for name, child in list(module.named_children()):
             if isinstance(child, nn.Conv3d) and child.in_channels == 1 and child.groups == 1:
                 setattr(module, name, _TwoChannelConv(child))
+                count += 1
+    return count
+
+
+def _pointwise_op():
+    ops = getattr(torch.ops, "mkldnn", None)
+    try:
+        return ops._convolution_pointwise if ops is not None else None
+    except (AttributeError, RuntimeError):
+        return None
+
+
+def _conv_args(conv: nn.Conv3d) -> tuple:
+    return (list(conv.padding), list(conv.stride), list(conv.dilation), conv.groups)
+
+
+def _fusable(conv: nn.Module) -> bool:
+    return (
+        type(conv) is nn.Conv3d
+        and conv.padding_mode == "zeros"
+        and not isinstance(conv.padding, str)
+        and _pointwise_op() is not None
+    )
+
+
+class _ConvReLU(nn.Module):
+    """Convolution with the ReLU fused into it (oneDNN post-op, ``mkldnn._convolution_pointwise``)."""
+
+    def __init__(self, conv: nn.Conv3d):
+        super().__init__()
+        self.conv = conv
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        c = self.conv
+        x = x.contiguous(memory_format=torch.channels_last_3d)
+        return _pointwise_op()(x, c.weight, c.bias, *_conv_args(c), "relu", [], "")
+
+
+class _FusedBasicBlock(nn.Module):
+    """A ResNet basic block (conv1 -> ReLU -> conv2 -> + shortcut -> ReLU) with oneDNN post-op fusion."""
+
+    def __init__(self, block: nn.Module):
+        super().__init__()
+        self.conv1, self.conv2, self.downsample = block.conv1, block.conv2, block.downsample
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        x = x.contiguous(memory_format=torch.channels_last_3d)
+        identity = x if self.downsample is None else self.downsample(x)
+        identity = identity.contiguous(memory_format=torch.channels_last_3d)
+        c1, c2, op = self.conv1, self.conv2, _pointwise_op()
+        out = op(x, c1.weight, c1.bias, *_conv_args(c1), "relu", [], "")
+        return op.binary(out, identity, c2.weight, c2.bias, *_conv_args(c2), "add", None, "relu", [], "")
+
+
+def _is_plain_basic_block(module: nn.Module) -> bool:
+    names = dict(module.named_children())
+    return (
+        type(module).__name__ == "BasicBlock3d"
+        and _fusable(names.get("conv1"))
+        and _fusable(names.get("conv2"))
+        and isinstance(names.get("bn1"), nn.Identity)
+        and isinstance(names.get("bn2"), nn.Identity)
+        and isinstance(names.get("relu"), nn.ReLU)
+    )
+
+
+def fuse_conv_relu(model: nn.Module) -> int:
+    """Fuse ReLUs (and residual additions) into the preceding convolutions, in place.
+
+    Recognised after :func:`fold_batchnorm`: ``Conv3d, [Identity...], ReLU`` inside an ``nn.Sequential``
+    (VNet blocks, ResNet stem) and the package's ``BasicBlock3d`` (conv1 / bn1 / conv2 / bn2 / relu /
+    downsample, BatchNorms folded). Needs PyTorch's oneDNN pointwise convolution; returns the number of
+    fusions (0 where unavailable).
+    """
+    if _pointwise_op() is None:
+        return 0
+    count = 0
+    for module in list(model.modules()):
+        for name, child in list(module.named_children()):
+            if _is_plain_basic_block(child):
+                setattr(module, name, _FusedBasicBlock(child))
+                count += 1
+    for module in list(model.modules()):
+        if not isinstance(module, nn.Sequential):
+            continue
+        items = list(module)
+        for i, item in enumerate(items):
+            widened = isinstance(item, _TwoChannelConv) and _fusable(item.conv)
+            if not (_fusable(item) or widened):
+                continue
+            j = i + 1
+            while j < len(items) and isinstance(items[j], nn.Identity):
+                j += 1
+            if j < len(items) and isinstance(items[j], nn.ReLU):
+                if widened:
+                    item.fuse_relu = True
+                else:
+                    module[i] = _ConvReLU(item)
+                module[j] = nn.Identity()
                 count += 1
     return count
 
@@ -126,6 +233,7 @@ def optimize_for_inference(
     with torch.inference_mode(False), torch.no_grad():
         fold_batchnorm(fast)
         widen_single_channel_convs(fast)
+        fuse_conv_relu(fast)
         fast.eval()
         in_channels = int(getattr(original, "in_channels", 1))
         x = torch.randn(1, in_channels, *check_shape, generator=torch.Generator().manual_seed(0))
