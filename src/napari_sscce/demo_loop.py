@@ -28,13 +28,13 @@ DEMO_TRAIN = {
     "method": "cce",
     "base_filters": 4,
     "patch_size": (32, 48, 48),
-    "iterations": 160,
+    "iterations": 120,
     "labeled_bs": 2,
     "unlabeled_bs": 1,
-    "val_every": 40,
+    "val_every": 0,  # no validation split: the last model is kept (and the first run stays short)
     "seed": 0,
 }
-DEMO_CASES = {"n_cases": 8, "n_labeled": 4, "n_val": 1, "shape": (48, 64, 64), "num_classes": 3, "seed": 100}
+DEMO_CASES = {"n_cases": 8, "n_labeled": 4, "n_val": 0, "shape": (48, 64, 64), "num_classes": 3, "seed": 100}
 
 
 def _print_progress(prefix: str):

@@ -26,6 +26,7 @@ def test_segment_adds_three_layers_on_the_image_grid(qtbot, viewer_with_scan, ti
     widget = SegmentWidget(viewer)
     widget.set_model(tiny_model_path)
     assert "method: cce" in widget.model_info.text()
+    widget.per_network_check.setChecked(True)
     _segment(qtbot, widget)
     assert widget.status.text().startswith("scan: done"), widget.status.text()
     image = viewer.layers["scan"]
@@ -40,6 +41,10 @@ def test_segment_adds_three_layers_on_the_image_grid(qtbot, viewer_with_scan, ti
     assert tuple(ent.contrast_limits) == (0.0, 1.0) and ent.blending == "additive"
     assert 0.0 <= float(ent.data.min()) and float(ent.data.max()) <= 1.0
     assert widget.progress_bar.value() == 100
+    for tag in ("A", "B"):
+        probs = viewer.layers[f"scan probabilities {tag}"]
+        assert probs.data.shape == (2, *image.data.shape)
+        np.testing.assert_allclose(probs.scale[1:], image.scale)
 
 
 def test_rerun_replaces_layers(qtbot, viewer_with_scan, tiny_model_path):
