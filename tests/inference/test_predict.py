@@ -124,15 +124,17 @@ def test_low_precision_check_reports_agreement():
     assert 0.0 < report["max_abs_prob_diff"] < 0.2  # bf16 does change the numbers a little
 
 
-@pytest.mark.parametrize("method", ["cce", "ugmcl"])
-def test_real_dual_models(method):
+@pytest.mark.parametrize("method, precision", [("cce", "fp32"), ("ugmcl", "fp32"), ("cce", "bf16")])
+def test_real_dual_models(method, precision):
     from napari_sscce.models.dual import build_dual_model
 
     torch.manual_seed(0)
     model = build_dual_model(method, base_filters=2, has_dropout=False)
     volume = _sphere(shape=(16, 20, 16))
-    pred = predict_volume(model, volume, InferenceConfig(patch_size=(16, 16, 16), precision="fp32"))
-    assert pred.probabilities.shape == (2, 16, 20, 16) and pred.info["windows"] == 2
+    config = InferenceConfig(patch_size=(16, 16, 16), precision=precision)
+    pred = predict_volume(model, volume, config)
+    assert pred.precision == precision and pred.info["windows"] == 2
+    assert pred.probabilities.shape == (2, 16, 20, 16)
     np.testing.assert_allclose(pred.probabilities.sum(0), 1.0, atol=1e-5)
     if method == "ugmcl":  # the teacher starts as a copy of the student: no disagreement
         assert pred.kl.max() < 1e-6

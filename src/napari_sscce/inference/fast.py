@@ -101,10 +101,11 @@ class _TwoChannelConv(nn.Module):
         self.fuse_relu = False  # set by fuse_conv_relu when a ReLU follows
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
+        x = x.to(self.conv.weight.dtype)  # the fused op is not under autocast
         x = torch.cat([x, torch.zeros_like(x)], dim=1).contiguous(memory_format=torch.channels_last_3d)
         if self.fuse_relu:
             c = self.conv
-            return _pointwise_op()(x, c.weight, c.bias, *_conv_args(c), "relu", [], "")
+            return _pointwise_op()(x, _weight(c), c.bias, *_conv_args(c), "relu", [], "")
         return self.conv(x)
 
 
@@ -127,6 +128,12 @@ def _pointwise_op():
         return None
 
 
+def _weight(conv: nn.Conv3d) -> torch.Tensor:
+    """The oneDNN-packed weight when :func:`pack_weights` made one, else the plain weight."""
+    packed = getattr(conv, "_packed_weight", None)
+    return conv.weight if packed is None else packed
+
+
 def _conv_args(conv: nn.Conv3d) -> tuple:
     return (list(conv.padding), list(conv.stride), list(conv.dilation), conv.groups)
 
@@ -141,16 +148,17 @@ def _fusable(conv: nn.Module) -> bool:
 
 
 class _ConvReLU(nn.Module):
-    """Convolution with the ReLU fused into it (oneDNN post-op, ``mkldnn._convolution_pointwise``)."""
+    """Convolution with the ReLU fused into it (oneDNN post-op, ``mkldnn._convolution_pointwise``);
+    ``unary="none"`` is the plain convolution through the same op (so it can use a packed weight)."""
 
-    def __init__(self, conv: nn.Conv3d):
+    def __init__(self, conv: nn.Conv3d, unary: str = "relu"):
         super().__init__()
-        self.conv = conv
+        self.conv, self.unary = conv, unary
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         c = self.conv
-        x = x.contiguous(memory_format=torch.channels_last_3d)
-        return _pointwise_op()(x, c.weight, c.bias, *_conv_args(c), "relu", [], "")
+        x = x.to(c.weight.dtype).contiguous(memory_format=torch.channels_last_3d)
+        return _pointwise_op()(x, _weight(c), c.bias, *_conv_args(c), self.unary, [], "")
 
 
 class _FusedBasicBlock(nn.Module):
@@ -161,12 +169,13 @@ class _FusedBasicBlock(nn.Module):
         self.conv1, self.conv2, self.downsample = block.conv1, block.conv2, block.downsample
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
-        x = x.contiguous(memory_format=torch.channels_last_3d)
+        dtype = self.conv1.weight.dtype
+        x = x.to(dtype).contiguous(memory_format=torch.channels_last_3d)
         identity = x if self.downsample is None else self.downsample(x)
-        identity = identity.contiguous(memory_format=torch.channels_last_3d)
+        identity = identity.to(dtype).contiguous(memory_format=torch.channels_last_3d)
         c1, c2, op = self.conv1, self.conv2, _pointwise_op()
-        out = op(x, c1.weight, c1.bias, *_conv_args(c1), "relu", [], "")
-        return op.binary(out, identity, c2.weight, c2.bias, *_conv_args(c2), "add", None, "relu", [], "")
+        out = op(x, _weight(c1), c1.bias, *_conv_args(c1), "relu", [], "")
+        return op.binary(out, identity, _weight(c2), c2.bias, *_conv_args(c2), "add", None, "relu", [], "")
 
 
 def _is_plain_basic_block(module: nn.Module) -> bool:
@@ -215,6 +224,34 @@ def fuse_conv_relu(model: nn.Module) -> int:
                     module[i] = _ConvReLU(item)
                 module[j] = nn.Identity()
                 count += 1
+    for module in list(model.modules()):
+        if isinstance(module, (_ConvReLU, _FusedBasicBlock, _TwoChannelConv)):
+            continue
+        for name, child in list(module.named_children()):
+            if _fusable(child):  # the remaining convolutions (1x1 heads, shortcuts): same op, no post-op
+                setattr(module, name, _ConvReLU(child, unary="none"))
+    return count
+
+
+def pack_weights(model: nn.Module) -> int:
+    """Give every convolution run by the oneDNN pointwise op a pre-reordered (packed) weight.
+
+    Without it oneDNN reorders the weight on every call, which dominates the small deep layers. Call after
+    the final dtype / layout change; the parameters stay as they are (the packed copy is an attribute).
+    """
+    reorder = getattr(getattr(torch.ops, "mkldnn", None), "_reorder_convolution_weight", None)
+    if reorder is None:
+        return 0
+    count = 0
+    for module in model.modules():
+        convs = []
+        if isinstance(module, _ConvReLU) or (isinstance(module, _TwoChannelConv) and module.fuse_relu):
+            convs = [module.conv]
+        elif isinstance(module, _FusedBasicBlock):
+            convs = [module.conv1, module.conv2]
+        for conv in convs:
+            conv._packed_weight = reorder(conv.weight.detach(), *_conv_args(conv))
+            count += 1
     return count
 
 
@@ -246,6 +283,7 @@ def optimize_for_inference(
             )
             return original
         fast = fast.to(dtype=dtype, memory_format=torch.channels_last_3d)
+        pack_weights(fast)
     return fast
 
 
