@@ -8,7 +8,7 @@ once up front so that all paths see the very same input.
 Paths (each measured in a fresh subprocess):
 
 - ``ours``: :func:`napari_sscce.inference.predict.predict_volume` at its defaults (Gaussian blending, overlap
-  0.5, 2 windows per batch, device and precision "auto": bf16 on a CPU with AVX512-BF16/AMX) - normalisation,
+  0.5, 4 windows per batch, device and precision "auto": bf16 on a CPU with AVX512-BF16/AMX) - normalisation,
   both networks, entropy and KL included.
 - ``ours_fp32``: the same with ``precision="fp32"``.
 - ``monai``: ``monai.inferers.sliding_window_inference`` (mode "gaussian", sigma_scale 0.125, same patch,
@@ -59,7 +59,7 @@ PATCH = (80, 112, 112)
 VOLUMES = {"160x160x96": (96, 160, 160), "LA 190x142x88": (88, 142, 190)}
 RSS_VOLUME = ("256x256x128", (128, 256, 256))
 OVERLAP = 0.5
-BATCH = 2
+BATCH = 4  # = InferenceConfig's default; MONAI gets the same windows per batch
 STRIDE_LIT = (4, 18, 18)
 
 

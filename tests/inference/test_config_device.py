@@ -20,7 +20,7 @@ def test_config_round_trip_and_defaults():
     assert again == cfg and again.patch_size == (80, 112, 112) and again.tta_axes == (0, 2)
     d = InferenceConfig()
     assert (d.overlap, d.mode, d.stride, d.batch_size, d.device, d.precision) == (
-        0.5, "gaussian", None, 2, "auto", "auto")
+        0.5, "gaussian", None, 4, "auto", "auto")
     lit = InferenceConfig.literature()
     assert InferenceConfig(device="cuda:1").device == "cuda:1"  # validated, resolved only at run time
     assert lit.mode == "uniform" and lit.stride == LITERATURE_STRIDE == (4, 18, 18)
