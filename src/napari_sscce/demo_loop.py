@@ -134,15 +134,22 @@ def run_loop(
         )
         return 1
     segment, uncertainty, finetune = (widgets[k] for k in ("Segment", "Uncertainty", "Correct & fine-tune"))
+    viewer.window.resize(1600, 1000)
     open_samples(viewer, hippocampus=False)
     image_layer, gt_layer = viewer.layers[-2], viewer.layers[-1]
     gt = np.asarray(gt_layer.data)
     gt_layer.visible = False
     folder = shots if headless else None
+    from napari_sscce.widgets._state import CACHE_DIR
+
+    workspace = CACHE_DIR / "demo-workspace"  # a fresh labeled set and model history each run
+    shutil.rmtree(workspace, ignore_errors=True)
+    finetune.set_workspace(workspace)
 
     segment.set_model(model)
     segment.run(image_layer)
     wait_for(segment.runner)
+    viewer.reset_view()
     seg_layer = viewer.layers[f"{image_layer.name} segmentation"]
     before = mean_dice(np.asarray(seg_layer.data), gt)
     print(f"demo: segmented {image_layer.name}: mean Dice {before:.3f} ({segment.status.text()})")
@@ -160,11 +167,6 @@ def run_loop(
         f"demo: corrected slices {slices} (Dice with the corrections {corrected:.3f}); "
         f"{finetune.counts.text()}"
     )
-    from napari_sscce.widgets._state import CACHE_DIR
-
-    workspace = CACHE_DIR / "demo-workspace"
-    shutil.rmtree(workspace, ignore_errors=True)
-    finetune.set_workspace(workspace)
     finetune.iterations_spin.setValue(finetune_iterations)
     finetune.finetune()
     while finetune.runner.running or finetune._stage:

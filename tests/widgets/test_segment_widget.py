@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import numpy as np
 import pytest
+from napari.layers import Image, Labels
 
 from napari_sscce.inference.config import InferenceConfig
 from napari_sscce.widgets.segment import SegmentWidget
@@ -33,7 +34,7 @@ def test_segment_adds_three_layers_on_the_image_grid(qtbot, viewer_with_scan, ti
     seg = viewer.layers["scan segmentation"]
     ent = viewer.layers["scan entropy"]
     kl = viewer.layers["scan KL"]
-    assert seg._type_string == "labels" and ent._type_string == "image" and kl._type_string == "image"
+    assert isinstance(seg, Labels) and isinstance(ent, Image) and isinstance(kl, Image)
     for layer in (seg, ent, kl):
         assert layer.data.shape == image.data.shape
         np.testing.assert_allclose(layer.scale, image.scale)

@@ -21,6 +21,17 @@ ROLE_KEY = "sscce_role"
 IMAGE_KEY = "sscce_image"
 
 
+def layer_kind(layer: Any) -> str:
+    """``"image"``, ``"labels"`` or the lower-case class name of any other layer (public API only)."""
+    from napari.layers import Image, Labels
+
+    if isinstance(layer, Labels):
+        return "labels"
+    if isinstance(layer, Image):
+        return "image"
+    return type(layer).__name__.lower()
+
+
 def result_name(image_name: str, role: str) -> str:
     """Name of the layer holding ``role`` (``"segmentation"``, ``"entropy"``, ``"KL"``) of an image."""
     return f"{image_name} {role}"
@@ -76,7 +87,7 @@ def upsert_layer(viewer: Any, name: str, data: np.ndarray, layer_type: str, **kw
     choices (opacity, colormap) survive a re-run.
     """
     existing = viewer.layers[name] if name in viewer.layers else None
-    if existing is not None and existing._type_string == layer_type:
+    if existing is not None and layer_kind(existing) == layer_type:
         for key in ("scale", "translate", "affine", "rotate", "shear"):
             if key in kwargs:
                 setattr(existing, key, kwargs[key])
@@ -194,7 +205,7 @@ def images_with_uncertainty(viewer: Any) -> list[str]:
     """Names of the image layers that have both an entropy layer and a segmentation layer."""
     names = []
     for layer in viewer.layers:
-        if layer._type_string != "image" or layer.metadata.get(ROLE_KEY):
+        if layer_kind(layer) != "image" or layer.metadata.get(ROLE_KEY):
             continue
         if find_result_layer(viewer, layer.name, ENTROPY) and find_result_layer(
             viewer, layer.name, SEGMENTATION

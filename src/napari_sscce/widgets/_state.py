@@ -63,6 +63,13 @@ def remember_model(path: str | Path) -> None:
     update_settings(recent_models=[path, *recent][:MAX_RECENT])
 
 
+def model_label(path: Path) -> str:
+    """A short name for a model file: ``"<workspace> v0003"`` for workspace versions, else the file name."""
+    if path.name.startswith("model.") and path.parent.parent.name == "models":
+        return f"{path.parent.parent.parent.name} {path.parent.name}"
+    return path.name
+
+
 def known_models() -> list[tuple[str, Path]]:
     """``(label, path)`` of the models to offer: bundled, demo cache, then recent files that still exist."""
     out: list[tuple[str, Path]] = []
@@ -74,7 +81,7 @@ def known_models() -> list[tuple[str, Path]]:
     for p in load_settings().get("recent_models", []):
         path = Path(p)
         if path.is_file() and path.resolve() not in seen:
-            out.append((path.name if path.name != "model.safetensors" else str(path), path))
+            out.append((model_label(path), path))
             seen.add(path.resolve())
     return out
 

@@ -28,8 +28,8 @@ from qtpy.QtWidgets import (
 from napari_sscce.inference.config import DEVICES, InferenceConfig
 from napari_sscce.inference.predict import Prediction, predict_volume
 from napari_sscce.progress import ProgressEvent
-from napari_sscce.widgets._layers import ROLE_KEY, show_prediction, volume_from_layer
-from napari_sscce.widgets._state import known_models, model_summary, remember_model, session_for
+from napari_sscce.widgets._layers import ROLE_KEY, layer_kind, show_prediction, volume_from_layer
+from napari_sscce.widgets._state import known_models, model_label, model_summary, remember_model, session_for
 from napari_sscce.widgets._worker import WorkRunner, describe_event
 
 BROWSE = "Choose a model file…"
@@ -40,7 +40,7 @@ def image_layers(viewer: Any) -> list[Any]:
     return [
         layer
         for layer in viewer.layers
-        if layer._type_string == "image" and layer.ndim == 3 and not layer.metadata.get(ROLE_KEY)
+        if layer_kind(layer) == "image" and layer.ndim == 3 and not layer.metadata.get(ROLE_KEY)
     ]
 
 
@@ -210,7 +210,7 @@ class SegmentWidget(QWidget):
         current = self.session.model_path
         entries = known_models()
         if current is not None and all(p.resolve() != current.resolve() for _, p in entries):
-            entries.insert(0, (str(current), current))
+            entries.insert(0, (model_label(current), current))
         for label, path in entries:
             self.model_combo.addItem(label, str(path))
         self.model_combo.addItem(BROWSE, "")
