@@ -42,12 +42,14 @@ def _add_predict(sub: argparse._SubParsersAction) -> None:
     )
     p.add_argument("--batch-size", type=int, default=defaults.batch_size, help="windows per forward pass")
     p.add_argument(
+        "--patch",
         "--patch-size",
+        dest="patch",
         type=int,
         nargs=3,
         default=None,
-        metavar=("Z", "Y", "X"),
-        help="window size (default: the model's training patch)",
+        metavar=("X", "Y", "Z"),
+        help="window size in X Y Z, like `sscce train --patch` (default: the model's training patch)",
     )
     p.add_argument(
         "--tta", action="store_true", default=defaults.tta, help="mirroring test-time augmentation"
@@ -80,7 +82,7 @@ def _add_predict(sub: argparse._SubParsersAction) -> None:
             else {"mode": args.mode}
         )
         config = InferenceConfig(
-            patch_size=args.patch_size,
+            patch_size=tuple(reversed(args.patch)) if args.patch else None,  # X Y Z -> (z, y, x)
             overlap=args.overlap,
             batch_size=args.batch_size,
             tta=args.tta,

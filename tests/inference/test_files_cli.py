@@ -110,3 +110,19 @@ def test_predict_files_can_be_cancelled(checkpoint, nifti_input, tmp_path):
     with pytest.raises(Cancelled):
         predict_files(checkpoint, [nifti_input], tmp_path / "out", InferenceConfig(), cancel=token)
     assert not list((tmp_path / "out").glob("*.nii.gz"))
+
+
+def test_cli_patch_is_x_y_z_like_sscce_train(checkpoint, nifti_input, tmp_path, monkeypatch):
+    import napari_sscce.inference.files as files
+
+    seen = {}
+
+    def fake_predict_files(model, inputs, out, config, progress=None, cancel=None):
+        seen["patch"] = config.patch_size
+        return []
+
+    monkeypatch.setattr(files, "predict_files", fake_predict_files)
+    code = main(["predict", "--model", str(checkpoint), str(nifti_input), "--out", str(tmp_path / "o"),
+                 "--patch", "32", "24", "16"])
+    assert code == 0
+    assert tuple(seen["patch"]) == (16, 24, 32)  # (z, y, x) inside
