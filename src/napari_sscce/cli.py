@@ -246,6 +246,8 @@ def _add_train(sub: argparse._SubParsersAction) -> None:
         finally:
             signal.signal(signal.SIGINT, previous)
             bar.close()
+        if result.best_path is None:  # a non-zero rank under torchrun: rank 0 writes and reports
+            return 0
         state = "stopped (resume with --resume)" if result.cancelled else "done"
         best = f", best val Dice {result.best_metric:.4f}" if result.best_metric is not None else ""
         print(f"{state} at iteration {result.iterations}{best}; model: {result.best_path}")
