@@ -88,7 +88,15 @@ def evaluate_model(checkpoint: Path, dataset, cases: list[str], device: str, pre
         num_classes = pred.probabilities.shape[0]
         result = evaluate_case(pred.labels, gt, num_classes, image.spacing)
         per_case[name] = {k: float(result["mean"][k]) for k in REPORTED}
+        # per-class Dice too: a mean over classes hides one class absorbing another
+        per_case[name]["dice_per_class"] = {
+            str(c): float(v["dice"]) for c, v in result["classes"].items()
+        }
     mean = {k: float(np.nanmean([c[k] for c in per_case.values()])) for k in REPORTED}
+    classes = next(iter(per_case.values()))["dice_per_class"] if per_case else {}
+    mean["dice_per_class"] = {
+        c: float(np.nanmean([case["dice_per_class"][c] for case in per_case.values()])) for c in classes
+    }
     return {"mean": mean, "cases": per_case}
 
 
@@ -111,7 +119,8 @@ def run_row(row: str, seed: int, args, dataset, splits, runs: Path) -> dict:
         device=args.device,
         precision=args.precision,
         out=str(run_dir),
-        val_every=0,
+        val_every=args.val_every,
+        val_max_cases=args.val_every_cases,
         base_filters=args.base_filters,
         num_workers=args.workers,
     )
@@ -180,6 +189,15 @@ def markdown(report: dict) -> str:
             f"{100 * m['jaccard']:.2f} +- {100 * s['jaccard']:.2f} | "
             f"{m['hd95_vox']:.2f} | {m['asd_vox']:.2f} | {r['train_seconds_mean']:.0f} |"
         )
+    lines += ["", "Per run (seed: mean Dice %, and per foreground class where recorded):", ""]
+    for r in report["rows"]:
+        parts = []
+        for run in r["runs"]:
+            per_class = run["mean"].get("dice_per_class", {})
+            detail = " / ".join(f"{100 * v:.1f}" for v in per_class.values())
+            suffix = f" ({detail})" if detail else ""
+            parts.append(f"seed {run['seed']}: {100 * run['mean']['dice']:.2f}{suffix}")
+        lines.append(f"- {r['row']}: " + "; ".join(parts))
     lines += ["", f"Command: `{report['command']}`", ""]
     return "\n".join(lines)
 
@@ -201,6 +219,13 @@ def parse_args(argv=None) -> argparse.Namespace:
     p.add_argument("--base-filters", type=int, default=16)
     p.add_argument("--workers", type=int, default=1, help="background batch preparation (0 = none)")
     p.add_argument("--val-max", type=int, default=None, help="evaluate only the first N val cases")
+    p.add_argument(
+        "--val-every",
+        type=int,
+        default=0,
+        help="also validate during training every N iterations (per-class Dice curves in metrics.jsonl)",
+    )
+    p.add_argument("--val-every-cases", type=int, default=5, help="val cases used during training")
     p.add_argument("--runs", type=Path, default=Path("/tmp/sscce_ssl_runs"), help="run folders")
     p.add_argument("--out", type=Path, default=Path(__file__).resolve().parent / "results")
     p.add_argument(
