@@ -45,3 +45,18 @@ def test_normalize_and_resample_round_trip():
     up = resample_to_shape(smooth, shape, order=1)
     back = resample_to_shape(up, smooth.shape, order=1)
     np.testing.assert_allclose(back, smooth, atol=1e-3)
+
+
+def test_atomic_write_gives_normal_permissions(tmp_path):
+    import os
+
+    umask = os.umask(0o022)
+    try:
+        target = tmp_path / "new.json"
+        atomic_write_json(target, {"v": 1})
+        assert target.stat().st_mode & 0o777 == 0o644
+        target.chmod(0o600)  # an existing file keeps its own permissions
+        atomic_write_json(target, {"v": 2})
+        assert target.stat().st_mode & 0o777 == 0o600
+    finally:
+        os.umask(umask)

@@ -38,6 +38,9 @@ def atomic_path(path: str | os.PathLike, suffix: str | None = None) -> Iterator[
         with open(tmp_path, "rb+") as fh:
             fh.flush()
             os.fsync(fh.fileno())
+        # mkstemp creates 0600 files: give the result the permissions a plain open() would have
+        # (those of the file it replaces, else 0666 minus the umask)
+        os.chmod(tmp_path, _target_mode(path))
         os.replace(tmp_path, path)
         with contextlib.suppress(OSError):  # make the rename durable where the OS allows it
             dir_fd = os.open(path.parent, os.O_RDONLY)
@@ -48,6 +51,16 @@ def atomic_path(path: str | os.PathLike, suffix: str | None = None) -> Iterator[
     finally:
         if tmp_path.exists():
             tmp_path.unlink()
+
+
+def _target_mode(path: Path) -> int:
+    """Permission bits for a file written to ``path``."""
+    try:
+        return path.stat().st_mode & 0o7777
+    except FileNotFoundError:
+        umask = os.umask(0)
+        os.umask(umask)
+        return 0o666 & ~umask
 
 
 def atomic_write_bytes(path: str | os.PathLike, data: bytes) -> None:
