@@ -29,6 +29,8 @@ DEMO_TRAIN = {
     "base_filters": 4,
     "patch_size": (32, 48, 48),
     "iterations": 120,
+    # poly decay: the step schedule scaled to 120 iterations would drop the rate tenfold at iteration 50
+    "schedule": "poly",
     "labeled_bs": 2,
     "unlabeled_bs": 1,
     "val_every": 0,  # no validation split: the last model is kept (and the first run stays short)

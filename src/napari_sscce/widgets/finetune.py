@@ -60,7 +60,8 @@ from napari_sscce.workspace import Workspace
 #: TrainConfig fields a short interactive fine-tune sets differently from a full training run: a few hundred
 #: steps instead of 6000 (minutes on a CPU, not hours) and no periodic validation (the workspace has no
 #: validation split while a person builds it; the last model is kept).
-FINETUNE_OVERRIDES: dict[str, Any] = {"iterations": 100, "val_every": 0}
+#: a short fine-tune: the step schedule scaled to 100 iterations would cut the rate tenfold at iteration 42
+FINETUNE_OVERRIDES: dict[str, Any] = {"iterations": 100, "val_every": 0, "schedule": "poly"}
 METHOD_CHOICES = ("cce", "ugmcl", "supervised")
 DEFAULT_WORKSPACE = Path.home() / "napari-sscce-workspace"
 MODE_LABELS = {"slices": "edited slices", "voxels": "edited voxels", "volume": "whole volume"}
