@@ -105,7 +105,10 @@ def run_row(row: str, seed: int, args, dataset, splits, runs: Path) -> dict:
     run_dir = runs / f"{row}_seed{seed}"
     run_dir.mkdir(parents=True, exist_ok=True)
     split_file = run_dir / "train_split.json"
-    atomic_write_json(split_file, split_for(splits, labels))
+    train_split = split_for(splits, labels)
+    if args.val_every:  # monitoring curves only: the last model is evaluated, never selected on val
+        train_split["val"] = list(splits["val"])
+    atomic_write_json(split_file, train_split)
     config = TrainConfig(
         data=str(args.data),
         split=str(split_file),
