@@ -118,6 +118,7 @@ def run_row(row: str, seed: int, args, dataset, splits, runs: Path) -> dict:
         unlabeled_bs=args.batch[1],
         iterations=args.iterations,
         lr=args.lr,
+        schedule=args.schedule,
         seed=seed,
         device=args.device,
         precision=args.precision,
@@ -219,6 +220,12 @@ def parse_args(argv=None) -> argparse.Namespace:
     p.add_argument("--patch", type=int, nargs=3, default=[32, 48, 32], metavar=("X", "Y", "Z"))
     p.add_argument("--batch", type=int, nargs=2, default=[2, 2], metavar=("L", "U"))
     p.add_argument("--lr", type=float, default=0.01)
+    p.add_argument(
+        "--schedule",
+        default="step",
+        choices=("step", "poly", "constant"),
+        help="learning-rate schedule: the papers' step (x0.1 at 5/12 and 5/6 of the budget) or poly",
+    )
     p.add_argument("--base-filters", type=int, default=16)
     p.add_argument("--workers", type=int, default=1, help="background batch preparation (0 = none)")
     p.add_argument("--val-max", type=int, default=None, help="evaluate only the first N val cases")
@@ -288,6 +295,7 @@ def main(argv=None) -> int:
             "precision": args.precision,
             "base_filters": args.base_filters,
             "lr": args.lr,
+            "schedule": args.schedule,
             "val_cases": len(splits["val"][: args.val_max] if args.val_max else splits["val"]),
             "data": str(args.data),
         },
