@@ -178,7 +178,8 @@ def markdown(report: dict) -> str:
         "",
         f"Iterations {cfg['iterations']}, patch (x, y, z) {' x '.join(map(str, cfg['patch_xyz']))}, batch "
         f"{cfg['batch'][0]} labeled + {cfg['batch'][1]} unlabeled, seeds {cfg['seeds']}, device "
-        f"{report['machine']['device']}, precision {cfg['precision']}, base filters {cfg['base_filters']}. "
+        f"{report['machine']['device']}, precision {cfg['precision']}, base filters {cfg['base_filters']}, "
+        f"lr schedule {cfg.get('schedule', 'step')}. "
         f"Evaluated cases: {cfg['val_cases']}. Metrics: mean over the two foreground classes, then over "
         "cases; mean +- std over seeds. hd95 / asd in voxels (= mm here, 1 mm isotropic).",
         "",
