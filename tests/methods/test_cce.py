@@ -159,3 +159,15 @@ def test_supervised_method_and_registry():
     total.backward()
     assert set(logged) == {"sup_a", "sup_b"} and all(v > 0 for v in _grad_norms(model))
     assert not SupervisedMethod.uses_unlabeled
+
+
+def test_foreground_first_pseudo_labels_keep_split_foreground():
+    from napari_sscce.methods.cce import pseudo_labels
+
+    # one voxel whose foreground mass (0.62) is split between two classes, one clear background voxel,
+    # one clear class-2 voxel: shape [B=1, C=3, 1, 1, 3]
+    prob = torch.tensor([[0.38, 0.9, 0.1], [0.33, 0.05, 0.1], [0.29, 0.05, 0.8]]).reshape(1, 3, 1, 1, 3)
+    assert pseudo_labels(prob, foreground_first=False).flatten().tolist() == [0, 0, 2]
+    assert pseudo_labels(prob, foreground_first=True).flatten().tolist() == [1, 0, 2]
+    binary = torch.tensor([[0.6, 0.3], [0.4, 0.7]]).reshape(1, 2, 1, 1, 2)
+    assert torch.equal(pseudo_labels(binary, True), pseudo_labels(binary, False))

@@ -20,6 +20,10 @@ optimiser. Every loss term has a switch and a weight in ``default_options`` (``c
   pseudo-class (argmax of the mean prediction) and pushed from the others: cross-entropy over cosine
   similarities / ``contrast_temperature``. Classes without a prototype in the batch are left out.
 * ``cosine``: optional consistency, mean over unlabeled voxels of ``1 - cos(p_A, p_B)``.
+* ``foreground_first`` (off by default, as the paper): hard pseudo-labels and anchor classes take
+  "foreground if background < 0.5, then the best foreground class" instead of a plain argmax, so an
+  object whose probability is split between several foreground classes is not pseudo-labeled background
+  (:func:`pseudo_labels`). Identical for two classes.
 
 Unsupervised terms ramp with ``sigmoid_rampup(t // rampup_step, rampup_length)`` (``TrainConfig``);
 each term's base weight is 0.1 (science.md gives ``0.1 * ramp`` for the contrastive term; SSL4MIS uses
@@ -72,6 +76,21 @@ def entropy_keep_mask(entropy: torch.Tensor, valid: torch.Tensor, percent: float
     flat = keep.reshape(-1)
     flat[drop] = False
     return flat.reshape(valid.shape)
+
+
+def pseudo_labels(prob: torch.Tensor, foreground_first: bool = True) -> torch.Tensor:
+    """Hard pseudo-labels ``[B, Z, Y, X]`` from probabilities ``[B, C, Z, Y, X]`` (class 0 = background).
+
+    With ``foreground_first`` a voxel is foreground when the background probability is below 0.5, and then
+    takes the most probable foreground class. Plain argmax (``foreground_first=False``) lets a voxel whose
+    foreground mass is split between several classes (say 0.38 / 0.31 / 0.31 early in training on the two
+    hippocampus parts) fall to background, and the pseudo-label and prototype terms then teach background on
+    the object itself. For two classes both rules are the same.
+    """
+    if not foreground_first or prob.shape[1] <= 2:
+        return prob.argmax(1)
+    fg_class = prob[:, 1:].argmax(1) + 1
+    return torch.where(prob[:, 0] < 0.5, fg_class, torch.zeros_like(fg_class))
 
 
 def kl_weights(p_provider: torch.Tensor, p_learner: torch.Tensor) -> torch.Tensor:
@@ -184,6 +203,7 @@ class CCEMethod(TrainingMethod):
         "contrast_max_anchors": 4096,
         "cosine": False,
         "cosine_weight": 0.1,
+        "foreground_first": False,
     }
 
     def terms(self, model, batch: Batch, iteration: int) -> dict[str, torch.Tensor]:
@@ -213,7 +233,8 @@ class CCEMethod(TrainingMethod):
             return terms
         with torch.no_grad():
             pa_d, pb_d = p_a.detach(), p_b.detach()
-            pseudo_a, pseudo_b = pa_d.argmax(1), pb_d.argmax(1)
+            fg_first = bool(o["foreground_first"])
+            pseudo_a, pseudo_b = pseudo_labels(pa_d, fg_first), pseudo_labels(pb_d, fg_first)
             if o["entropy_filter"]:
                 keep_a = entropy_keep_mask(entropy_map(pa_d), unl, o["entropy_percentile"])
                 keep_b = entropy_keep_mask(entropy_map(pb_d), unl, o["entropy_percentile"])
@@ -243,7 +264,7 @@ class CCEMethod(TrainingMethod):
                 proto_class[agree] = pseudo_a[agree]
                 proto_class[confirmed] = label[confirmed]
                 uncertain = unl & ~(keep_a & keep_b)
-                anchor_class = (pa_d + pb_d).argmax(1)
+                anchor_class = pseudo_labels(0.5 * (pa_d + pb_d), fg_first)
             for key, feat in (("a", feat_a), ("b", feat_b)):
                 terms[f"contrast_{key}"] = prototype_contrastive_loss(
                     feat,
