@@ -100,6 +100,17 @@ def evaluate_model(checkpoint: Path, dataset, cases: list[str], device: str, pre
     return {"mean": mean, "cases": per_case}
 
 
+def method_options(items: list[str] | None) -> dict:
+    """``KEY=VALUE`` items (JSON values, e.g. ``cps=false``) as a method-options dict."""
+    options = {}
+    for item in items or []:
+        key, sep, value = item.partition("=")
+        if not sep:
+            raise SystemExit(f"--option {item!r}: expected KEY=VALUE")
+        options[key.strip()] = json.loads(value)
+    return options
+
+
 def run_row(row: str, seed: int, args, dataset, splits, runs: Path) -> dict:
     method, labels = row_setup(row)
     run_dir = runs / f"{row}_seed{seed}"
@@ -119,6 +130,7 @@ def run_row(row: str, seed: int, args, dataset, splits, runs: Path) -> dict:
         iterations=args.iterations,
         lr=args.lr,
         schedule=args.schedule,
+        method_options=method_options(args.option) if method != "supervised" else {},
         seed=seed,
         device=args.device,
         precision=args.precision,
@@ -222,6 +234,13 @@ def parse_args(argv=None) -> argparse.Namespace:
     p.add_argument("--batch", type=int, nargs=2, default=[2, 2], metavar=("L", "U"))
     p.add_argument("--lr", type=float, default=0.01)
     p.add_argument(
+        "--option",
+        action="append",
+        default=None,
+        metavar="KEY=VALUE",
+        help="option of the semi-supervised method (ablation), e.g. --option kl=false",
+    )
+    p.add_argument(
         "--schedule",
         default="step",
         choices=("step", "poly", "constant"),
@@ -297,6 +316,7 @@ def main(argv=None) -> int:
             "base_filters": args.base_filters,
             "lr": args.lr,
             "schedule": args.schedule,
+            "method_options": method_options(args.option),
             "val_cases": len(splits["val"][: args.val_max] if args.val_max else splits["val"]),
             "data": str(args.data),
         },
