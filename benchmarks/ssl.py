@@ -51,7 +51,7 @@ from napari_sscce.io.datasets import open_dataset  # noqa: E402
 from napari_sscce.io.sample_data import find_shared_data  # noqa: E402
 from napari_sscce.methods import METHOD_PATHS  # noqa: E402
 from napari_sscce.metrics.evaluate import evaluate_case  # noqa: E402
-from napari_sscce.training.config import TrainConfig  # noqa: E402
+from napari_sscce.training.config import TrainConfig, parse_method_options  # noqa: E402
 from napari_sscce.training.loop import train  # noqa: E402
 
 #: row name -> (training method, which cases are labeled)
@@ -100,17 +100,6 @@ def evaluate_model(checkpoint: Path, dataset, cases: list[str], device: str, pre
     return {"mean": mean, "cases": per_case}
 
 
-def method_options(items: list[str] | None) -> dict:
-    """``KEY=VALUE`` items (JSON values, e.g. ``cps=false``) as a method-options dict."""
-    options = {}
-    for item in items or []:
-        key, sep, value = item.partition("=")
-        if not sep:
-            raise SystemExit(f"--option {item!r}: expected KEY=VALUE")
-        options[key.strip()] = json.loads(value)
-    return options
-
-
 def run_row(row: str, seed: int, args, dataset, splits, runs: Path) -> dict:
     method, labels = row_setup(row)
     run_dir = runs / f"{row}_seed{seed}"
@@ -130,7 +119,7 @@ def run_row(row: str, seed: int, args, dataset, splits, runs: Path) -> dict:
         iterations=args.iterations,
         lr=args.lr,
         schedule=args.schedule,
-        method_options=method_options(args.option) if method != "supervised" else {},
+        method_options=parse_method_options(args.option) if method != "supervised" else {},
         seed=seed,
         device=args.device,
         precision=args.precision,
@@ -286,15 +275,20 @@ def merge_reports(paths: list[Path], splits: dict) -> dict:
     return report
 
 
+def write_report(report: dict, out: Path) -> None:
+    """Write ``ssl.json`` and ``ssl.md`` to ``out`` and print the table."""
+    out.mkdir(parents=True, exist_ok=True)
+    text = markdown(report)
+    atomic_write_json(out / "ssl.json", report)
+    atomic_write_bytes(out / "ssl.md", text.encode())
+    print(text)
+
+
 def main(argv=None) -> int:
     args = parse_args(argv)
     splits = json.loads((Path(args.data) / "splits.json").read_text())
     if args.merge:
-        report = merge_reports(args.merge, splits)
-        args.out.mkdir(parents=True, exist_ok=True)
-        atomic_write_json(args.out / "ssl.json", report)
-        atomic_write_bytes(args.out / "ssl.md", markdown(report).encode())
-        print(markdown(report))
+        write_report(merge_reports(args.merge, splits), args.out)
         return 0
     dataset = open_dataset(args.data)
     per_row = []
@@ -316,7 +310,7 @@ def main(argv=None) -> int:
             "base_filters": args.base_filters,
             "lr": args.lr,
             "schedule": args.schedule,
-            "method_options": method_options(args.option),
+            "method_options": parse_method_options(args.option),
             "val_cases": len(splits["val"][: args.val_max] if args.val_max else splits["val"]),
             "data": str(args.data),
         },
@@ -329,10 +323,7 @@ def main(argv=None) -> int:
         },
         "rows": per_row,
     }
-    args.out.mkdir(parents=True, exist_ok=True)
-    atomic_write_json(args.out / "ssl.json", report)
-    atomic_write_bytes(args.out / "ssl.md", markdown(report).encode())
-    print(markdown(report))
+    write_report(report, args.out)
     return 0
 
 

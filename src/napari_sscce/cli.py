@@ -114,7 +114,7 @@ def _add_predict(sub: argparse._SubParsersAction) -> None:
 
 def _add_train(sub: argparse._SubParsersAction) -> None:
     from napari_sscce.methods import METHOD_PATHS
-    from napari_sscce.training.config import PRECISIONS, TrainConfig
+    from napari_sscce.training.config import PRECISIONS, TrainConfig, parse_method_options
 
     d = TrainConfig()
     p = sub.add_parser(
@@ -167,7 +167,6 @@ def _add_train(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--quiet", action="store_true", help="no progress bar")
 
     def config_from_args(args: argparse.Namespace) -> TrainConfig:
-        import json
         from pathlib import Path
 
         if args.resume:
@@ -195,16 +194,10 @@ def _add_train(sub: argparse._SubParsersAction) -> None:
         if args.batch:
             changes["labeled_bs"], changes["unlabeled_bs"] = args.batch
         if args.option:
-            options = dict(cfg.method_options)
-            for item in args.option:
-                key, sep, value = item.partition("=")
-                if not sep:
-                    raise UserError(f"--option {item!r}: expected KEY=VALUE")
-                try:
-                    options[key.strip()] = json.loads(value)
-                except json.JSONDecodeError:
-                    options[key.strip()] = value
-            changes["method_options"] = options
+            try:
+                changes["method_options"] = {**cfg.method_options, **parse_method_options(args.option)}
+            except ValueError as exc:
+                raise UserError(str(exc)) from exc
         try:
             return cfg.replace(**changes)
         except (TypeError, ValueError) as exc:

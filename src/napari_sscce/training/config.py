@@ -16,6 +16,24 @@ from typing import Any
 
 from napari_sscce.atomic import atomic_write_json
 
+
+def parse_method_options(items: list[str] | None) -> dict[str, Any]:
+    """``KEY=VALUE`` strings (``--option cps=false``) as a method-options dict.
+
+    Values are read as JSON (``false``, ``30``, ``0.5``); anything that is not JSON stays a string.
+    Raises ``ValueError`` for an item without ``=``.
+    """
+    options: dict[str, Any] = {}
+    for item in items or []:
+        key, sep, value = item.partition("=")
+        if not sep:
+            raise ValueError(f"--option {item!r}: expected KEY=VALUE")
+        try:
+            options[key.strip()] = json.loads(value)
+        except json.JSONDecodeError:
+            options[key.strip()] = value
+    return options
+
 SCHEDULES = ("step", "poly", "constant")
 PRECISIONS = ("auto", "fp32", "bf16", "fp16")
 REFERENCE_ITERATIONS = 6000
