@@ -51,6 +51,7 @@ from napari_sscce.io.datasets import open_dataset  # noqa: E402
 from napari_sscce.io.sample_data import find_shared_data  # noqa: E402
 from napari_sscce.methods import METHOD_PATHS  # noqa: E402
 from napari_sscce.metrics.evaluate import evaluate_case  # noqa: E402
+from napari_sscce.models.checkpoint import read_checkpoint_metadata  # noqa: E402
 from napari_sscce.training.config import TrainConfig, parse_method_options  # noqa: E402
 from napari_sscce.training.loop import train  # noqa: E402
 
@@ -128,6 +129,7 @@ def run_row(row: str, seed: int, args, dataset, splits, runs: Path) -> dict:
         val_max_cases=args.val_every_cases,
         base_filters=args.base_filters,
         num_workers=args.workers,
+        flip_axes=args.flip_axes,
     )
     start = time.perf_counter()
     last_print = [0.0]
@@ -152,6 +154,7 @@ def run_row(row: str, seed: int, args, dataset, splits, runs: Path) -> dict:
         "final_loss": losses[-1] if losses else None,
         "device": result.model and str(next(result.model.parameters()).device),
         "checkpoint": str(result.last_path),
+        "augmentation": read_checkpoint_metadata(result.last_path).get("augmentation"),
         **metrics,
     }
 
@@ -172,6 +175,17 @@ def summarise(row: str, runs: list[dict], splits: dict) -> dict:
     }
 
 
+def augmentation_note(report: dict) -> str:
+    """`` (resolved: flips zx, rotations off)`` from the first run that recorded its augmentation."""
+    for row in report["rows"]:
+        for run in row["runs"]:
+            aug = run.get("augmentation")
+            if aug:
+                rotations = "on" if aug.get("rot90") else "off"
+                return f" (resolved: flips {aug['flip_axes']}, rotations {rotations})"
+    return ""
+
+
 def markdown(report: dict) -> str:
     cfg = report["config"]
     lines = [
@@ -180,7 +194,8 @@ def markdown(report: dict) -> str:
         f"Iterations {cfg['iterations']}, patch (x, y, z) {' x '.join(map(str, cfg['patch_xyz']))}, batch "
         f"{cfg['batch'][0]} labeled + {cfg['batch'][1]} unlabeled, seeds {cfg['seeds']}, device "
         f"{report['machine']['device']}, precision {cfg['precision']}, base filters {cfg['base_filters']}, "
-        f"lr schedule {cfg.get('schedule', 'step')}. "
+        f"lr schedule {cfg.get('schedule', 'step')}, flip axes {cfg.get('flip_axes', 'zyx')}"
+        f"{augmentation_note(report)}. "
         f"Evaluated cases: {cfg['val_cases']}. Metrics: mean over the two foreground classes, then over "
         "cases; mean +- std over seeds. hd95 / asd in voxels (= mm here, 1 mm isotropic).",
         "",
@@ -236,6 +251,11 @@ def parse_args(argv=None) -> argparse.Namespace:
         help="learning-rate schedule: the papers' step (x0.1 at 5/12 and 5/6 of the budget) or poly",
     )
     p.add_argument("--base-filters", type=int, default=16)
+    p.add_argument(
+        "--flip-axes",
+        default=TrainConfig.flip_axes,
+        help="TrainConfig.flip_axes: auto (default), letters of zyx, or none",
+    )
     p.add_argument("--workers", type=int, default=1, help="background batch preparation (0 = none)")
     p.add_argument("--val-max", type=int, default=None, help="evaluate only the first N val cases")
     p.add_argument(
@@ -310,6 +330,7 @@ def main(argv=None) -> int:
             "base_filters": args.base_filters,
             "lr": args.lr,
             "schedule": args.schedule,
+            "flip_axes": args.flip_axes,
             "method_options": parse_method_options(args.option),
             "val_cases": len(splits["val"][: args.val_max] if args.val_max else splits["val"]),
             "data": str(args.data),

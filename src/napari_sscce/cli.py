@@ -158,6 +158,12 @@ def _add_train(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--workers", type=int, metavar="N", help="prepare batches in a background thread if > 0")
     p.add_argument("--init", metavar="CKPT", help="start from this model (fine-tuning)")
     p.add_argument(
+        "--flip-axes",
+        metavar="AXES",
+        help="axes random flips may mirror: auto (all but those that order the classes, e.g. hippocampus "
+        f"head/body), letters of zyx, or none (default: {d.flip_axes})",
+    )
+    p.add_argument(
         "--option",
         action="append",
         default=[],
@@ -184,6 +190,7 @@ def _add_train(sub: argparse._SubParsersAction) -> None:
             **{name: name for name in ("precision", "seed", "val_every", "lr", "schedule")},
             "workers": "num_workers",
             "init": "init_checkpoint",
+            "flip_axes": "flip_axes",
         }
         for arg, fieldname in plain.items():
             value = getattr(args, arg)

@@ -1,7 +1,17 @@
 import numpy as np
 import pytest
 
-from napari_sscce.training.augment import AugmentConfig, Sample, augment, random_flip, random_rot90
+from napari_sscce.inference.predict import tta_axes
+from napari_sscce.training.augment import (
+    AugmentConfig,
+    Sample,
+    augment,
+    orientation_axes,
+    parse_axes,
+    random_flip,
+    random_rot90,
+    resolve_flip_axes,
+)
 from napari_sscce.training.config import TrainConfig
 from napari_sscce.training.loop import lr_factor
 
@@ -61,3 +71,66 @@ def test_intensity_and_noise_touch_image_only():
     assert not np.allclose(out.image, s.image)
     np.testing.assert_array_equal(out.label, s.label)
     np.testing.assert_array_equal(out.extras["sdf"], s.extras["sdf"])
+
+
+def _two_part_labels(rng, n=6, ordered_axis=1):
+    """Label maps with class 2 always after class 1 along ``ordered_axis``, random order elsewhere."""
+    labels = []
+    for _ in range(n):
+        lab = np.zeros((20, 20, 20), np.uint8)
+        c1 = rng.integers(4, 8, 3)
+        c2 = c1 + rng.choice([-3, 3], 3)
+        c2[ordered_axis] = c1[ordered_axis] + 6
+        for cls, c in ((1, c1), (2, c2)):
+            lab[tuple(slice(int(v) - 1, int(v) + 2) for v in c)] = cls
+        labels.append(lab)
+    return labels
+
+
+def test_orientation_axes_finds_the_axis_that_orders_the_classes():
+    rng = np.random.default_rng(5)
+    labels = _two_part_labels(rng, n=12, ordered_axis=1)
+    found = orientation_axes(labels, 3)
+    assert set(found) == {1} and found[1] == [(1, 2)]
+    # one foreground class, or too few cases, restricts nothing
+    assert orientation_axes([(lab > 0).astype(np.uint8) for lab in labels], 2) == {}
+    assert orientation_axes(labels[:2], 3) == {}
+
+
+def test_resolve_flip_axes_auto_explicit_and_errors():
+    labels = _two_part_labels(np.random.default_rng(1), n=8, ordered_axis=1)
+    axes, info = resolve_flip_axes("auto", labels, 3)
+    assert 1 not in axes and "y" in info["orientation_axes"] and "y" not in info["flip_axes"]
+    assert resolve_flip_axes("zyx", labels, 3)[0] == (0, 1, 2)
+    assert resolve_flip_axes("none", labels, 3) == ((), {"setting": "none", "flip_axes": "none",
+                                                         "orientation_axes": {}})
+    assert parse_axes("xz") == (0, 2)
+    with pytest.raises(ValueError, match="zyx"):
+        parse_axes("xw")
+    with pytest.raises(ValueError, match="zyx"):
+        TrainConfig(flip_axes="q")
+
+
+def test_flip_only_along_allowed_axes_and_rotations_need_both_in_plane_axes():
+    rng = np.random.default_rng(2)
+    s = _sample(rng)
+    seen = set()
+    for _ in range(30):
+        out = random_flip(s, rng, (2,))
+        if np.array_equal(out.label, s.label):
+            seen.add("same")
+        else:
+            np.testing.assert_array_equal(out.label, s.label[:, :, ::-1])
+            seen.add("x")
+    assert seen == {"same", "x"}
+    cfg = TrainConfig(flip_axes="zx")
+    aug = AugmentConfig.from_train_config(cfg, (0, 2))
+    assert aug.flip and aug.flip_axes == (0, 2) and not aug.rot90
+    assert AugmentConfig.from_train_config(TrainConfig()).rot90
+    assert not AugmentConfig.from_train_config(TrainConfig(flip_axes="none")).flip
+
+
+def test_tta_mirrors_only_the_axes_the_model_was_trained_to_flip():
+    assert tta_axes((0, 1, 2), {"augmentation": {"flip_axes": "x"}}) == (2,)
+    assert tta_axes((0, 1, 2), {"augmentation": {"flip_axes": "none"}}) == ()
+    assert tta_axes((0, 2), {}) == (0, 2)  # no record (imported model): as requested

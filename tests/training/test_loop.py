@@ -65,6 +65,7 @@ def test_checkpoint_metadata_config_and_validation(dataset, tmp_path):
     assert meta["method"] == "supervised" and meta["patch_size"] == [16, 16, 16]
     assert meta["normalization"] == {"mode": "percentile_zscore"}
     assert meta["config"]["unlabeled_bs"] == 0  # supervised draws no unlabeled rows
+    assert meta["augmentation"]["setting"] == "auto" and meta["augmentation"]["flip_axes"]
     assert 0.0 <= meta["val_metrics"]["dice"] <= 1.0
     assert TrainConfig.load(tmp_path / "run" / "config.json").method == "supervised"
     vals = [e for e in events if e.stage == "validate" and "val_dice" in e.values]

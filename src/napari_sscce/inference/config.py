@@ -47,7 +47,9 @@ class InferenceConfig:
         windows keeps the CPU's matrix units busy; measured 20 % faster per window than 2 on the bf16 CPU
         path). Halved automatically on out-of-memory errors.
     tta : bool
-        Mirroring test-time augmentation: average the predictions of the flips over ``tta_axes``.
+        Mirroring test-time augmentation: average the predictions of the flips over ``tta_axes`` (only
+        the axes the model was trained to flip, when its checkpoint records them; see
+        :func:`napari_sscce.inference.predict.tta_axes`).
     tta_axes : tuple of int
         Spatial axes (0 = z, 1 = y, 2 = x) that TTA flips; every subset is used (2 ** len combinations,
         8 for all three axes).

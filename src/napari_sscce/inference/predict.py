@@ -198,6 +198,21 @@ def _target_shape(volume: Volume, metadata: dict[str, Any]) -> tuple[int, ...]:
     return resampled_shape(volume.shape, volume.spacing, [float(s) for s in spacing])
 
 
+def tta_axes(requested: tuple[int, ...], meta: dict[str, Any]) -> tuple[int, ...]:
+    """The mirroring axes of test-time augmentation: the requested ones the model was trained to flip.
+
+    A model trained without flips along an axis (``TrainConfig.flip_axes``, recorded in the checkpoint's
+    ``augmentation`` metadata; e.g. the y axis that orders the hippocampus head and body) has not learned
+    to be invariant to it, and averaging in its mirrored prediction would swap classes. Models without
+    that record (imported or older checkpoints) mirror every requested axis, like nnU-Net.
+    """
+    record = (meta.get("augmentation") or {}).get("flip_axes")
+    if record is None:
+        return tuple(requested)
+    trained = {"zyx".index(c) for c in record if c in "zyx"}
+    return tuple(a for a in requested if a in trained)
+
+
 def predict_volume(
     checkpoint_or_model: Any,
     volume: Volume | np.ndarray,
@@ -261,7 +276,7 @@ def predict_volume(
         image = resample_to_shape(image, work_shape, order=1)
     patch = config.patch_size or tuple(int(p) for p in (meta.get("patch_size") or DEFAULT_PATCH))
     plan = plan_windows(work_shape, patch, config.overlap, config.stride)
-    flips = flip_combinations(config.tta_axes) if config.tta else [()]
+    flips = flip_combinations(tta_axes(config.tta_axes, meta)) if config.tta else [()]
 
     tensor = torch.from_numpy(np.ascontiguousarray(image, dtype=np.float32))[None]
     guard = _restored(model) if isinstance(checkpoint_or_model, nn.Module) else contextlib.nullcontext()

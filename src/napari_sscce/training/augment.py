@@ -4,6 +4,17 @@ Geometric transforms (flips, 90-degree in-plane rotations) move every array of a
 so a signed distance map stays aligned with its label (a distance field is resampled by a flip or a
 rotation, its values do not change). Intensity transforms touch the image only. Every draw comes from
 the caller's ``numpy.random.Generator`` so that a run can be resumed exactly.
+
+Orientation-defined classes. A flip is label-preserving only if no class is defined by its side: the two
+hippocampus labels (anterior head, posterior body) sit in the same order along z and y in every case of
+the MSD set, so a y flip shows the network a head where the body belongs, still labelled head. The
+network must then tell the parts apart by shape alone, which a small budget does not learn (measured:
+supervised on all 130 cases, 1000 iterations, 37 % Dice with z/y/x flips + rotations, 85 % without; the
+semi-supervised terms reinforce the unseparated state and CCE fell to 0 %). :func:`orientation_axes`
+finds such axes from the labeled cases, and ``TrainConfig.flip_axes = "auto"`` (the default) flips only
+the other axes and rotates in-plane only when neither in-plane axis is such an axis. A single
+foreground class (LA) never restricts anything. nnU-Net instead always mirrors and relies on its long
+schedule; the UA-MT / CCE reference code flips every axis of the (single-class) LA patches.
 """
 
 from __future__ import annotations
@@ -40,6 +51,7 @@ class AugmentConfig:
     """Switches and strengths (``TrainConfig.augment_*`` fields)."""
 
     flip: bool = True
+    flip_axes: tuple[int, ...] = (0, 1, 2)
     rot90: bool = True
     intensity: bool = False
     intensity_scale: float = 0.1
@@ -48,11 +60,19 @@ class AugmentConfig:
     noise_std: float = 0.05
 
     @classmethod
-    def from_train_config(cls, config) -> AugmentConfig:
-        """Read the ``augment_*`` fields of a ``TrainConfig``."""
+    def from_train_config(cls, config, flip_axes: tuple[int, ...] | None = None) -> AugmentConfig:
+        """Read the ``augment_*`` fields of a ``TrainConfig``.
+
+        ``flip_axes`` is the resolved set of axes (:func:`resolve_flip_axes`); None takes the config's
+        explicit axes, or all three for ``"auto"``.
+        """
+        if flip_axes is None:
+            flip_axes = (0, 1, 2) if config.flip_axes == "auto" else parse_axes(config.flip_axes)
+        rot90 = bool(config.augment_rot90) and {1, 2} <= set(flip_axes)
         return cls(
-            flip=config.augment_flip,
-            rot90=config.augment_rot90,
+            flip=config.augment_flip and bool(flip_axes),
+            flip_axes=tuple(flip_axes),
+            rot90=rot90,
             intensity=config.augment_intensity,
             intensity_scale=config.intensity_scale,
             intensity_shift=config.intensity_shift,
@@ -71,9 +91,14 @@ def _geometric(sample: Sample, fn) -> Sample:
     )
 
 
-def random_flip(sample: Sample, rng: np.random.Generator) -> Sample:
-    """Flip each of the z, y, x axes with probability 0.5."""
-    axes = [ax for ax in range(3) if rng.random() < 0.5]
+def random_flip(sample: Sample, rng: np.random.Generator, flip_axes: tuple[int, ...] = (0, 1, 2)) -> Sample:
+    """Flip each of ``flip_axes`` (0 = z, 1 = y, 2 = x) with probability 0.5.
+
+    One draw per axis of the three, whether it may flip or not, so the random stream does not depend
+    on the choice of axes.
+    """
+    draws = [rng.random() < 0.5 for _ in range(3)]
+    axes = [ax for ax in range(3) if draws[ax] and ax in flip_axes]
     if not axes:
         return sample
     return _geometric(sample, lambda a, off: np.flip(a, axis=tuple(off + ax for ax in axes)))
@@ -111,7 +136,7 @@ def augment(sample: Sample, rng: np.random.Generator, config: AugmentConfig) -> 
     Returns contiguous arrays (``np.flip`` / ``np.rot90`` give views).
     """
     if config.flip:
-        sample = random_flip(sample, rng)
+        sample = random_flip(sample, rng, config.flip_axes)
     if config.rot90:
         sample = random_rot90(sample, rng)
     if config.intensity:
@@ -119,3 +144,104 @@ def augment(sample: Sample, rng: np.random.Generator, config: AugmentConfig) -> 
     if config.noise and config.noise_std > 0:
         sample = random_noise(sample, rng, config.noise_std)
     return _geometric(sample, lambda a, off: np.ascontiguousarray(a))
+
+
+AXIS_NAMES = "zyx"
+
+
+def parse_axes(text: str) -> tuple[int, ...]:
+    """``"zx"`` -> ``(0, 2)``; ``""`` or ``"none"`` -> ``()``. Raises ``ValueError`` on other letters."""
+    text = text.strip().lower()
+    if text in ("", "none"):
+        return ()
+    bad = sorted(set(text) - set(AXIS_NAMES))
+    if bad:
+        raise ValueError(f"flip axes must be letters of 'zyx' (or 'auto' / 'none'), got {text!r}")
+    return tuple(sorted({AXIS_NAMES.index(c) for c in text}))
+
+
+def orientation_axes(
+    labels: list[np.ndarray], num_classes: int, agreement: float = 0.95, min_cases: int = 3
+) -> dict[int, list[tuple[int, int]]]:
+    """Axes along which two foreground classes keep the same order in (nearly) every labeled case.
+
+    For every pair of foreground classes ``(c, d)`` present together in at least ``min_cases`` cases, the
+    sign of ``centroid(d) - centroid(c)`` along each axis is counted; an axis where one sign holds in at
+    least ``agreement`` of those cases defines the classes by their side, and flipping along it would
+    swap their anatomical meaning.
+
+    Parameters
+    ----------
+    labels : list of numpy.ndarray
+        Label maps ``(z, y, x)`` of the labeled cases (0 = background or unannotated).
+    num_classes : int
+        Including background.
+    agreement : float
+        Share of cases with the same sign.
+    min_cases : int
+        Pairs seen in fewer cases decide nothing.
+
+    Returns
+    -------
+    dict
+        Axis (0 = z, 1 = y, 2 = x) -> the class pairs ordered along it; empty for one foreground class.
+    """
+    if num_classes <= 2:
+        return {}
+    signs: dict[tuple[int, int], list[np.ndarray]] = {}
+    for label in labels:
+        if label.ndim != 3:
+            continue
+        centroids = {}
+        for c in range(1, num_classes):
+            where = np.nonzero(label == c)
+            if where[0].size:
+                centroids[c] = np.array([w.mean() for w in where])
+        for c in centroids:
+            for d in centroids:
+                if c < d:
+                    signs.setdefault((c, d), []).append(np.sign(centroids[d] - centroids[c]))
+    found: dict[int, list[tuple[int, int]]] = {}
+    for pair, rows in signs.items():
+        if len(rows) < min_cases:
+            continue
+        rows_arr = np.array(rows)
+        for axis in range(3):
+            share = max((rows_arr[:, axis] > 0).mean(), (rows_arr[:, axis] < 0).mean())
+            if share >= agreement:
+                found.setdefault(axis, []).append(pair)
+    return found
+
+
+def resolve_flip_axes(
+    setting: str, labels: list[np.ndarray], num_classes: int
+) -> tuple[tuple[int, ...], dict]:
+    """The flip axes of a run and why.
+
+    Parameters
+    ----------
+    setting : str
+        ``TrainConfig.flip_axes``: ``"auto"`` (all axes but the :func:`orientation_axes` of ``labels``),
+        or explicit letters (``"zyx"``, ``"x"``, ``"none"``).
+    labels, num_classes
+        The labeled cases' label maps, for ``"auto"``.
+
+    Returns
+    -------
+    tuple
+        ``(axes, info)`` with ``info = {"setting", "flip_axes": "zx", "orientation_axes": {"y": [[1, 2]]}}``.
+    """
+    if setting.strip().lower() == "auto":
+        oriented = orientation_axes(labels, num_classes)
+        axes = tuple(a for a in range(3) if a not in oriented)
+    else:
+        oriented = {}
+        axes = parse_axes(setting)
+    info = {
+        "setting": setting,
+        "flip_axes": "".join(AXIS_NAMES[a] for a in axes) or "none",
+        "orientation_axes": {
+            AXIS_NAMES[a]: [list(p) for p in pairs] for a, pairs in sorted(oriented.items())
+        },
+    }
+    return axes, info

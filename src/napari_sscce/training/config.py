@@ -73,6 +73,11 @@ class TrainConfig:
     foreground_fraction : float
         Fraction of labeled patches centred on a voxel of a random present foreground class.
     augment_* : switches of the augmentations in ``training.augment``.
+    flip_axes : str
+        Axes ``augment_flip`` may mirror: ``"auto"`` (default) = every axis except those along which two
+        foreground classes keep the same order in the labeled cases (e.g. the hippocampus head and body;
+        :func:`napari_sscce.training.augment.orientation_axes`), or letters of ``"zyx"``, or ``"none"``.
+        In-plane 90-degree rotations need both y and x among them.
     rampup_length, rampup_step : ramp-up ``sigmoid_rampup(t // rampup_step, rampup_length)``;
         ``rampup_step = None`` scales 150 to the iteration budget (150 at 6000 iterations).
     seed : int
@@ -124,6 +129,7 @@ class TrainConfig:
     poly_power: float = 0.9
     foreground_fraction: float = 1.0 / 3.0
     augment_flip: bool = True
+    flip_axes: str = "auto"
     augment_rot90: bool = True
     augment_intensity: bool = False
     intensity_scale: float = 0.1
@@ -168,6 +174,10 @@ class TrainConfig:
                 raise ValueError(f"networks must name two networks, got {self.networks}")
         if self.milestones is not None:
             self.milestones = [int(m) for m in self.milestones]
+        if self.flip_axes.strip().lower() != "auto":
+            from napari_sscce.training.augment import parse_axes
+
+            parse_axes(self.flip_axes)  # raises on letters outside zyx
 
     # ------------------------------------------------------------------ derived values
     def resolved_milestones(self) -> list[int]:

@@ -32,7 +32,7 @@ from napari_sscce.methods import get_method
 from napari_sscce.methods.base import TrainingMethod
 from napari_sscce.progress import Cancelled, CancelToken, ProgressCallback, ProgressEvent, check, report
 from napari_sscce.training import distributed
-from napari_sscce.training.augment import AugmentConfig
+from napari_sscce.training.augment import AugmentConfig, resolve_flip_axes
 from napari_sscce.training.config import TrainConfig
 from napari_sscce.training.data import Splits, infer_num_classes, resolve_splits
 from napari_sscce.training.sampling import BatchStream, CaseStore, PatchSampler
@@ -292,6 +292,15 @@ def _train(config, progress, cancel, init_checkpoint, ctx, open_dataset, start_t
         spacings.append(image.spacing)
     num_classes = config.num_classes or infer_num_classes(labels)
     spacing = [float(v) for v in np.median(np.array(spacings), axis=0)]
+    flip_axes, augmentation = resolve_flip_axes(config.flip_axes, labels, num_classes)
+    augment_config = AugmentConfig.from_train_config(config, flip_axes)
+    augmentation["rot90"] = augment_config.rot90
+    if augmentation["orientation_axes"]:
+        report(progress, ProgressEvent(
+            "train", 0, config.iterations,
+            f"classes ordered along {', '.join(augmentation['orientation_axes'])}: flipping only "
+            f"{augmentation['flip_axes']}, in-plane rotations {'on' if augment_config.rot90 else 'off'}",
+        ))
     del labels
 
     seed_everything(config.seed, config.deterministic)
@@ -315,7 +324,7 @@ def _train(config, progress, cancel, init_checkpoint, ctx, open_dataset, start_t
         config.labeled_bs,
         config.unlabeled_bs,
         config.foreground_fraction,
-        AugmentConfig.from_train_config(config),
+        augment_config,
         seed=config.seed,
         rank=ctx.rank,
         world_size=ctx.world_size,
@@ -367,6 +376,7 @@ def _train(config, progress, cancel, init_checkpoint, ctx, open_dataset, start_t
             "config": config.to_dict(),
             "train_summary": summary,
             "val_metrics": val_metrics,
+            "augmentation": augmentation,
         }
 
     def save_all(iteration: int, val_metrics: dict | None) -> None:
