@@ -188,19 +188,22 @@ def augmentation_note(report: dict) -> str:
 
 def markdown(report: dict) -> str:
     cfg = report["config"]
+    data_name = Path(cfg.get("data", "hippocampus")).name
+    title = "hippocampus (MSD Task04)" if data_name == "hippocampus" else data_name
     lines = [
-        "# Semi-supervised benchmark: hippocampus (MSD Task04), 30 validation cases",
+        f"# Semi-supervised benchmark: {title}, {cfg['val_cases']} validation cases",
         "",
         f"Iterations {cfg['iterations']}, patch (x, y, z) {' x '.join(map(str, cfg['patch_xyz']))}, batch "
         f"{cfg['batch'][0]} labeled + {cfg['batch'][1]} unlabeled, seeds {cfg['seeds']}, device "
         f"{report['machine']['device']}, precision {cfg['precision']}, base filters {cfg['base_filters']}, "
         f"lr schedule {cfg.get('schedule', 'step')}, flip axes {cfg.get('flip_axes', 'zyx')}"
         f"{augmentation_note(report)}. "
-        f"Evaluated cases: {cfg['val_cases']}. Metrics: mean over the two foreground classes, then over "
-        "cases; mean +- std over seeds. hd95 / asd in voxels (= mm here, 1 mm isotropic).",
+        f"Evaluated cases: {cfg['val_cases']}. Metrics: mean over the foreground classes, then over "
+        "cases; mean +- std over seeds. hd95 / asd in voxels (as the papers) and in mm.",
         "",
-        "| row | method | labeled | unlabeled | Dice % | Jaccard % | hd95 | asd | train s |",
-        "|---|---|---|---|---|---|---|---|---|",
+        "| row | method | labeled | unlabeled | Dice % | Jaccard % | hd95 vox | asd vox | hd95 mm | asd mm "
+        "| train s |",
+        "|---|---|---|---|---|---|---|---|---|---|---|",
     ]
     for r in report["rows"]:
         m, s = r["mean"], r["std_over_seeds"]
@@ -208,7 +211,8 @@ def markdown(report: dict) -> str:
             f"| {r['row']} | {r['method']} | {r['labeled_cases']} | {r['unlabeled_cases']} | "
             f"{100 * m['dice']:.2f} +- {100 * s['dice']:.2f} | "
             f"{100 * m['jaccard']:.2f} +- {100 * s['jaccard']:.2f} | "
-            f"{m['hd95_vox']:.2f} | {m['asd_vox']:.2f} | {r['train_seconds_mean']:.0f} |"
+            f"{m['hd95_vox']:.2f} | {m['asd_vox']:.2f} | {m['hd95_mm']:.2f} | {m['asd_mm']:.2f} | "
+            f"{r['train_seconds_mean']:.0f} |"
         )
     lines += ["", "Per run (seed: mean Dice %, and per foreground class where recorded):", ""]
     for r in report["rows"]:

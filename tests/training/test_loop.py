@@ -85,6 +85,20 @@ def test_init_checkpoint_starts_from_given_weights(dataset, tmp_path):
     assert weights and all(torch.equal(start[k], end[k]) for k in weights)
 
 
+def test_fine_tune_keeps_the_flip_restrictions_of_its_starting_model(dataset, tmp_path):
+    first = train(tiny_config(dataset, tmp_path / "first", iterations=1, flip_axes="x"))
+    assert load_checkpoint(first.last_path).metadata["augmentation"]["flip_axes"] == "x"
+    # auto on this binary data would flip zyx; starting from the x-only model it flips x only
+    second = train(
+        tiny_config(dataset, tmp_path / "second", iterations=1), init_checkpoint=str(first.last_path)
+    )
+    aug = load_checkpoint(second.last_path).metadata["augmentation"]
+    assert aug["flip_axes"] == "x" and aug["inherited_from"] == str(first.last_path) and not aug["rot90"]
+    explicit = train(tiny_config(dataset, tmp_path / "third", iterations=1, flip_axes="zyx"),
+                     init_checkpoint=str(first.last_path))
+    assert load_checkpoint(explicit.last_path).metadata["augmentation"]["flip_axes"] == "zyx"
+
+
 def test_bad_split_is_a_clear_error(dataset, tmp_path):
     with pytest.raises(ValueError, match="labeled"):
         train(tiny_config(dataset, tmp_path / "x", labeled=10))

@@ -234,6 +234,30 @@ def _build_model(method: TrainingMethod, num_classes: int, init_checkpoint: str 
     return method.build_model(1, num_classes)
 
 
+def _inherit_flip_axes(
+    init_checkpoint: str, axes: tuple[int, ...], info: dict
+) -> tuple[tuple[int, ...], dict]:
+    """Fine-tuning keeps the starting model's flip restrictions.
+
+    A fine-tune from a few corrected volumes has too few cases to see that, say, the hippocampus head
+    always lies before its body (``orientation_axes`` needs three); the model it starts from knows it
+    (its ``augmentation`` metadata), so ``"auto"`` flips only axes both allow.
+    """
+    from napari_sscce.models.checkpoint import read_checkpoint_metadata
+
+    record = (read_checkpoint_metadata(init_checkpoint).get("augmentation") or {}).get("flip_axes")
+    if record is None:
+        return axes, info
+    allowed = {"zyx".index(c) for c in record if c in "zyx"}
+    kept = tuple(a for a in axes if a in allowed)
+    info = {
+        **info,
+        "flip_axes": "".join("zyx"[a] for a in kept) or "none",
+        "inherited_from": str(init_checkpoint),
+    }
+    return kept, info
+
+
 def train(
     config: TrainConfig,
     progress: ProgressCallback | None = None,
@@ -293,6 +317,8 @@ def _train(config, progress, cancel, init_checkpoint, ctx, open_dataset, start_t
     num_classes = config.num_classes or infer_num_classes(labels)
     spacing = [float(v) for v in np.median(np.array(spacings), axis=0)]
     flip_axes, augmentation = resolve_flip_axes(config.flip_axes, labels, num_classes)
+    if init_checkpoint and config.flip_axes.strip().lower() == "auto":
+        flip_axes, augmentation = _inherit_flip_axes(init_checkpoint, flip_axes, augmentation)
     augment_config = AugmentConfig.from_train_config(config, flip_axes)
     augmentation["rot90"] = augment_config.rot90
     if augmentation["orientation_axes"]:
