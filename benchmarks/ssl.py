@@ -130,6 +130,7 @@ def run_row(row: str, seed: int, args, dataset, splits, runs: Path) -> dict:
         base_filters=args.base_filters,
         num_workers=args.workers,
         flip_axes=args.flip_axes,
+        has_dropout=not args.no_dropout,
     )
     start = time.perf_counter()
     last_print = [0.0]
@@ -196,7 +197,8 @@ def markdown(report: dict) -> str:
         f"Iterations {cfg['iterations']}, patch (x, y, z) {' x '.join(map(str, cfg['patch_xyz']))}, batch "
         f"{cfg['batch'][0]} labeled + {cfg['batch'][1]} unlabeled, seeds {cfg['seeds']}, device "
         f"{report['machine']['device']}, precision {cfg['precision']}, base filters {cfg['base_filters']}, "
-        f"lr schedule {cfg.get('schedule', 'step')}, flip axes {cfg.get('flip_axes', 'zyx')}"
+        f"lr schedule {cfg.get('schedule', 'step')}, dropout {'on' if cfg.get('dropout', True) else 'off'}, "
+        f"flip axes {cfg.get('flip_axes', 'zyx')}"
         f"{augmentation_note(report)}. "
         f"Evaluated cases: {cfg['val_cases']}. Metrics: mean over the foreground classes, then over "
         "cases; mean +- std over seeds. hd95 / asd in voxels (as the papers) and in mm.",
@@ -255,6 +257,11 @@ def parse_args(argv=None) -> argparse.Namespace:
         help="learning-rate schedule: the papers' step (x0.1 at 5/12 and 5/6 of the budget) or poly",
     )
     p.add_argument("--base-filters", type=int, default=16)
+    p.add_argument(
+        "--no-dropout",
+        action="store_true",
+        help="train without the Dropout3d(0.5) layers (advised below 16 base filters: see the README)",
+    )
     p.add_argument(
         "--flip-axes",
         default=TrainConfig.flip_axes,
@@ -335,6 +342,7 @@ def main(argv=None) -> int:
             "lr": args.lr,
             "schedule": args.schedule,
             "flip_axes": args.flip_axes,
+            "dropout": not args.no_dropout,
             "method_options": parse_method_options(args.option),
             "val_cases": len(splits["val"][: args.val_max] if args.val_max else splits["val"]),
             "data": str(args.data),

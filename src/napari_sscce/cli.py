@@ -158,6 +158,12 @@ def _add_train(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--workers", type=int, metavar="N", help="prepare batches in a background thread if > 0")
     p.add_argument("--init", metavar="CKPT", help="start from this model (fine-tuning)")
     p.add_argument(
+        "--no-dropout",
+        action="store_true",
+        help="networks without their Dropout3d(0.5) layers (advised for narrow networks, < 16 base filters)",
+    )
+    p.add_argument("--base-filters", type=int, metavar="N", help=f"network width (default: {d.base_filters})")
+    p.add_argument(
         "--flip-axes",
         metavar="AXES",
         help="axes random flips may mirror: auto (all but those that order the classes, e.g. hippocampus "
@@ -191,11 +197,14 @@ def _add_train(sub: argparse._SubParsersAction) -> None:
             "workers": "num_workers",
             "init": "init_checkpoint",
             "flip_axes": "flip_axes",
+            "base_filters": "base_filters",
         }
         for arg, fieldname in plain.items():
             value = getattr(args, arg)
             if value is not None:
                 changes[fieldname] = value
+        if args.no_dropout:
+            changes["has_dropout"] = False
         if args.patch:
             changes["patch_size"] = tuple(reversed(args.patch))  # X Y Z on the command line -> (z, y, x)
         if args.batch:

@@ -14,10 +14,11 @@ def test_train_predict_evaluate(tmp_path, capsys):
     argv = ["train", "--data", str(data), "--method", "cce", "--iterations", "3", "--patch", "16", "16", "16",
             "--out", str(run), "--device", "cpu", "--precision", "fp32", "--batch", "1", "1",
             "--val-every", "0", "--seed", "1", "--option", "entropy_percentile=30",
-            "--flip-axes", "zx", "--quiet"]
+            "--flip-axes", "zx", "--base-filters", "4", "--no-dropout", "--quiet"]
     assert main(argv) == 0
     cfg = TrainConfig.load(run / "config.json")
     assert cfg.patch_size == (16, 16, 16) and cfg.method_options == {"entropy_percentile": 30}
+    assert cfg.base_filters == 4 and not cfg.has_dropout
     meta = load_checkpoint(run / "best.safetensors").metadata
     assert meta["method"] == "cce" and meta["train_summary"]["iterations"] == 3
     assert meta["augmentation"]["flip_axes"] == "zx" and not meta["augmentation"]["rot90"]
