@@ -61,7 +61,11 @@ REPORTED = ("dice", "jaccard", "hd95_vox", "asd_vox", "hd95_mm", "asd_mm")
 
 
 def row_setup(row: str) -> tuple[str, str]:
-    """``(method, labels)`` of a row: labels ``"labeled"`` (16), ``"semi"`` (16 + 114) or ``"all"`` (130)."""
+    """``(method, labels)`` of a row: labels ``"labeled"`` (16), ``"semi"`` (16 + 114) or ``"all"`` (130).
+
+    A tagged row (``--tag``: ``"cce [contrast off]"``) is set up as its untagged name.
+    """
+    row = row.split(" [")[0]
     if row in SPECIAL_ROWS:
         return SPECIAL_ROWS[row]
     if row in METHOD_PATHS:
@@ -103,7 +107,8 @@ def evaluate_model(checkpoint: Path, dataset, cases: list[str], device: str, pre
 
 def run_row(row: str, seed: int, args, dataset, splits, runs: Path) -> dict:
     method, labels = row_setup(row)
-    run_dir = runs / f"{row}_seed{seed}"
+    tag = "_" + "_".join(args.tag.split()) if args.tag else ""
+    run_dir = runs / f"{row}{tag}_seed{seed}"
     run_dir.mkdir(parents=True, exist_ok=True)
     split_file = run_dir / "train_split.json"
     train_split = split_for(splits, labels)
@@ -257,6 +262,7 @@ def parse_args(argv=None) -> argparse.Namespace:
         help="learning-rate schedule: the papers' step (x0.1 at 5/12 and 5/6 of the budget) or poly",
     )
     p.add_argument("--base-filters", type=int, default=16)
+    p.add_argument("--tag", default=None, help="label appended to the rows' names (e.g. 'contrast off')")
     p.add_argument(
         "--no-dropout",
         action="store_true",
@@ -328,7 +334,7 @@ def main(argv=None) -> int:
     for row in args.methods:
         print(f"{row}:", flush=True)
         runs = [run_row(row, seed, args, dataset, splits, args.runs) for seed in args.seeds]
-        per_row.append(summarise(row, runs, splits))
+        per_row.append(summarise(f"{row} [{args.tag}]" if args.tag else row, runs, splits))
     device = per_row[0]["runs"][0]["device"] if per_row else args.device
     report = {
         "command": "python benchmarks/ssl.py " + " ".join(sys.argv[1:] if argv is None else argv),
