@@ -32,9 +32,11 @@ test: install
 demo: install
 	bash scripts/with_display.sh $(PY) -m napari_sscce.demo
 
+# the CPU recipes of the README (hours on 2 cores; on a GPU see benchmarks/ssl_parallel.sh)
 benchmark: install
 	$(PY) benchmarks/inference.py
-	$(PY) benchmarks/ssl.py
+	OMP_NUM_THREADS=1 $(PY) benchmarks/ssl.py --methods supervised cce supervised_all ugmcl --seeds 0 1 \
+		--iterations 1000 --base-filters 8 --no-dropout --device cpu
 
 clean:
 	rm -rf $(VENV) build dist src/*.egg-info .pytest_cache .ruff_cache
