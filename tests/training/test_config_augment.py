@@ -2,12 +2,12 @@ import numpy as np
 import pytest
 
 from napari_sscce.inference.predict import tta_axes
+from napari_sscce.io.geometry import parse_axes
 from napari_sscce.training.augment import (
     AugmentConfig,
     Sample,
     augment,
     orientation_axes,
-    parse_axes,
     random_flip,
     random_rot90,
     resolve_flip_axes,

@@ -19,6 +19,7 @@ from napari_sscce.inference.device import prepare_model, resolve_device, resolve
 from napari_sscce.inference.fast import optimize_for_inference
 from napari_sscce.inference.postprocess import keep_largest_component
 from napari_sscce.inference.sliding_window import flip_combinations, plan_windows, sliding_window_dual
+from napari_sscce.io.geometry import parse_axes
 from napari_sscce.io.volume import Volume
 from napari_sscce.preprocessing import normalize_intensity, resample_to_shape, resampled_shape
 from napari_sscce.progress import CancelToken, ProgressCallback, ProgressEvent, report
@@ -209,7 +210,7 @@ def tta_axes(requested: tuple[int, ...], meta: dict[str, Any]) -> tuple[int, ...
     record = (meta.get("augmentation") or {}).get("flip_axes")
     if record is None:
         return tuple(requested)
-    trained = {"zyx".index(c) for c in record if c in "zyx"}
+    trained = parse_axes(record)
     return tuple(a for a in requested if a in trained)
 
 

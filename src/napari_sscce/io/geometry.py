@@ -76,3 +76,23 @@ def space_to_ras(space: str | None) -> np.ndarray:
         return np.eye(4)
     signs = [-1.0 if w in _FLIPPED_WORDS else 1.0 for w in name.split("-")]
     return np.diag([*signs, 1.0])
+
+
+#: Names of a volume array's axes, in order.
+AXIS_NAMES = "zyx"
+
+
+def parse_axes(text: str) -> tuple[int, ...]:
+    """``"zx"`` -> ``(0, 2)``; ``""`` or ``"none"`` -> ``()``. Raises ``ValueError`` on other letters."""
+    text = text.strip().lower()
+    if text in ("", "none"):
+        return ()
+    bad = sorted(set(text) - set(AXIS_NAMES))
+    if bad:
+        raise ValueError(f"flip axes must be letters of 'zyx' (or 'auto' / 'none'), got {text!r}")
+    return tuple(sorted({AXIS_NAMES.index(c) for c in text}))
+
+
+def axes_text(axes) -> str:
+    """``(0, 2)`` -> ``"zx"``; no axes -> ``"none"`` (the inverse of :func:`parse_axes`)."""
+    return "".join(AXIS_NAMES[a] for a in sorted(set(axes))) or "none"

@@ -23,6 +23,8 @@ from dataclasses import dataclass
 
 import numpy as np
 
+from napari_sscce.io.geometry import AXIS_NAMES, axes_text, parse_axes
+
 
 @dataclass
 class Sample:
@@ -67,7 +69,8 @@ class AugmentConfig:
         explicit axes, or all three for ``"auto"``.
         """
         if flip_axes is None:
-            flip_axes = (0, 1, 2) if config.flip_axes == "auto" else parse_axes(config.flip_axes)
+            auto = config.flip_axes.strip().lower() == "auto"
+            flip_axes = parse_axes(AXIS_NAMES if auto else config.flip_axes)
         rot90 = bool(config.augment_rot90) and {1, 2} <= set(flip_axes)
         return cls(
             flip=config.augment_flip and bool(flip_axes),
@@ -144,20 +147,6 @@ def augment(sample: Sample, rng: np.random.Generator, config: AugmentConfig) -> 
     if config.noise and config.noise_std > 0:
         sample = random_noise(sample, rng, config.noise_std)
     return _geometric(sample, lambda a, off: np.ascontiguousarray(a))
-
-
-AXIS_NAMES = "zyx"
-
-
-def parse_axes(text: str) -> tuple[int, ...]:
-    """``"zx"`` -> ``(0, 2)``; ``""`` or ``"none"`` -> ``()``. Raises ``ValueError`` on other letters."""
-    text = text.strip().lower()
-    if text in ("", "none"):
-        return ()
-    bad = sorted(set(text) - set(AXIS_NAMES))
-    if bad:
-        raise ValueError(f"flip axes must be letters of 'zyx' (or 'auto' / 'none'), got {text!r}")
-    return tuple(sorted({AXIS_NAMES.index(c) for c in text}))
 
 
 def orientation_axes(
@@ -239,7 +228,7 @@ def resolve_flip_axes(
         axes = parse_axes(setting)
     info = {
         "setting": setting,
-        "flip_axes": "".join(AXIS_NAMES[a] for a in axes) or "none",
+        "flip_axes": axes_text(axes),
         "orientation_axes": {
             AXIS_NAMES[a]: [list(p) for p in pairs] for a, pairs in sorted(oriented.items())
         },

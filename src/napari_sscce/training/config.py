@@ -181,7 +181,7 @@ class TrainConfig:
         if self.milestones is not None:
             self.milestones = [int(m) for m in self.milestones]
         if self.flip_axes.strip().lower() != "auto":
-            from napari_sscce.training.augment import parse_axes
+            from napari_sscce.io.geometry import parse_axes
 
             parse_axes(self.flip_axes)  # raises on letters outside zyx
 

@@ -28,6 +28,7 @@ import numpy as np
 import torch
 
 from napari_sscce.atomic import atomic_path, atomic_write_json
+from napari_sscce.io.geometry import axes_text, parse_axes
 from napari_sscce.methods import get_method
 from napari_sscce.methods.base import TrainingMethod
 from napari_sscce.progress import Cancelled, CancelToken, ProgressCallback, ProgressEvent, check, report
@@ -248,14 +249,8 @@ def _inherit_flip_axes(
     record = (read_checkpoint_metadata(init_checkpoint).get("augmentation") or {}).get("flip_axes")
     if record is None:
         return axes, info
-    allowed = {"zyx".index(c) for c in record if c in "zyx"}
-    kept = tuple(a for a in axes if a in allowed)
-    info = {
-        **info,
-        "flip_axes": "".join("zyx"[a] for a in kept) or "none",
-        "inherited_from": str(init_checkpoint),
-    }
-    return kept, info
+    kept = tuple(a for a in axes if a in parse_axes(record))
+    return kept, {**info, "flip_axes": axes_text(kept), "inherited_from": str(init_checkpoint)}
 
 
 def train(
