@@ -16,10 +16,16 @@ networks' softmax, argmax; per case the mean over the two foreground classes of 
 asd (medpy definitions, in voxels as the papers and in mm; the hippocampus is 1 mm isotropic, so the two
 agree). A row reports the mean over cases, then mean and standard deviation over seeds.
 
-Usage (CPU, a few minutes per row at the default budget; on a GPU use ``--device cuda``)::
+Usage (the README's CPU table: 8 base filters without dropout, about 15 min per CCE run with two runs at a
+time; on a GPU use ``--device cuda`` and the papers' 16 filters with dropout)::
 
-    python benchmarks/ssl.py --iterations 2000 --seeds 0 1 2 --device auto
+    OMP_NUM_THREADS=1 python benchmarks/ssl.py --iterations 1000 --seeds 0 1 --base-filters 8 --no-dropout \\
+        --device cpu
+    python benchmarks/ssl.py --methods cce --tag "contrast off" --option contrast=false ...   # ablation row
     python benchmarks/ssl.py --iterations 6 --val-max 3 --methods supervised cce   # smoke check
+
+Other datasets in the images/ + labels/ + splits.json layout work the same way (``--data``): the LA row uses a
+down-sampled copy written by ``benchmarks/prepare_la.py``.
 
 Results: ``benchmarks/results/ssl.json`` and ``ssl.md`` (``--out``); runs in ``--runs`` (checkpoints,
 metrics.jsonl per run).
