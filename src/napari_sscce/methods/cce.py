@@ -37,8 +37,9 @@ pulled to its own (detached) prototypes instead of pulling the two nets' prototy
 Measured (README, "Semi-supervised learning"; 2-core CPU, 8 base filters, 1000 iterations): with the
 contrastive term at its specified weight, the validation Dice peaks mid-run and falls as the term ramps up
 (hippocampus 78.2 % against 83.1 % supervised on the same labels; 83.3 % with ``contrast=False``). In the
-released code that term sent no gradient, so the published numbers were obtained without it acting. The
-defaults stay the paper's; ``--option contrast=false`` switches it off.
+released code that term sent no gradient, so the published numbers were obtained without it acting. On LA
+(down-sampled, 8 labeled) the term alone ends at 58 % and all terms with ``contrast_temperature=0.5``
+at 80 % (54 % at 0.1). The defaults stay the paper's; ``--option contrast=false`` switches it off.
 """
 
 from __future__ import annotations
