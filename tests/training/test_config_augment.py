@@ -109,6 +109,7 @@ def test_resolve_flip_axes_auto_explicit_and_errors():
         parse_axes("xw")
     with pytest.raises(ValueError, match="zyx"):
         TrainConfig(flip_axes="q")
+    assert TrainConfig(flip_axes=" Auto ").flip_axes == "auto"  # normalised once, compared plainly after
 
 
 def test_flip_only_along_allowed_axes_and_rotations_need_both_in_plane_axes():

@@ -69,8 +69,7 @@ class AugmentConfig:
         explicit axes, or all three for ``"auto"``.
         """
         if flip_axes is None:
-            auto = config.flip_axes.strip().lower() == "auto"
-            flip_axes = parse_axes(AXIS_NAMES if auto else config.flip_axes)
+            flip_axes = parse_axes(AXIS_NAMES if config.flip_axes == "auto" else config.flip_axes)
         rot90 = bool(config.augment_rot90) and {1, 2} <= set(flip_axes)
         return cls(
             flip=config.augment_flip and bool(flip_axes),

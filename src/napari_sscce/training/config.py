@@ -180,7 +180,8 @@ class TrainConfig:
                 raise ValueError(f"networks must name two networks, got {self.networks}")
         if self.milestones is not None:
             self.milestones = [int(m) for m in self.milestones]
-        if self.flip_axes.strip().lower() != "auto":
+        self.flip_axes = self.flip_axes.strip().lower()
+        if self.flip_axes != "auto":
             from napari_sscce.io.geometry import parse_axes
 
             parse_axes(self.flip_axes)  # raises on letters outside zyx

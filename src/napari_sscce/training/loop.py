@@ -312,7 +312,7 @@ def _train(config, progress, cancel, init_checkpoint, ctx, open_dataset, start_t
     num_classes = config.num_classes or infer_num_classes(labels)
     spacing = [float(v) for v in np.median(np.array(spacings), axis=0)]
     flip_axes, augmentation = resolve_flip_axes(config.flip_axes, labels, num_classes)
-    if init_checkpoint and config.flip_axes.strip().lower() == "auto":
+    if init_checkpoint and config.flip_axes == "auto":
         flip_axes, augmentation = _inherit_flip_axes(init_checkpoint, flip_axes, augmentation)
     augment_config = AugmentConfig.from_train_config(config, flip_axes)
     augmentation["rot90"] = augment_config.rot90
