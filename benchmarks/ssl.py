@@ -88,6 +88,22 @@ def split_for(splits: dict[str, list[str]], labels: str) -> dict[str, list[str]]
     return {"labeled": splits["labeled"], "unlabeled": splits["unlabeled"], "val": []}
 
 
+def fewer_labels(splits: dict[str, list[str]], labeled: int | None) -> dict[str, list[str]]:
+    """Keep the first ``labeled`` labeled cases; the others join the unlabeled ones (val unchanged).
+
+    The semi-supervised rows then still see every training case, and the ceiling row is unchanged.
+    """
+    if labeled is None:
+        return splits
+    if not 1 <= labeled <= len(splits["labeled"]):
+        raise SystemExit(f"--labeled {labeled}: the split has {len(splits['labeled'])} labeled cases")
+    return {
+        **splits,
+        "labeled": splits["labeled"][:labeled],
+        "unlabeled": splits["labeled"][labeled:] + splits["unlabeled"],
+    }
+
+
 def evaluate_model(checkpoint: Path, dataset, cases: list[str], device: str, precision: str) -> dict:
     """Per-case metrics (mean over foreground classes) and their mean over cases."""
     cfg = InferenceConfig(device=device, precision=precision)
@@ -253,6 +269,12 @@ def parse_args(argv=None) -> argparse.Namespace:
     p.add_argument("--precision", default="auto", choices=("auto", "fp32", "bf16", "fp16"))
     p.add_argument("--patch", type=int, nargs=3, default=[32, 48, 32], metavar=("X", "Y", "Z"))
     p.add_argument("--batch", type=int, nargs=2, default=[2, 2], metavar=("L", "U"))
+    p.add_argument(
+        "--labeled",
+        type=int,
+        default=None,
+        help="label only the first N of the split's labeled cases (the rest become unlabeled)",
+    )
     p.add_argument("--lr", type=float, default=0.01)
     p.add_argument(
         "--option",
@@ -329,7 +351,7 @@ def write_report(report: dict, out: Path) -> None:
 
 def main(argv=None) -> int:
     args = parse_args(argv)
-    splits = json.loads((Path(args.data) / "splits.json").read_text())
+    splits = fewer_labels(json.loads((Path(args.data) / "splits.json").read_text()), args.labeled)
     if args.merge:
         write_report(merge_reports(args.merge, splits), args.out)
         return 0
@@ -348,6 +370,7 @@ def main(argv=None) -> int:
             "iterations": args.iterations,
             "patch_xyz": list(args.patch),
             "batch": list(args.batch),
+            "labeled": len(splits["labeled"]),
             "seeds": list(args.seeds),
             "precision": args.precision,
             "base_filters": args.base_filters,

@@ -171,3 +171,112 @@ def test_foreground_first_pseudo_labels_keep_split_foreground():
     assert pseudo_labels(prob, foreground_first=True).flatten().tolist() == [1, 0, 2]
     binary = torch.tensor([[0.6, 0.3], [0.4, 0.7]]).reshape(1, 2, 1, 1, 2)
     assert torch.equal(pseudo_labels(binary, True), pseudo_labels(binary, False))
+
+
+def _two_prototype_setup(n_bg_anchors: int, n_fg_anchors: int):
+    """Reliable voxels on axes 0 (class 0) and 1 (class 1); anchors at 45 degrees between them."""
+    n_rel = 4
+    n = 2 * n_rel + n_bg_anchors + n_fg_anchors
+    feats = torch.zeros(1, 4, 1, 1, n)
+    feats[0, 0, 0, 0, :n_rel] = 1.0
+    feats[0, 1, 0, 0, n_rel : 2 * n_rel] = 1.0
+    feats[0, 0, 0, 0, 2 * n_rel :] = 1.0
+    feats[0, 1, 0, 0, 2 * n_rel :] = 1.0
+    proto_class = torch.full((1, 1, 1, n), -1, dtype=torch.long)
+    proto_class[..., :n_rel] = 0
+    proto_class[..., n_rel : 2 * n_rel] = 1
+    anchor = torch.zeros_like(proto_class, dtype=torch.bool)
+    anchor[..., 2 * n_rel :] = True
+    anchor_class = torch.zeros_like(proto_class)
+    anchor_class[..., 2 * n_rel + n_bg_anchors :] = 1
+    return feats, proto_class, anchor, anchor_class
+
+
+def test_balanced_contrast_weighs_each_class_equally_whatever_its_anchor_count():
+    def fg_pull(n_bg: int, balanced: bool) -> float:
+        """Gradient along the class-1 axis on the class-1 anchors (positive = pulled toward class 1)."""
+        feats, proto_class, anchor, anchor_class = _two_prototype_setup(n_bg, 3)
+        feats.requires_grad_(True)
+        loss = prototype_contrastive_loss(feats, proto_class, anchor, anchor_class, 2, 0.1, balanced=balanced)
+        loss.backward()
+        return float(-feats.grad[0, 1, 0, 0, -3:].sum())
+
+    # plain mean: the more background anchors, the weaker the pull of the 3 class-1 anchors
+    assert fg_pull(30, balanced=False) < 0.5 * fg_pull(3, balanced=False)
+    # class-balanced: the pull on the class-1 anchors does not depend on how many background anchors there are
+    assert fg_pull(30, balanced=True) == pytest.approx(fg_pull(3, balanced=True), rel=1e-5)
+    assert fg_pull(3, balanced=True) > 0
+
+
+def test_balanced_subsample_keeps_at_most_an_equal_share_per_class():
+    from napari_sscce.methods.cce import _anchor_subsample
+
+    cls = torch.tensor([0] * 100 + [1] * 5 + [2] * 40)
+    torch.manual_seed(0)
+    pick = _anchor_subsample(cls, 3, 30, balanced=True)
+    counts = torch.bincount(cls[pick], minlength=3).tolist()
+    assert counts == [10, 5, 10]
+    assert len(set(pick.tolist())) == len(pick)
+    plain = _anchor_subsample(cls, 3, 30, balanced=False)
+    assert plain.numel() == 30
+
+
+def test_soft_targets_leave_an_evenly_split_voxel_between_its_prototypes():
+    feats, proto_class, anchor, anchor_class = _two_prototype_setup(0, 1)  # one anchor, hard class 1
+    prob = torch.zeros(1, 2, 1, 1, feats.shape[-1])
+    prob[:, :, ..., -1] = 0.5  # the anchor is 50/50
+    grads = {}
+    for soft in (False, True):
+        f = feats.clone().requires_grad_(True)
+        loss = prototype_contrastive_loss(
+            f, proto_class, anchor, anchor_class, 2, 0.1, anchor_prob=prob if soft else None
+        )
+        loss.backward()
+        grads[soft] = f.grad[0, :, 0, 0, -1]
+    assert float(grads[False].abs().sum()) > 1.0  # the hard label drags it to class 1
+    assert float(grads[True].abs().sum()) < 1e-5  # the soft target is already met at the midpoint
+
+
+def test_balanced_contrast_runs_under_cpu_bf16_autocast():
+    feats, proto_class, anchor, anchor_class = _two_prototype_setup(5, 3)
+    with torch.autocast("cpu", dtype=torch.bfloat16):
+        loss = prototype_contrastive_loss(feats, proto_class, anchor, anchor_class, 2, 0.1, balanced=True)
+    assert loss.dtype == torch.float32 and torch.isfinite(loss)
+
+
+def test_projection_head_carries_the_contrastive_term_and_not_the_prediction(tmp_path):
+    from napari_sscce.models.checkpoint import load_checkpoint, save_checkpoint
+
+    torch.manual_seed(0)
+    options = {"contrast_projection_dim": 6}
+    method = CCEMethod(TrainConfig(base_filters=4, has_dropout=False, method_options=options))
+    model = method.build_model(1, 3)
+    for net in (model.net_a, model.net_b):
+        assert net.projection is not None and net.spec["kwargs"]["projection_dim"] == 6
+    terms = method.terms(model, tiny_batch(), iteration=0)
+    model.zero_grad(set_to_none=True)
+    terms["contrast_a"].backward()
+    head_grad = sum(float(p.grad.abs().sum()) for p in model.net_a.projection.parameters())
+    assert head_grad > 0
+    assert all(p.grad is None for p in model.net_b.parameters())
+
+    # the head never enters the prediction, and a checkpoint rebuilds it with its weights
+    x = torch.randn(1, 1, 16, 16, 16)
+    model.eval()
+    with torch.no_grad():
+        before = model.net_a(x)[0].clone()
+        model.net_a.projection[-1].weight.add_(1.0)
+        torch.testing.assert_close(model.net_a(x)[0], before)
+    path = save_checkpoint(tmp_path / "m.safetensors", model, {"method": "cce"})
+    loaded = load_checkpoint(path).model
+    torch.testing.assert_close(
+        loaded.net_a.projection[-1].weight, model.net_a.projection[-1].weight
+    )
+
+
+def test_no_projection_head_without_the_contrastive_term():
+    method = CCEMethod(
+        TrainConfig(base_filters=4, method_options={"contrast": False, "contrast_projection_dim": 6})
+    )
+    model = method.build_model(1, 2)
+    assert model.net_a.projection is None and "projection_dim" not in model.net_a.spec["kwargs"]

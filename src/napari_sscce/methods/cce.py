@@ -114,6 +114,8 @@ def prototype_contrastive_loss(
     num_classes: int,
     temperature: float = 0.1,
     max_anchors: int = 4096,
+    balanced: bool = False,
+    anchor_prob: torch.Tensor | None = None,
 ) -> torch.Tensor:
     """InfoNCE of uncertain voxels against detached class prototypes.
 
@@ -131,6 +133,15 @@ def prototype_contrastive_loss(
     temperature : float
     max_anchors : int
         Random subsample bound (``torch.randperm``, so the global torch seed decides it).
+    balanced : bool
+        Class-balanced subsample: at most ``max_anchors // k`` anchors of each of the ``k`` anchor
+        classes present, and the loss is the mean over classes of each class's mean (every class
+        counts the same, however many of its voxels are uncertain). Plain random subsample and one
+        mean over anchors otherwise.
+    anchor_prob : torch.Tensor, optional
+        ``[B, C, Z, Y, X]`` probabilities: soft targets (restricted to the classes with a prototype and
+        renormalised) instead of the hard ``anchor_class``; ``anchor_class`` still picks the classes
+        for balancing.
 
     Returns
     -------
@@ -150,18 +161,49 @@ def prototype_contrastive_loss(
         counts = torch.bincount(rel_cls, minlength=num_classes)
         present = counts > 0
         protos = F.normalize(sums / counts.clamp_min(1).unsqueeze(1), dim=1)
-    anchors = feats[anchor_mask]
     cls = anchor_class[anchor_mask]
-    keep = present[cls]
-    anchors, cls = anchors[keep], cls[keep]
-    if anchors.shape[0] == 0:
+    index = anchor_mask.reshape(-1).nonzero(as_tuple=True)[0][present[cls]]
+    cls = cls[present[cls]]
+    if index.numel() == 0:
         return zero
-    if anchors.shape[0] > max_anchors:
-        pick = torch.randperm(anchors.shape[0], device=anchors.device)[:max_anchors]
-        anchors, cls = anchors[pick], cls[pick]
+    pick = _anchor_subsample(cls, num_classes, max_anchors, balanced)
+    index, cls = index[pick], cls[pick]
+    anchors = feats.reshape(-1, dim)[index]
     sims = F.normalize(anchors, dim=1) @ protos.t() / float(temperature)  # [N, C]
-    sims = sims.masked_fill(~present.unsqueeze(0), float("-inf"))
-    return F.cross_entropy(sims, cls)
+    log_p = torch.log_softmax(sims.masked_fill(~present.unsqueeze(0), float("-inf")), dim=1)
+    if anchor_prob is None:
+        per_anchor = -log_p.gather(1, cls.unsqueeze(1)).squeeze(1)
+    else:
+        with torch.no_grad():
+            target = anchor_prob.detach().float().movedim(1, -1).reshape(-1, num_classes)[index]
+            target = target * present.unsqueeze(0)
+            target = target / target.sum(1, keepdim=True).clamp_min(1e-12)
+        per_anchor = -(target * log_p.masked_fill(~present.unsqueeze(0), 0.0)).sum(1)
+    per_anchor = per_anchor.float()  # bf16 under CPU autocast
+    if not balanced:
+        return per_anchor.mean()
+    sums = torch.zeros(num_classes, device=per_anchor.device).index_add(0, cls, per_anchor)
+    counts = torch.bincount(cls, minlength=num_classes)
+    has = counts > 0
+    return (sums[has] / counts[has]).mean()
+
+
+def _anchor_subsample(cls: torch.Tensor, num_classes: int, max_anchors: int, balanced: bool) -> torch.Tensor:
+    """Indices into ``cls`` of the anchors kept: random, or at most ``max_anchors // k`` per class."""
+    n = cls.numel()
+    if not balanced:
+        if n <= max_anchors:
+            return torch.arange(n, device=cls.device)
+        return torch.randperm(n, device=cls.device)[:max_anchors]
+    classes = torch.unique(cls)
+    per_class = max(1, int(max_anchors) // int(classes.numel()))
+    picks = []
+    for c in classes.tolist():
+        members = (cls == c).nonzero(as_tuple=True)[0]
+        if members.numel() > per_class:
+            members = members[torch.randperm(members.numel(), device=cls.device)[:per_class]]
+        picks.append(members)
+    return torch.cat(picks)
 
 
 def confident_mse(
@@ -181,6 +223,12 @@ def confident_mse(
     fg = 1.0 - prob_self[:, 0]
     diff = (fg - (label > 0).float()) ** 2
     return (diff * sel).sum() / sel.sum().clamp_min(1.0)
+
+
+def _embedding(net: torch.nn.Module, features: torch.Tensor) -> torch.Tensor:
+    """Features seen by the contrastive term: the net's projection head output, if it has one."""
+    project = getattr(getattr(net, "module", net), "project", None)  # DDP wraps the network
+    return features if project is None else project(features)
 
 
 class CCEMethod(TrainingMethod):
@@ -208,10 +256,21 @@ class CCEMethod(TrainingMethod):
         "contrast_weight": 0.1,
         "contrast_temperature": 0.1,
         "contrast_max_anchors": 4096,
+        "contrast_balanced": False,
+        "contrast_soft_targets": False,
+        "contrast_projection_dim": 0,
         "cosine": False,
         "cosine_weight": 0.1,
         "foreground_first": False,
     }
+
+    def network_kwargs(self, in_channels: int, num_classes: int) -> dict[str, Any]:
+        """The base networks' arguments, plus a projection head when the contrastive term asks for one."""
+        kwargs = super().network_kwargs(in_channels, num_classes)
+        dim = int(self.options["contrast_projection_dim"])
+        if self.options["contrast"] and dim > 0:
+            kwargs["projection_dim"] = dim
+        return kwargs
 
     def terms(self, model, batch: Batch, iteration: int) -> dict[str, torch.Tensor]:
         """Every switched-on term, unweighted (``sup_a``, ``cps_b``, ``kl``, ``contrast_a`` ...)."""
@@ -272,15 +331,17 @@ class CCEMethod(TrainingMethod):
                 proto_class[confirmed] = label[confirmed]
                 uncertain = unl & ~(keep_a & keep_b)
                 anchor_class = pseudo_labels(0.5 * (pa_d + pb_d), fg_first)
-            for key, feat in (("a", feat_a), ("b", feat_b)):
+            for key, net, feat in (("a", model.net_a, feat_a), ("b", model.net_b, feat_b)):
                 terms[f"contrast_{key}"] = prototype_contrastive_loss(
-                    feat,
+                    _embedding(net, feat),
                     proto_class,
                     uncertain,
                     anchor_class,
                     num_classes,
                     o["contrast_temperature"],
                     int(o["contrast_max_anchors"]),
+                    balanced=bool(o["contrast_balanced"]),
+                    anchor_prob=0.5 * (pa_d + pb_d) if o["contrast_soft_targets"] else None,
                 )
         if o["cosine"]:
             cos = F.cosine_similarity(p_a, p_b, dim=1, eps=1e-8)

@@ -120,6 +120,26 @@ class VNetDecoderBase(nn.Module):
         self.out_conv = nn.Conv3d(n, num_classes, 1, padding=0)
         self.dropout = nn.Dropout3d(p=0.5, inplace=False)
 
+    def _init_projection(self, n_filters: int, projection_dim: int, normalization: str) -> None:
+        """Optional projection head for contrastive losses (``projection_dim = 0``: none).
+
+        1x1x1 conv, normalisation, ReLU, 1x1x1 conv to ``projection_dim`` channels, applied by
+        :meth:`project` to the last decoder features; ``forward`` never uses it, so predictions do not
+        depend on it.
+        """
+        self.projection = None
+        if projection_dim > 0:
+            ops: list[nn.Module] = [nn.Conv3d(n_filters, n_filters, 1)]
+            norm = make_norm(normalization, n_filters)
+            if norm is not None:
+                ops.append(norm)
+            ops += [nn.ReLU(inplace=True), nn.Conv3d(n_filters, projection_dim, 1)]
+            self.projection = nn.Sequential(*ops)
+
+    def project(self, features: torch.Tensor) -> torch.Tensor:
+        """The projection head's embedding of ``features`` (the features themselves without a head)."""
+        return features if self.projection is None else self.projection(features)
+
     def _record_spec(self, **kwargs) -> None:
         """Remember the constructor arguments (``.spec``) so the network can be rebuilt from a checkpoint."""
         self.spec = {"name": self.name, "kwargs": dict(kwargs)}

@@ -80,6 +80,7 @@ class ResNetVNet(VNetDecoderBase):
         base_filters: int = 16,
         normalization: str = "batchnorm",
         has_dropout: bool = True,
+        projection_dim: int = 0,
         layers: tuple[int, ...] | list[int] = RESNET34_LAYERS,
     ):
         super().__init__()
@@ -92,6 +93,7 @@ class ResNetVNet(VNetDecoderBase):
             base_filters=base_filters,
             normalization=normalization,
             has_dropout=has_dropout,
+            **({"projection_dim": int(projection_dim)} if projection_dim else {}),
             layers=[int(v) for v in layers],
         )
         n = base_filters
@@ -110,6 +112,7 @@ class ResNetVNet(VNetDecoderBase):
             channels = out
         self.layer1, self.layer2, self.layer3, self.layer4 = stages
         self._init_decoder(n, num_classes, normalization, has_dropout)
+        self._init_projection(n, int(projection_dim), normalization)
 
     def encoder(self, x: torch.Tensor, dropout: bool) -> list[torch.Tensor]:
         """Return the five encoder maps (stem output, then each stage's output)."""

@@ -46,6 +46,7 @@ class VNet(VNetDecoderBase):
         base_filters: int = 16,
         normalization: str = "batchnorm",
         has_dropout: bool = True,
+        projection_dim: int = 0,
     ):
         super().__init__()
         check_normalization(normalization)
@@ -55,6 +56,7 @@ class VNet(VNetDecoderBase):
             base_filters=base_filters,
             normalization=normalization,
             has_dropout=has_dropout,
+            **({"projection_dim": int(projection_dim)} if projection_dim else {}),
         )
         n, norm = base_filters, normalization
         self.block_one = ConvBlock(1, in_channels, n, normalization=norm)
@@ -67,6 +69,7 @@ class VNet(VNetDecoderBase):
         self.block_four_dw = DownsamplingConvBlock(n * 8, n * 16, normalization=norm)
         self.block_five = ConvBlock(3, n * 16, n * 16, normalization=norm)
         self._init_decoder(n, num_classes, norm, has_dropout)
+        self._init_projection(n, int(projection_dim), norm)
 
     def encoder(self, x: torch.Tensor, dropout: bool) -> list[torch.Tensor]:
         """Return the five encoder maps ``[x1, x2, x3, x4, x5]`` (full to 1/16 resolution)."""
