@@ -22,6 +22,7 @@ time; on a GPU use ``--device cuda`` and the papers' 16 filters with dropout)::
     OMP_NUM_THREADS=1 python benchmarks/ssl.py --iterations 1000 --seeds 0 1 --base-filters 8 --no-dropout \\
         --device cpu
     python benchmarks/ssl.py --methods cce --tag "contrast off" --option contrast=false ...   # ablation row
+    python benchmarks/ssl.py --labeled 4 ...   # fewer labels: the first 4 labeled cases, 126 unlabeled
     python benchmarks/ssl.py --iterations 6 --val-max 3 --methods supervised cce   # smoke check
 
 Other datasets in the images/ + labels/ + splits.json layout work the same way (``--data``): the LA row uses a

@@ -19,6 +19,13 @@ optimiser. Every loss term has a switch and a weight in ``default_options`` (``c
   entropy mask dropped; at most ``contrast_max_anchors`` at random) are pulled toward the prototype of their
   pseudo-class (argmax of the mean prediction) and pushed from the others: cross-entropy over cosine
   similarities / ``contrast_temperature``. Classes without a prototype in the batch are left out.
+  Three variants, off by default (the paper's term is the default): ``contrast_balanced`` samples at most
+  ``contrast_max_anchors // k`` anchors of each of the ``k`` anchor classes and averages the loss per class
+  (ReCo / U2PL sample anchors per class); ``contrast_soft_targets`` uses the mean probabilities as
+  targets instead of the hard pseudo-class; ``contrast_projection_dim > 0`` puts the term on a projection
+  head (1x1x1 conv, norm, ReLU, 1x1x1 conv to that many channels, as SimCLR / ReCo) instead of on the
+  8- or 16-channel ReLU features the classifier reads; the head is saved with the networks and never
+  used for prediction.
 * ``cosine``: optional consistency, mean over unlabeled voxels of ``1 - cos(p_A, p_B)``.
 * ``foreground_first`` (off by default, as the paper): hard pseudo-labels and anchor classes take
   "foreground if background < 0.5, then the best foreground class" instead of a plain argmax, so an
@@ -258,7 +265,7 @@ class CCEMethod(TrainingMethod):
         "contrast_max_anchors": 4096,
         "contrast_balanced": False,
         "contrast_soft_targets": False,
-        "contrast_projection_dim": 0,
+        "contrast_projection_dim": 32,
         "cosine": False,
         "cosine_weight": 0.1,
         "foreground_first": False,
