@@ -22,7 +22,7 @@ def _one_torch_thread():
     torch.set_num_threads(before)
 
 
-ALL_ON = {"conf_mse": True, "cosine": True, "conf_threshold": 0.0}
+ALL_ON = {"conf_mse": True, "cosine": True, "contrast": True, "conf_threshold": 0.0}
 
 
 def _grad_norms(model):
@@ -62,7 +62,7 @@ def test_each_term_sends_gradient_only_where_it_should():
 
 def test_total_loss_moves_both_networks_and_logs_terms():
     model = tiny_dual()
-    method = CCEMethod(TrainConfig())
+    method = CCEMethod(TrainConfig(method_options={"contrast": True}))
     total, logged = method.losses(model, tiny_batch(), iteration=10)
     total.backward()
     assert all(v > 0 for v in _grad_norms(model))
@@ -248,7 +248,7 @@ def test_projection_head_carries_the_contrastive_term_and_not_the_prediction(tmp
     from napari_sscce.models.checkpoint import load_checkpoint, save_checkpoint
 
     torch.manual_seed(0)
-    options = {"contrast_projection_dim": 6}
+    options = {"contrast": True, "contrast_projection_dim": 6}
     method = CCEMethod(TrainConfig(base_filters=4, has_dropout=False, method_options=options))
     model = method.build_model(1, 3)
     for net in (model.net_a, model.net_b):
