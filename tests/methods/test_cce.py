@@ -213,11 +213,11 @@ def test_balanced_subsample_keeps_at_most_an_equal_share_per_class():
 
     cls = torch.tensor([0] * 100 + [1] * 5 + [2] * 40)
     torch.manual_seed(0)
-    pick = _anchor_subsample(cls, 3, 30, balanced=True)
+    pick = _anchor_subsample(cls, 30, balanced=True)
     counts = torch.bincount(cls[pick], minlength=3).tolist()
     assert counts == [10, 5, 10]
     assert len(set(pick.tolist())) == len(pick)
-    plain = _anchor_subsample(cls, 3, 30, balanced=False)
+    plain = _anchor_subsample(cls, 30, balanced=False)
     assert plain.numel() == 30
 
 

@@ -177,7 +177,7 @@ def prototype_contrastive_loss(
     cls = cls[present[cls]]
     if index.numel() == 0:
         return zero
-    pick = _anchor_subsample(cls, num_classes, max_anchors, balanced)
+    pick = _anchor_subsample(cls, max_anchors, balanced)
     index, cls = index[pick], cls[pick]
     anchors = feats.reshape(-1, dim)[index]
     sims = F.normalize(anchors, dim=1) @ protos.t() / float(temperature)  # [N, C]
@@ -199,7 +199,7 @@ def prototype_contrastive_loss(
     return (sums[has] / counts[has]).mean()
 
 
-def _anchor_subsample(cls: torch.Tensor, num_classes: int, max_anchors: int, balanced: bool) -> torch.Tensor:
+def _anchor_subsample(cls: torch.Tensor, max_anchors: int, balanced: bool) -> torch.Tensor:
     """Indices into ``cls`` of the anchors kept: random, or at most ``max_anchors // k`` per class."""
     n = cls.numel()
     if not balanced:

@@ -69,6 +69,9 @@ class ResNetVNet(VNetDecoderBase):
         ``Dropout3d(p=0.5)`` on the bottleneck and the last decoder features, as VNet.
     layers : tuple of int
         BasicBlocks per stage (ResNet-34: ``(3, 4, 6, 3)``).
+    projection_dim : int
+        Channels of an optional projection head for contrastive losses (0: none; see
+        :meth:`~napari_sscce.models.blocks.VNetDecoderBase.project`).
     """
 
     name = "resnet_vnet"
@@ -80,8 +83,8 @@ class ResNetVNet(VNetDecoderBase):
         base_filters: int = 16,
         normalization: str = "batchnorm",
         has_dropout: bool = True,
-        projection_dim: int = 0,
         layers: tuple[int, ...] | list[int] = RESNET34_LAYERS,
+        projection_dim: int = 0,
     ):
         super().__init__()
         check_normalization(normalization)
@@ -93,8 +96,8 @@ class ResNetVNet(VNetDecoderBase):
             base_filters=base_filters,
             normalization=normalization,
             has_dropout=has_dropout,
-            **({"projection_dim": int(projection_dim)} if projection_dim else {}),
             layers=[int(v) for v in layers],
+            **({"projection_dim": int(projection_dim)} if projection_dim else {}),
         )
         n = base_filters
         self.stem = nn.Sequential(

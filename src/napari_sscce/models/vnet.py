@@ -35,6 +35,9 @@ class VNet(VNetDecoderBase):
         Normalisation after each convolution (the reference trains with batch norm).
     has_dropout : bool
         Apply ``Dropout3d(p=0.5)`` to the bottleneck and to the last decoder features (active in train mode).
+    projection_dim : int
+        Channels of an optional projection head for contrastive losses (0: none; see
+        :meth:`~napari_sscce.models.blocks.VNetDecoderBase.project`). Not used by ``forward``.
     """
 
     name = "vnet"
