@@ -173,8 +173,9 @@ def prototype_contrastive_loss(
         present = counts > 0
         protos = F.normalize(sums / counts.clamp_min(1).unsqueeze(1), dim=1)
     cls = anchor_class[anchor_mask]
-    index = anchor_mask.reshape(-1).nonzero(as_tuple=True)[0][present[cls]]
-    cls = cls[present[cls]]
+    has_prototype = present[cls]
+    index = anchor_mask.reshape(-1).nonzero(as_tuple=True)[0][has_prototype]
+    cls = cls[has_prototype]
     if index.numel() == 0:
         return zero
     pick = _anchor_subsample(cls, max_anchors, balanced)
@@ -341,7 +342,8 @@ class CCEMethod(TrainingMethod):
                 proto_class[agree] = pseudo_a[agree]
                 proto_class[confirmed] = label[confirmed]
                 uncertain = unl & ~(keep_a & keep_b)
-                anchor_class = pseudo_labels(0.5 * (pa_d + pb_d), fg_first)
+                p_mean = 0.5 * (pa_d + pb_d)
+                anchor_class = pseudo_labels(p_mean, fg_first)
             for key, net, feat in (("a", model.net_a, feat_a), ("b", model.net_b, feat_b)):
                 terms[f"contrast_{key}"] = prototype_contrastive_loss(
                     _embedding(net, feat),
@@ -352,7 +354,7 @@ class CCEMethod(TrainingMethod):
                     o["contrast_temperature"],
                     int(o["contrast_max_anchors"]),
                     balanced=bool(o["contrast_balanced"]),
-                    anchor_prob=0.5 * (pa_d + pb_d) if o["contrast_soft_targets"] else None,
+                    anchor_prob=p_mean if o["contrast_soft_targets"] else None,
                 )
         if o["cosine"]:
             cos = F.cosine_similarity(p_a, p_b, dim=1, eps=1e-8)

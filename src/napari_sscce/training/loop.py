@@ -249,7 +249,8 @@ def _inherit_flip_axes(
     record = (read_checkpoint_metadata(init_checkpoint).get("augmentation") or {}).get("flip_axes")
     if record is None:
         return axes, info
-    kept = tuple(a for a in axes if a in parse_axes(record))
+    allowed = parse_axes(record)
+    kept = tuple(a for a in axes if a in allowed)
     return kept, {**info, "flip_axes": axes_text(kept), "inherited_from": str(init_checkpoint)}
 
 
