@@ -15,12 +15,13 @@ import torch
 from torch import nn
 
 from napari_sscce.inference.config import InferenceConfig
-from napari_sscce.inference.device import prepare_model, resolve_device, resolve_precision
+from napari_sscce.inference.device import prepare_model, resolve_device
 from napari_sscce.inference.fast import optimize_for_inference
 from napari_sscce.inference.postprocess import keep_largest_component
 from napari_sscce.inference.sliding_window import flip_combinations, plan_windows, sliding_window_dual
 from napari_sscce.io.geometry import parse_axes
 from napari_sscce.io.volume import Volume
+from napari_sscce.precision import resolve_precision
 from napari_sscce.preprocessing import normalize_intensity, resample_to_shape, resampled_shape
 from napari_sscce.progress import CancelToken, ProgressCallback, ProgressEvent, report
 from napari_sscce.uncertainty import entropy_torch, kl_divergence_torch

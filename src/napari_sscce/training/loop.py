@@ -16,6 +16,7 @@ and a cancel flag. Files in ``config.out``:
 
 from __future__ import annotations
 
+import copy
 import json
 import math
 import random
@@ -31,6 +32,7 @@ from napari_sscce.atomic import atomic_path, atomic_write_json
 from napari_sscce.io.geometry import axes_text, parse_axes
 from napari_sscce.methods import get_method
 from napari_sscce.methods.base import TrainingMethod
+from napari_sscce.precision import precision_label, uses_channels_last
 from napari_sscce.progress import Cancelled, CancelToken, ProgressCallback, ProgressEvent, check, report
 from napari_sscce.training import distributed
 from napari_sscce.training.augment import AugmentConfig, resolve_flip_axes
@@ -39,8 +41,14 @@ from napari_sscce.training.data import Splits, infer_num_classes, resolve_splits
 from napari_sscce.training.sampling import BatchStream, CaseStore, PatchSampler
 
 STATE_FILE = "train_state.pt"
-#: give up after this many consecutive non-finite losses
+#: give up after this many consecutive bad steps (non-finite loss or gradients, or a restored state)
 MAX_NONFINITE = 20
+#: refresh the in-memory copy of the last good state every this many good steps (and at each checkpoint)
+SNAPSHOT_EVERY = 50
+
+
+class TrainingError(FloatingPointError):
+    """Training cannot continue (e.g. the loss or the gradients stayed non-finite); the message says why."""
 
 
 @dataclass
@@ -90,29 +98,6 @@ def lr_factor(config: TrainConfig, iteration: int) -> float:
     if config.schedule == "poly":
         return (1.0 - iteration / config.iterations) ** config.poly_power
     return 1.0
-
-
-def resolve_precision(device: torch.device, precision: str) -> tuple[torch.dtype | None, bool]:
-    """``(autocast dtype or None, channels_last_3d)`` for a device and a ``TrainConfig.precision``.
-
-    ``"auto"``: bf16 on CUDA devices that support it, else fp16 (with a GradScaler); on CPU bf16 with
-    channels_last_3d where the CPU has native bf16 (AVX512-BF16 / AMX), else fp32.
-    """
-    if precision == "fp32":
-        return None, False
-    if device.type == "cuda":
-        if precision == "auto":
-            return (torch.bfloat16 if torch.cuda.is_bf16_supported() else torch.float16), False
-        return (torch.bfloat16 if precision == "bf16" else torch.float16), False
-    if device.type == "cpu":
-        if precision == "fp16":
-            raise ValueError("precision 'fp16' needs a CUDA device; use bf16 or fp32 on the CPU")
-        if precision == "auto":
-            from napari_sscce.inference.device import cpu_supports_bf16
-
-            return (torch.bfloat16, True) if cpu_supports_bf16() else (None, False)
-        return torch.bfloat16, True
-    return None, False  # mps and others: fp32
 
 
 def _device(name: str) -> torch.device:
@@ -218,6 +203,143 @@ def _rank_state(sampler_state: dict, device: torch.device) -> dict[str, Any]:
         "cuda_rng": torch.cuda.get_rng_state(device) if device.type == "cuda" else torch.empty(0),
         "sampler": json.dumps(sampler_state),
     }
+
+
+# ---------------------------------------------------------------------------- numeric guards
+def _all_finite(tensors: list[torch.Tensor]) -> bool:
+    """One fused check that every tensor is finite (a norm that overflows float32 counts as not finite)."""
+    tensors = [t.detach() for t in tensors if t.is_floating_point() and t.numel()]
+    if not tensors:
+        return True
+    by_dtype: dict[tuple, list[torch.Tensor]] = {}
+    for t in tensors:
+        by_dtype.setdefault((t.device, t.dtype), []).append(t)
+    norms = [torch.stack(torch._foreach_norm(group)).float() for group in by_dtype.values()]
+    return all(bool(torch.isfinite(n).all()) for n in norms)
+
+
+def grads_finite(optimizers: list[torch.optim.Optimizer]) -> bool:
+    """Whether the gradients of every parameter of every optimiser are finite."""
+    return _all_finite(
+        [p.grad for opt in optimizers for group in opt.param_groups for p in group["params"]
+         if p.grad is not None]
+    )
+
+
+def state_finite(model: torch.nn.Module) -> bool:
+    """Whether the weights and buffers (BatchNorm running statistics) of ``model`` are finite."""
+    return _all_finite(list(model.state_dict().values()))
+
+
+class GoodState:
+    """An in-memory copy of the model's and optimisers' last known good state (finite weights)."""
+
+    def __init__(self, model: torch.nn.Module, optimizers: list[torch.optim.Optimizer]):
+        self.model, self.optimizers = model, optimizers
+        self.take()
+
+    def take(self) -> None:
+        """Remember the current state (call only when :func:`state_finite`)."""
+        self.weights = {k: v.detach().clone() for k, v in self.model.state_dict().items()}
+        self.optim = [copy.deepcopy(opt.state_dict()) for opt in self.optimizers]
+
+    def restore(self) -> None:
+        """Put the remembered state back (the copy stays intact for further restores)."""
+        self.model.load_state_dict(self.weights)
+        for opt, state in zip(self.optimizers, self.optim, strict=True):
+            opt.load_state_dict(copy.deepcopy(state))
+
+
+class StepGuard:
+    """Keeps non-finite numbers out of the weights: counts skipped steps, restores the last good state.
+
+    After every step :meth:`after_step` checks the weights and buffers (BatchNorm running statistics, which
+    a forward pass with non-finite activations poisons even when the step is skipped); when they are not
+    finite the last good state (:class:`GoodState`, refreshed every :data:`SNAPSHOT_EVERY` good steps and
+    at each checkpoint) is put back. :data:`MAX_NONFINITE` bad steps in a row raise :class:`TrainingError`.
+    """
+
+    def __init__(self, model, optimizers, precision: str, counts: dict | None = None):
+        self.good = GoodState(model, optimizers)
+        self.precision = precision
+        self.skipped = int((counts or {}).get("skipped_steps", 0))
+        self.restored = int((counts or {}).get("restored_states", 0))
+        self.in_a_row = 0
+        self.good_steps = 0
+
+    def after_step(self, stepped: bool, loss: torch.Tensor, terms: dict) -> None:
+        """Account for one step (taken or skipped by :func:`optimizer_step`)."""
+        healthy = state_finite(self.good.model)
+        if not healthy:
+            self.good.restore()
+            self.restored += 1
+        if stepped and healthy:
+            self.in_a_row, self.good_steps = 0, self.good_steps + 1
+            if self.good_steps % SNAPSHOT_EVERY == 0:
+                self.good.take()
+            return
+        self.skipped += int(not stepped)
+        self.in_a_row += 1
+        if self.in_a_row >= MAX_NONFINITE:
+            raise TrainingError(
+                f"training stopped: {MAX_NONFINITE} steps in a row had a non-finite loss or gradients or "
+                f"left non-finite weights (last loss {float(loss.detach()):.4g}, terms {terms}; precision "
+                f"{self.precision}); lower the learning rate or use --precision fp32"
+            )
+
+    def checkpoint(self) -> None:
+        """Refresh the good state (at each checkpoint)."""
+        if state_finite(self.good.model):
+            self.good.take()
+
+    def counts(self) -> dict[str, int]:
+        """``skipped_steps`` and ``restored_states`` so far (resumed runs included)."""
+        return {"skipped_steps": self.skipped, "restored_states": self.restored}
+
+
+def optimizer_step(loss: torch.Tensor, optimizers: list, scaler: Any) -> bool:
+    """Backward and step every optimiser unless the loss or any gradient is not finite.
+
+    With a GradScaler (fp16) the gradients are unscaled before the check and the scaler's scale is updated
+    either way (an overflow lowers it). Returns whether the step was taken.
+    """
+    if scaler is None:
+        if not bool(torch.isfinite(loss.detach())):
+            return False
+        loss.backward()
+        if not grads_finite(optimizers):
+            return False
+        for opt in optimizers:
+            opt.step()
+        return True
+    scaler.scale(loss).backward()
+    for opt in optimizers:
+        scaler.unscale_(opt)
+    ok = grads_finite(optimizers)
+    if ok:
+        for opt in optimizers:
+            scaler.step(opt)
+    scaler.update()
+    return ok
+
+
+def _choose_precision(config: TrainConfig, model, sampler, device, progress):
+    """The training precision (:func:`napari_sscce.precision.choose_training_precision`), announced.
+
+    The self-check batch is drawn from ``sampler`` and the sampler put back where it was, so the run's
+    batches (and exact resume) do not depend on whether a check ran.
+    """
+    from napari_sscce.precision import choose_training_precision
+
+    def check_batch():
+        state = copy.deepcopy(sampler.state_dict())
+        batch = sampler.next_batch().to(device)
+        sampler.load_state_dict(state)
+        return batch
+
+    choice = choose_training_precision(model, check_batch, device, config.precision)
+    report(progress, ProgressEvent("train", 0, config.iterations, f"precision {choice.reason}"))
+    return choice
 
 
 # ---------------------------------------------------------------------------- the loop
@@ -328,13 +450,6 @@ def _train(config, progress, cancel, init_checkpoint, ctx, open_dataset, start_t
     seed_everything(config.seed, config.deterministic)
     model = _build_model(method, num_classes, init_checkpoint).to(device)
     torch.manual_seed(config.seed * 1000 + 1 + ctx.rank)  # dropout etc. differ per rank
-    autocast_dtype, channels_last = resolve_precision(device, config.precision)
-    if channels_last:
-        model = model.to(memory_format=torch.channels_last_3d)
-    train_model = distributed.wrap_model(model, ctx)
-    optimizers = method.optimizers(model)
-    scaler = torch.amp.GradScaler("cuda") if autocast_dtype == torch.float16 else None
-
     store = CaseStore(
         dataset.load_case, num_classes, config.normalization, method.extra_targets, config.cache_mb
     )
@@ -351,8 +466,16 @@ def _train(config, progress, cancel, init_checkpoint, ctx, open_dataset, start_t
         rank=ctx.rank,
         world_size=ctx.world_size,
     )
+    choice = _choose_precision(config, model, sampler, device, progress)
+    autocast_dtype = choice.dtype
+    channels_last = uses_channels_last(device, choice.precision)
+    if channels_last:
+        model = model.to(memory_format=torch.channels_last_3d)
+    train_model = distributed.wrap_model(model, ctx)
+    optimizers = method.optimizers(model)
+    scaler = torch.amp.GradScaler(device.type) if autocast_dtype == torch.float16 else None
 
-    start_it, best_metric, best_iteration = 0, None, None
+    start_it, best_metric, best_iteration, resumed_counts = 0, None, None, None
     if config.resume:
         state = _load_state(state_path)
         model.load_state_dict(state["model"])
@@ -372,6 +495,7 @@ def _train(config, progress, cancel, init_checkpoint, ctx, open_dataset, start_t
         start_it = int(state["iteration"])
         extra = json.loads(state["extra"])
         best_metric, best_iteration = extra.get("best_metric"), extra.get("best_iteration")
+        resumed_counts = extra.get("numerics")
         if hasattr(method, "load_state_dict") and extra.get("method_state") is not None:
             method.load_state_dict(extra["method_state"])
 
@@ -413,7 +537,10 @@ def _train(config, progress, cancel, init_checkpoint, ctx, open_dataset, start_t
             iterations=iteration,
             seconds=round(time.perf_counter() - start_time, 2),
             device=str(device),
-            precision=str(autocast_dtype).replace("torch.", "") if autocast_dtype else "fp32",
+            precision=precision_label(choice.precision),
+            precision_reason=choice.reason,
+            precision_check=choice.check,
+            **guard.counts(),
             world_size=ctx.world_size,
             cases={k: len(v) for k, v in splits.to_dict().items()},
             best_iteration=best_iteration,
@@ -421,7 +548,8 @@ def _train(config, progress, cancel, init_checkpoint, ctx, open_dataset, start_t
         save_checkpoint(last_path, model, metadata(val_metrics))
         if not splits.val or best_iteration == iteration or not best_path.exists():
             save_checkpoint(best_path, model, metadata(val_metrics))
-        extra = {"best_metric": best_metric, "best_iteration": best_iteration}
+        guard.checkpoint()
+        extra = {"best_metric": best_metric, "best_iteration": best_iteration, "numerics": guard.counts()}
         if hasattr(method, "state_dict"):
             extra["method_state"] = method.state_dict()
         _save_state(state_path, iteration, model, optimizers, scaler, rank_states, extra)
@@ -460,7 +588,7 @@ def _train(config, progress, cancel, init_checkpoint, ctx, open_dataset, start_t
     stream = BatchStream(sampler, config.num_workers)
     batches = iter(stream)
     iteration = start_it
-    nonfinite = 0
+    guard = StepGuard(model, optimizers, choice.precision, resumed_counts)
     cancelled = False
     model.train()
     try:
@@ -479,27 +607,14 @@ def _train(config, progress, cancel, init_checkpoint, ctx, open_dataset, start_t
                 loss, terms = method.losses(train_model, batch, iteration)
             for opt in optimizers:
                 opt.zero_grad(set_to_none=True)
-            finite = bool(torch.isfinite(loss.detach()))
-            if finite or scaler is not None:
-                if scaler is not None:
-                    scaler.scale(loss).backward()
-                    for opt in optimizers:
-                        scaler.step(opt)
-                    scaler.update()
-                else:
-                    loss.backward()
-                    for opt in optimizers:
-                        opt.step()
+            stepped = optimizer_step(loss, optimizers, scaler)
+            if stepped:
                 method.after_step(model, iteration)
-            nonfinite = 0 if finite else nonfinite + 1
-            if nonfinite >= MAX_NONFINITE:
-                raise FloatingPointError(
-                    f"the loss was not finite for {MAX_NONFINITE} iterations in a row (last terms {terms}); "
-                    "lower the learning rate or use precision fp32"
-                )
+            guard.after_step(stepped, loss, terms)
             sampler_state = next_state
             iteration += 1
             record = {"iteration": iteration, "loss": float(loss.detach()), "lr": lr, **terms}
+            record.update(guard.counts())
             log.write(record)
             history.append(record)
             message = f"loss {record['loss']:.4f}"
