@@ -1,4 +1,4 @@
-"""The ``sscce`` command line: ``train``, ``predict``, ``evaluate``, ``demo``.
+"""The ``sscce`` command line: ``train``, ``predict``, ``evaluate``, ``demo``, ``doctor``.
 
 Each subcommand is a thin shell over a headless core function; progress events become a tqdm bar.
 """
@@ -17,7 +17,14 @@ class UserError(Exception):
 
 
 def _add_predict(sub: argparse._SubParsersAction) -> None:
-    from napari_sscce.inference.config import DEVICES, LITERATURE_STRIDE, MODES, PRECISIONS, InferenceConfig
+    from napari_sscce.inference.config import (
+        DEVICES,
+        LITERATURE_STRIDE,
+        MODES,
+        NAN_POLICIES,
+        PRECISIONS,
+        InferenceConfig,
+    )
 
     defaults = InferenceConfig()
     p = sub.add_parser(
@@ -66,6 +73,13 @@ def _add_predict(sub: argparse._SubParsersAction) -> None:
         default=defaults.return_per_network,
         help="also write each network's foreground probability (<name>_prob_a/_prob_b)",
     )
+    p.add_argument(
+        "--nan-policy",
+        default=defaults.nan_policy,
+        choices=NAN_POLICIES,
+        help="NaN/Inf voxels in an input: error (name the file and count them), or replace them by zero "
+        "or by the mean of the other voxels (default: %(default)s)",
+    )
 
     def run(args: argparse.Namespace) -> int:
         from pathlib import Path
@@ -90,6 +104,7 @@ def _add_predict(sub: argparse._SubParsersAction) -> None:
             device=args.device,
             precision=args.precision,
             return_per_network=args.per_network,
+            nan_policy=args.nan_policy,
             **overrides,
         )
         with tqdm(total=0, unit="window", dynamic_ncols=True) as bar:
@@ -225,7 +240,7 @@ def _add_train(sub: argparse._SubParsersAction) -> None:
         from tqdm import tqdm
 
         from napari_sscce.progress import CancelToken
-        from napari_sscce.training.loop import train
+        from napari_sscce.training.loop import TrainingError, train
 
         cfg = config_from_args(args)
         token = CancelToken()
@@ -252,6 +267,10 @@ def _add_train(sub: argparse._SubParsersAction) -> None:
         previous = signal.signal(signal.SIGINT, on_sigint)
         try:
             result = train(cfg, progress=progress, cancel=token)
+        except TrainingError as exc:
+            bar.close()
+            print(f"sscce train: failed: {exc}", file=sys.stderr)
+            return 1
         finally:
             signal.signal(signal.SIGINT, previous)
             bar.close()
@@ -316,6 +335,25 @@ def _add_demo(sub: argparse._SubParsersAction) -> None:
     p.set_defaults(func=run)
 
 
+def _add_doctor(sub: argparse._SubParsersAction) -> None:
+    p = sub.add_parser(
+        "doctor",
+        help="report torch, devices, CPU flags, precision verdicts and bf16-vs-fp32 speed",
+        description="Like `napari --info`: versions, devices, the CPU's bf16 flags, what precision 'auto' "
+        "picks, the training self-check (bf16/fp16 vs fp32 loss and gradient error), the inference bf16 "
+        "check (max probability difference) and the measured forward speed of bf16 and fp32.",
+    )
+    p.add_argument("--quick", action="store_true", help="skip the measurements (versions and devices only)")
+
+    def run(args: argparse.Namespace) -> int:
+        from napari_sscce.precision import doctor_report
+
+        print(doctor_report(measure=not args.quick))
+        return 0
+
+    p.set_defaults(func=run)
+
+
 def _not_ready(name: str) -> int:
     raise UserError(f"`sscce {name}` is not available in this build")
 
@@ -329,6 +367,7 @@ def build_parser() -> argparse.ArgumentParser:
     _add_train(sub)
     _add_evaluate(sub)
     _add_demo(sub)
+    _add_doctor(sub)
     return parser
 
 

@@ -511,10 +511,30 @@ def measured_report(
     return lines
 
 
+def cached_verdict_lines() -> list[str]:
+    """One line per training self-check verdict cached for this machine (no computation)."""
+    machines = {device_name(d) for d in _devices()}
+    lines = []
+    for key_text, result in sorted(_read_cache().items()):
+        try:
+            key = json.loads(key_text)
+        except ValueError:
+            continue
+        if not isinstance(result, dict) or key.get("machine") not in machines:
+            continue
+        lines.append(
+            f"cached training self-check ({key.get('precision')} on {key.get('device')}, torch "
+            f"{key.get('torch')}, model {key.get('arch')}): {'PASS' if result.get('passed') else 'FAIL'}: "
+            f"{result.get('reason')}"
+        )
+    return lines
+
+
 def doctor_report(measure: bool = True) -> str:
-    """A ``napari --info``-style report: versions, devices, CPU flags, precision verdicts and, with
-    ``measure``, the measured self-checks and bf16-vs-fp32 speed (tens of seconds on a CPU)."""
-    lines = basic_report()
+    """A ``napari --info``-style report: versions, devices, CPU flags, precision verdicts (cached training
+    self-checks) and, with ``measure``, the measured self-checks and bf16-vs-fp32 speed (seconds to tens
+    of seconds on a CPU). ``measure=False`` is cheap enough for a tooltip."""
+    lines = basic_report() + cached_verdict_lines()
     if measure:
         lines += measured_report()
     return "\n".join(lines)

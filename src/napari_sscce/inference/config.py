@@ -8,6 +8,7 @@ from typing import Any
 MODES = ("gaussian", "uniform")
 DEVICES = ("auto", "cuda", "mps", "cpu")
 PRECISIONS = ("auto", "fp32", "bf16", "fp16")
+NAN_POLICIES = ("error", "zero", "mean")  # = napari_sscce.io.validate.NAN_POLICIES
 
 #: The LA literature's window step (z, y, x) in voxels (UA-MT ``test_util.py``: stride_z 4, stride_xy 18).
 LITERATURE_STRIDE = (4, 18, 18)
@@ -66,6 +67,11 @@ class InferenceConfig:
         each network runs ``n`` times per window with dropout on and its probabilities are the mean of the
         passes; for a single-network model this is the way to get a disagreement (KL) map: the ``kl`` output
         then compares the mean of the even passes with the mean of the odd passes.
+    nan_policy : {"error", "zero", "mean"}
+        What to do with NaN / Inf voxels of the input (:func:`napari_sscce.io.validate.apply_nan_policy`):
+        ``"error"`` (default) raises a ``VolumeError`` naming the file and the count; ``"zero"`` / ``"mean"``
+        replace them by 0 / the mean of the finite voxels (raw intensities) and record the count in
+        ``Prediction.info["nonfinite_voxels"]``.
     """
 
     patch_size: tuple[int, int, int] | None = None
@@ -80,6 +86,7 @@ class InferenceConfig:
     precision: str = "auto"
     return_per_network: bool = False
     mc_dropout: int = 0
+    nan_policy: str = "error"
 
     def __post_init__(self) -> None:
         self.patch_size = _triple(self.patch_size, "patch_size")  # type: ignore[assignment]
@@ -105,6 +112,10 @@ class InferenceConfig:
             raise ValueError(f"unknown device {self.device!r}; choose one of {', '.join(DEVICES)}")
         if self.precision not in PRECISIONS:
             raise ValueError(f"unknown precision {self.precision!r}; choose one of {', '.join(PRECISIONS)}")
+        if self.nan_policy not in NAN_POLICIES:
+            raise ValueError(
+                f"unknown nan_policy {self.nan_policy!r}; choose one of {', '.join(NAN_POLICIES)}"
+            )
         if int(self.mc_dropout) < 0:
             raise ValueError(f"mc_dropout must be >= 0, got {self.mc_dropout}")
 

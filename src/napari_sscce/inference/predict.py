@@ -20,6 +20,7 @@ from napari_sscce.inference.fast import optimize_for_inference
 from napari_sscce.inference.postprocess import keep_largest_component
 from napari_sscce.inference.sliding_window import flip_combinations, plan_windows, sliding_window_dual
 from napari_sscce.io.geometry import parse_axes
+from napari_sscce.io.validate import apply_nan_policy
 from napari_sscce.io.volume import Volume
 from napari_sscce.precision import resolve_precision
 from napari_sscce.preprocessing import normalize_intensity, resample_to_shape, resampled_shape
@@ -258,6 +259,12 @@ def predict_volume(
     Returns
     -------
     Prediction
+
+    Raises
+    ------
+    napari_sscce.io.errors.VolumeError
+        When the volume has NaN / Inf voxels and ``config.nan_policy`` is ``"error"`` (the message names
+        the file, or the layer, and the counts).
     """
     start = time.perf_counter()
     config = config or InferenceConfig()
@@ -269,8 +276,14 @@ def predict_volume(
     device = resolve_device(config.device)
     precision = resolve_precision(device, config.precision)
 
+    raw, replaced = apply_nan_policy(volume, config.nan_policy)
+    if replaced:
+        report(progress, ProgressEvent(
+            "inference", 0, 0, f"{replaced} NaN/Inf voxels set by nan_policy {config.nan_policy!r}"
+        ))
     report(progress, ProgressEvent("inference", 0, 0, "normalising"))
-    image = normalize_intensity(volume.array, _normalization_mode(meta))
+    image = normalize_intensity(raw, _normalization_mode(meta))
+    del raw
     work_shape = _target_shape(volume, meta)
     resampled = tuple(work_shape) != tuple(volume.shape)
     if resampled:
@@ -323,6 +336,8 @@ def predict_volume(
         "work_shape": list(work_shape),
         "flips": [list(f) for f in flips],
         "normalization": _normalization_mode(meta),
+        "nonfinite_voxels": replaced,
+        "nan_policy": config.nan_policy,
     }
     report(
         progress,

@@ -128,15 +128,75 @@ def check_image(volume: Volume) -> Volume:
     if not (np.issubdtype(arr.dtype, np.number) or arr.dtype == bool):
         raise VolumeError(volume.source, f"holds {arr.dtype} values; expected numbers")
     if np.issubdtype(arr.dtype, np.floating):
-        bad = ~np.isfinite(arr)
-        if bad.any():
-            n_nan = int(np.isnan(arr).sum())
-            raise VolumeError(
-                volume.source,
-                f"has {n_nan} NaN and {int(bad.sum()) - n_nan} Inf voxels; "
-                f"replace them (e.g. numpy.nan_to_num) before segmenting",
-            )
+        n_nan, n_inf = count_nonfinite(arr)
+        if n_nan or n_inf:
+            raise VolumeError(_where(volume), _nonfinite_problem(n_nan, n_inf))
     return volume
+
+
+def _where(volume: Volume) -> str:
+    """The volume's file, or its name for an in-memory volume (a napari layer)."""
+    return str(volume.source) if volume.source is not None else f"image {volume.name!r}"
+
+
+def _nonfinite_problem(n_nan: int, n_inf: int) -> str:
+    return (
+        f"has {n_nan} NaN and {n_inf} Inf voxels; replace them (e.g. numpy.nan_to_num) or choose how to "
+        "fill them (`sscce predict --nan-policy zero|mean`, InferenceConfig(nan_policy=...))"
+    )
+
+
+def count_nonfinite(array: np.ndarray) -> tuple[int, int]:
+    """``(number of NaN voxels, number of +-Inf voxels)`` of an array (0, 0 for integer arrays)."""
+    if not np.issubdtype(array.dtype, np.floating):
+        return 0, 0
+    finite = np.isfinite(array)
+    if finite.all():
+        return 0, 0
+    n_nan = int(np.isnan(array).sum())
+    return n_nan, int((~finite).sum()) - n_nan
+
+
+#: What :func:`apply_nan_policy` may do with NaN / Inf voxels.
+NAN_POLICIES = ("error", "zero", "mean")
+
+
+def apply_nan_policy(volume: Volume, policy: str = "error") -> tuple[np.ndarray, int]:
+    """The volume's array with its NaN / Inf voxels handled as ``policy`` says, and their number.
+
+    Parameters
+    ----------
+    volume : Volume
+        The scan (raw intensities).
+    policy : {"error", "zero", "mean"}
+        ``"error"`` (default): raise; ``"zero"``: replace them by 0 (raw intensity units, before
+        normalisation); ``"mean"``: by the mean of the finite voxels. A volume without finite voxels is an
+        error under every policy.
+
+    Returns
+    -------
+    (numpy.ndarray, int)
+        The array (the original one when nothing was replaced, else a float32 copy) and the number of
+        replaced voxels.
+
+    Raises
+    ------
+    VolumeError
+        Naming the file (or the layer) and the counts.
+    """
+    if policy not in NAN_POLICIES:
+        raise ValueError(f"unknown NaN policy {policy!r}; choose one of {', '.join(NAN_POLICIES)}")
+    arr = volume.array
+    n_nan, n_inf = count_nonfinite(arr)
+    if not (n_nan or n_inf):
+        return arr, 0
+    if policy == "error":
+        raise VolumeError(_where(volume), _nonfinite_problem(n_nan, n_inf))
+    finite = np.isfinite(arr)
+    if not finite.any():
+        raise VolumeError(_where(volume), f"has no finite voxel ({n_nan} NaN, {n_inf} Inf)")
+    fill = 0.0 if policy == "zero" else float(arr[finite].mean(dtype=np.float64))
+    return np.where(finite, arr, np.float32(fill)).astype(np.float32, copy=False), n_nan + n_inf
 
 
 def check_labels(volume: Volume, num_classes: int | None = None) -> Volume:

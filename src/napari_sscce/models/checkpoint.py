@@ -102,6 +102,24 @@ def _state_dicts(model: DualModel) -> dict[str, dict[str, torch.Tensor]]:
     return {prefix: net.state_dict() for prefix, net in nets.items()}
 
 
+def nonfinite_tensors(tensors: Mapping[str, torch.Tensor]) -> list[str]:
+    """Names of the floating-point tensors that hold NaN or Inf values."""
+    return [
+        name
+        for name, value in tensors.items()
+        if value.is_floating_point() and not bool(torch.isfinite(value).all())
+    ]
+
+
+def _refuse_nonfinite(path: Path, tensors: Mapping[str, torch.Tensor], action: str) -> None:
+    bad = nonfinite_tensors(tensors)
+    if bad:
+        raise CheckpointError(
+            f"{action} {path}: {len(bad)} tensor(s) hold NaN or Inf values ({', '.join(bad[:5])}"
+            f"{', ...' if len(bad) > 5 else ''}); the model diverged"
+        )
+
+
 def save_checkpoint(
     path: str | os.PathLike, model: DualModel, metadata: Mapping[str, Any] | None = None
 ) -> Path:
@@ -128,6 +146,9 @@ def save_checkpoint(
     ------
     ValueError
         When ``class_names`` does not have one name per class.
+    CheckpointError
+        When a weight or buffer holds NaN or Inf values (the message names the file and the tensors);
+        nothing is written.
     """
     path = Path(path)
     meta = dict(metadata or {})
@@ -149,6 +170,7 @@ def save_checkpoint(
         for prefix, state in _state_dicts(model).items()
         for key, value in state.items()
     }
+    _refuse_nonfinite(path, tensors, "cannot save")
     header = {
         "format": FORMAT_MARKER,
         "format_version": str(FORMAT_VERSION),
@@ -296,7 +318,7 @@ def load_checkpoint(
     ------
     CheckpointError
         For a missing, truncated, corrupt or foreign file, weights that do not fit the stored
-        architecture, or an unmet expectation. The message names the file.
+        architecture, weights holding NaN or Inf, or an unmet expectation. The message names the file.
     """
     path = Path(path)
     meta = read_checkpoint_metadata(path)
@@ -309,6 +331,7 @@ def load_checkpoint(
         tensors = load_file(str(path), device="cpu")
     except (SafetensorError, OSError, RuntimeError) as exc:
         raise CheckpointError(f"{path} is truncated or corrupt: {exc}") from None
+    _refuse_nonfinite(path, tensors, "cannot load")
     nets = {"a": model.net_a} if model.kind == "single" else {"a": model.net_a, "b": model.net_b}
     stray = sorted(k for k in tensors if k.split(".", 1)[0] not in nets)
     if stray:

@@ -27,6 +27,7 @@ from qtpy.QtWidgets import (
 
 from napari_sscce.inference.config import DEVICES, InferenceConfig
 from napari_sscce.inference.predict import Prediction, predict_volume
+from napari_sscce.io.validate import apply_nan_policy
 from napari_sscce.progress import ProgressEvent
 from napari_sscce.widgets._layers import ROLE_KEY, layer_kind, show_prediction, volume_from_layer
 from napari_sscce.widgets._state import known_models, model_label, model_summary, remember_model, session_for
@@ -52,6 +53,18 @@ def device_in_use(name: str) -> str:
         return str(resolve_device(name))
     except DeviceError as exc:
         return f"unavailable ({exc})"
+
+
+def device_tooltip() -> str:
+    """The device combo's tooltip: the cheap part of ``sscce doctor`` (versions, devices, CPU bf16 flags,
+    what precision 'auto' picks, cached self-check verdicts; no measurement, so the GUI does not wait)."""
+    from napari_sscce.precision import doctor_report
+
+    try:
+        report = doctor_report(measure=False)
+    except Exception as exc:  # noqa: BLE001 - a tooltip must never break the widget
+        report = f"(system report unavailable: {exc})"
+    return "Where to compute. Run `sscce doctor` for measured precision checks and speed.\n\n" + report
 
 
 class ImageLayerCombo(QComboBox):
@@ -115,6 +128,7 @@ class SegmentWidget(QWidget):
         self.device_combo = QComboBox(self)
         self.device_combo.addItems(list(DEVICES))
         self.device_combo.setCurrentText(defaults.device)
+        self.device_combo.setToolTip(device_tooltip())
         self.device_label = QLabel(self)
         self.overlap_spin = QDoubleSpinBox(self)
         self.overlap_spin.setRange(0.0, 0.95)
@@ -277,8 +291,9 @@ class SegmentWidget(QWidget):
         try:
             volume = volume_from_layer(layer)
             config = self.config()
+            apply_nan_policy(volume, config.nan_policy)  # NaN / Inf voxels: a clear message, no run
         except ValueError as exc:
-            self.status.setText(str(exc))
+            self.status.setText(f"cannot segment {layer.name}: {exc}")
             return
         self._run_layer = layer
         self._set_running(True)
