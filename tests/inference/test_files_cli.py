@@ -126,3 +126,53 @@ def test_cli_patch_is_x_y_z_like_sscce_train(checkpoint, nifti_input, tmp_path, 
                  "--patch", "32", "24", "16"])
     assert code == 0
     assert tuple(seen["patch"]) == (16, 24, 32)  # (z, y, x) inside
+
+
+def _scan_with_bad_voxels(tmp_path, n_nan=3, n_inf=1):
+    data = np.random.default_rng(2).normal(100, 20, (18, 14, 16)).astype(np.float32)
+    data.flat[[5, 700, 2000][:n_nan]] = np.nan
+    data.flat[[9, 1500][:n_inf]] = np.inf
+    path = tmp_path / "bad_scan.nii.gz"
+    nib.save(nib.Nifti1Image(data, AFFINE), str(path))
+    return path
+
+
+def test_nan_voxels_are_an_error_naming_file_and_count(checkpoint, tmp_path, capsys):
+    from napari_sscce.inference.predict import predict_volume
+    from napari_sscce.io.errors import VolumeError
+    from napari_sscce.io.readers import read_volume
+
+    path = _scan_with_bad_voxels(tmp_path)
+    with pytest.raises(VolumeError, match="3 NaN and 1 Inf voxels") as info:
+        predict_volume(checkpoint, read_volume(path), InferenceConfig(device="cpu", precision="fp32"))
+    assert str(path) in str(info.value) and "--nan-policy" in str(info.value)
+    with pytest.raises(VolumeError, match="3 NaN and 1 Inf"):
+        predict_files(checkpoint, [path], tmp_path / "api", InferenceConfig(device="cpu"))
+    out = tmp_path / "out"
+    code = main(["predict", "--model", str(checkpoint), str(path), "--out", str(out), "--device", "cpu"])
+    err = capsys.readouterr().err
+    assert code == 2 and str(path) in err and "3 NaN and 1 Inf voxels" in err and "Traceback" not in err
+    assert not list(out.glob("*_seg.nii.gz"))  # never a silent all-background segmentation
+
+
+@pytest.mark.parametrize("policy", ["zero", "mean"])
+def test_nan_policy_replaces_the_voxels_and_says_how_many(checkpoint, tmp_path, policy, capsys):
+    from napari_sscce.inference.predict import predict_volume
+    from napari_sscce.io.readers import read_volume
+
+    path = _scan_with_bad_voxels(tmp_path)
+    config = InferenceConfig(device="cpu", precision="fp32", nan_policy=policy)
+    pred = predict_volume(checkpoint, read_volume(path), config)
+    assert pred.info["nonfinite_voxels"] == 4 and pred.info["nan_policy"] == policy
+    assert np.isfinite(pred.probabilities).all()
+    clean = np.asarray(nib.load(str(path)).dataobj)
+    fill = 0.0 if policy == "zero" else float(clean[np.isfinite(clean)].mean())
+    filled = tmp_path / "filled" / "bad_scan.nii.gz"
+    filled.parent.mkdir()
+    nib.save(nib.Nifti1Image(np.where(np.isfinite(clean), clean, np.float32(fill)), AFFINE), str(filled))
+    same = predict_volume(checkpoint, read_volume(filled), InferenceConfig(device="cpu", precision="fp32"))
+    np.testing.assert_allclose(pred.probabilities, same.probabilities, atol=1e-5)
+    out = tmp_path / "out"
+    code = main(["predict", "--model", str(checkpoint), str(path), "--out", str(out), "--device", "cpu",
+                 "--precision", "fp32", "--nan-policy", policy])
+    assert code == 0 and (out / "bad_scan_seg.nii.gz").exists()

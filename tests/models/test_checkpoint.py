@@ -232,3 +232,24 @@ def test_import_reference_rejects_other_files(tmp_path):
     rnd.write_bytes(b"\x00" * 64)
     with pytest.raises(CheckpointError, match="rnd.pth"):
         import_reference_vnet(rnd)
+
+
+def test_non_finite_weights_are_refused_on_write_and_on_load(tmp_path, saved):
+    src, model = saved
+    broken = _trained_like()
+    broken.net_b.state_dict()["layer1.0.bn1.running_var"].fill_(float("inf"))
+    with torch.no_grad():
+        next(broken.net_a.parameters()).view(-1)[3] = float("nan")
+    target = tmp_path / "diverged.safetensors"
+    with pytest.raises(CheckpointError, match="2 tensor.*NaN or Inf") as info:
+        save_checkpoint(target, broken, METADATA)
+    message = str(info.value)
+    assert str(target) in message and "a.block_one.conv.0.weight" in message
+    assert "b.layer1.0.bn1.running_var" in message
+    assert not target.exists() and not list(tmp_path.iterdir())  # nothing written, no temporary left
+
+    bad = tmp_path / "nan.safetensors"  # crafted with safetensors directly, as a foreign writer would
+    _rewrite(src, bad, edit_tensors=lambda t: t["b.out_conv.bias"].fill_(float("nan")))
+    error = _expect_error(bad, "cannot load.*1 tensor.*NaN or Inf.*b.out_conv.bias")
+    assert "diverged" in str(error)
+    assert load_checkpoint(src).num_classes == 2  # the intact file still loads

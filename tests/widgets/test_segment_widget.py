@@ -80,3 +80,23 @@ def test_bad_model_file_is_reported(make_napari_viewer, tmp_path):
     bad.write_bytes(b"not a model")
     with pytest.raises(ValueError, match="bad.safetensors"):
         widget.set_model(bad)
+
+
+def test_nan_voxels_are_named_in_the_status_and_nothing_runs(viewer_with_scan, tiny_model_path):
+    viewer = viewer_with_scan
+    data = np.array(viewer.layers["scan"].data, dtype=np.float32)
+    data[0, 0, :3] = np.nan
+    viewer.add_image(data, name="holes")
+    widget = SegmentWidget(viewer)
+    widget.set_model(tiny_model_path)
+    widget.run(viewer.layers["holes"])
+    assert not widget.runner.running
+    text = widget.status.text()
+    assert text.startswith("cannot segment holes") and "3 NaN and 0 Inf voxels" in text, text
+    assert "holes segmentation" not in viewer.layers
+
+
+def test_device_tooltip_is_the_quick_doctor_report(make_napari_viewer):
+    widget = SegmentWidget(make_napari_viewer())
+    tip = widget.device_combo.toolTip()
+    assert "sscce doctor" in tip and "torch:" in tip and "precision auto on cpu" in tip
