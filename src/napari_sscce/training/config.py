@@ -91,8 +91,10 @@ class TrainConfig:
     device : str
         ``"auto"`` (CUDA when present), ``"cpu"``, ``"cuda"``, ``"cuda:1"`` ...
     precision : {"auto", "fp32", "bf16", "fp16"}
-        ``"auto"``: fp16 autocast with a GradScaler on CUDA (bf16 where supported), bf16 autocast +
-        channels_last_3d on CPUs that support bf16, else fp32.
+        ``"auto"``: the candidate of :func:`napari_sscce.precision.resolve_precision` (bf16 on CUDA where
+        supported, else fp16 with a GradScaler; bf16 + channels_last_3d on CPUs with native bf16; else fp32),
+        kept only when the cached self-check (:func:`napari_sscce.precision.choose_training_precision`)
+        finds it agrees with fp32 on this model; fp16 on the CPU runs as bf16.
     out : str
         Run folder (config.json, metrics.jsonl, best/last checkpoints, training state).
     val_every : int
