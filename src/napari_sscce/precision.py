@@ -57,6 +57,9 @@ LOSS_RTOL = 0.05
 #: the training self-check accepts. bf16 rounding alone gives ~1e-2; the faulty AMD EPYC kernels of
 #: issue 11 gave 0.83.
 GRAD_RTOL = 0.2
+#: Largest probability difference between the bf16 inference copy of a model
+#: (:func:`napari_sscce.inference.fast.optimize_for_inference`) and fp32 on its check input.
+INFERENCE_PROB_ATOL = 0.05
 
 _DTYPES = {"fp32": None, "bf16": torch.bfloat16, "fp16": torch.float16}
 

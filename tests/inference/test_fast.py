@@ -75,3 +75,18 @@ def test_a_rewrite_that_changes_the_output_is_refused(monkeypatch):
     net = nn.Sequential(nn.Conv3d(1, 2, 3, padding=1))
     with __import__("pytest").warns(UserWarning, match="not used"):
         assert fast_module.optimize_for_inference(net) is net
+
+
+def test_a_bf16_copy_that_disagrees_with_fp32_is_not_used(monkeypatch):
+    import pytest
+
+    import napari_sscce.inference.fast as fast
+    from napari_sscce.models.registry import build_network
+
+    torch.manual_seed(0)
+    net = build_network("vnet", in_channels=1, num_classes=2, base_filters=2, has_dropout=False)
+    net = _randomise_bn(net)
+    assert optimize_for_inference(net) is not net  # bf16 probabilities agree within the tolerance
+    monkeypatch.setattr(fast, "INFERENCE_PROB_ATOL", 0.0)  # no bf16 copy can be exact
+    with pytest.warns(UserWarning, match="changed the model's probabilities"):
+        assert optimize_for_inference(net) is net

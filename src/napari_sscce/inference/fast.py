@@ -24,6 +24,8 @@ from collections.abc import Iterator
 import torch
 from torch import nn
 
+from napari_sscce.precision import INFERENCE_PROB_ATOL
+
 _CONVS = (nn.Conv3d, nn.ConvTranspose3d)
 
 
@@ -264,8 +266,10 @@ def optimize_for_inference(
 
     Folds BatchNorm, widens single-channel convolutions, casts the weights to ``dtype`` and puts them in
     ``channels_last_3d``. Inputs must then be given in ``dtype`` (no autocast needed). The copy is checked
-    against the original in fp32 on a random ``check_shape`` input; if they differ by more than 1e-3
-    (relative to the output scale) the original model is returned with a warning.
+    against the original on a random ``check_shape`` input, twice: in fp32 (the rewrite; at most 1e-3 relative
+    to the output scale) and in ``dtype`` (softmax probabilities within
+    :data:`napari_sscce.precision.INFERENCE_PROB_ATOL`, all finite). When either fails the original model is
+    returned with a warning.
     """
     original = model.eval()
     fast = copy.deepcopy(original)
@@ -286,7 +290,21 @@ def optimize_for_inference(
             return original
         fast = fast.to(dtype=dtype, memory_format=torch.channels_last_3d)
         pack_weights(fast)
+        low = _first_tensors(fast(x.to(dtype).contiguous(memory_format=torch.channels_last_3d)))
+        diff = max(_prob_diff(r, g) for r, g in zip(ref, low, strict=True))
+        if not diff <= INFERENCE_PROB_ATOL:  # NaN fails too
+            warnings.warn(
+                f"the {dtype} inference copy changed the model's probabilities by {diff:.3g} (tolerance "
+                f"{INFERENCE_PROB_ATOL}); not used",
+                stacklevel=2,
+            )
+            return original
     return fast
+
+
+def _prob_diff(ref: torch.Tensor, got: torch.Tensor) -> float:
+    """Largest absolute difference of the softmax (over channels) of two outputs."""
+    return float((torch.softmax(ref.float(), 1) - torch.softmax(got.float(), 1)).abs().max())
 
 
 @contextlib.contextmanager
