@@ -252,11 +252,15 @@ def _add_train(sub: argparse._SubParsersAction) -> None:
             if event.stage == "train" and "loss" in event.values:
                 bar.n = event.step
                 postfix["loss"] = f"{event.values['loss']:.4f}"
+                if event.values.get("skipped_steps"):
+                    postfix["skipped"] = event.values["skipped_steps"]
                 bar.set_postfix(postfix, refresh=False)
                 bar.refresh()
             elif event.stage == "validate" and "val_dice" in event.values:
                 postfix["val_dice"] = f"{event.values['val_dice']:.4f}"
                 bar.set_postfix(postfix)
+            elif event.stage == "train" and event.message.startswith("precision"):
+                bar.write(event.message)  # what precision runs, and why
 
         def on_sigint(signum, frame) -> None:
             if token.cancelled:

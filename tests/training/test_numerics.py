@@ -132,7 +132,7 @@ def test_sscce_train_exits_non_zero_with_the_reason(dataset, tmp_path, monkeypat
     captured = capsys.readouterr()
     assert code == 1
     assert "sscce train: failed" in captured.err and "non-finite" in captured.err
-    assert "done" not in captured.out
+    assert "done" not in captured.out and "precision fp32 on cpu (requested)" in captured.out
 
 
 def test_auto_precision_falls_back_to_fp32_when_the_self_check_fails(dataset, tmp_path, monkeypatch):
