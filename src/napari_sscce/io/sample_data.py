@@ -156,10 +156,11 @@ def find_shared_data() -> Path | None:
 
 def layer_data(image: Volume, label: Volume | None) -> list[tuple[Any, dict, str]]:
     """napari LayerData tuples for a scan and its labels, on the volume's grid (scale = spacing)."""
-    image_kwargs = {**image.layer_kwargs(), "colormap": "gray"}
+    name = str(image.metadata.get("sample_name") or image.name)
+    image_kwargs = {**image.layer_kwargs(), "colormap": "gray", "name": name}
     layers: list[tuple[Any, dict, str]] = [(image.array, image_kwargs, "image")]
     if label is not None:
-        label_kwargs = {**label.layer_kwargs(), "name": f"{image.name} labels", "opacity": 0.5}
+        label_kwargs = {**label.layer_kwargs(), "name": f"{name} labels", "opacity": 0.5}
         layers.append((label.array, label_kwargs, "labels"))
     return layers
 
@@ -208,7 +209,7 @@ def load_hippocampus_sample(case: str = HIPPOCAMPUS_CASE) -> tuple[Volume, Volum
     image = read_volume(folder / f"{case}_image.nii.gz", is_label=False)
     label = read_volume(folder / f"{case}_label.nii.gz", is_label=True)
     credit = {k: info[k] for k in ("source_dataset", "license", "credit")}
-    image.metadata.update(credit, name=case)
+    image.metadata.update(credit, sample_name=case)
     label.metadata.update(credit)
     return image, label
 
