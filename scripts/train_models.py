@@ -1,4 +1,4 @@
-"""Reproduce the packaged models (``make models``): train, evaluate on held-out cases, store in fp16 with a card.
+"""Reproduce the packaged models (``make models``): train, evaluate on held-out cases, store in fp16.
 
 For each model of :data:`RECIPES` this script
 
@@ -40,12 +40,14 @@ ROOT = Path(__file__).resolve().parents[1]
 OUT_DIR = ROOT / "src" / "napari_sscce" / "data" / "models"
 
 HIPPOCAMPUS_CREDIT = (
-    "Medical Segmentation Decathlon, Task04 Hippocampus (Vanderbilt University Medical Center); CC-BY-SA 4.0; "
+    "Medical Segmentation Decathlon, Task04 Hippocampus (Vanderbilt University Medical Center); "
+    "CC-BY-SA 4.0; "
     "Simpson et al., arXiv:1902.09063; Antonelli et al., Nature Communications 2022"
 )
 LA_CREDIT = (
-    "2018 Atrial Segmentation Challenge (University of Utah, CIBC); Xiong et al., Medical Image Analysis 2021; "
-    "research use with citation, no open licence: the scans are not redistributed, only weights trained on them"
+    "2018 Atrial Segmentation Challenge (University of Utah, CIBC); Xiong et al., Medical Image Analysis "
+    "2021; research use with citation, no open licence: the scans are not redistributed, only weights "
+    "trained on them"
 )
 
 
@@ -207,7 +209,8 @@ def package(name: str, recipe: Recipe, run: Path, data: Path, args: list[str], s
     destination = out_dir / f"{name}.safetensors"
     write_packaged_model(source, destination, card)
     print(f"{name}: evaluating {destination.name} on {len(splits['val'])} validation cases …", flush=True)
-    card["validation"] = evaluate_on_cases(destination, ((c, *dataset.load_case(c)[:2]) for c in splits["val"]))
+    val_cases = ((c, *dataset.load_case(c)[:2]) for c in splits["val"])
+    card["validation"] = evaluate_on_cases(destination, val_cases)
     write_packaged_model(destination, destination, card)
     return card
 

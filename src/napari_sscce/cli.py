@@ -73,7 +73,6 @@ def _add_predict(sub: argparse._SubParsersAction) -> None:
     )
 
     def run(args: argparse.Namespace) -> int:
-        from pathlib import Path
 
         from tqdm import tqdm
 

@@ -1,4 +1,4 @@
-"""Packaged models: registry, fp16 storage with a model card, domain warnings, `sscce models`, predict by name."""
+"""Packaged models: registry, fp16 storage with a card, domain warnings, `sscce models`, predict by name."""
 
 from __future__ import annotations
 
@@ -12,8 +12,13 @@ import torch
 from napari_sscce.cli import main as cli_main
 from napari_sscce.io.sample_data import load_hippocampus_sample
 from napari_sscce.io.volume import Volume
-from napari_sscce.models import build_dual_model, load_checkpoint, read_checkpoint_metadata, save_checkpoint
-from napari_sscce.models import pretrained
+from napari_sscce.models import (
+    build_dual_model,
+    load_checkpoint,
+    pretrained,
+    read_checkpoint_metadata,
+    save_checkpoint,
+)
 from napari_sscce.models.pretrained import (
     MODELS_DIR_ENV,
     domain_warnings,

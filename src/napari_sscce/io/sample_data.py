@@ -2,9 +2,9 @@
 
 :func:`make_synthetic` draws a smooth irregular "organ" in a body-like background with what makes
 MRI segmentation non-trivial: Rician noise, a smooth multiplicative bias field and partial-volume
-blur at the organ's edge. :func:`hippocampus_sample` opens a real hippocampus MRI with its labels that ships
-with the package (``napari_sscce/data/samples``: two small validation cases of MSD Task04, CC-BY-SA 4.0, credited
-in ``samples.json``).
+blur at the organ's edge. :func:`hippocampus_sample` opens a real hippocampus MRI with its labels that
+ships with the package (``napari_sscce/data/samples``: two small validation cases of MSD Task04,
+CC-BY-SA 4.0, credited in ``samples.json``).
 """
 
 from __future__ import annotations
@@ -215,7 +215,7 @@ def load_hippocampus_sample(case: str = HIPPOCAMPUS_CASE) -> tuple[Volume, Volum
 
 
 def hippocampus_sample() -> list[tuple[Any, dict, str]]:
-    """npe2 sample: a real hippocampus MRI (MSD Task04, CC-BY-SA 4.0) and its labels, shipped with the package."""
+    """npe2 sample: a real hippocampus MRI (MSD Task04, CC-BY-SA 4.0) and its labels (in the package)."""
     image, label = load_hippocampus_sample()
     return layer_data(image, label)
 

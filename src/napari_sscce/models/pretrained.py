@@ -1,14 +1,14 @@
-"""Models shipped with the package: a registry, their model cards, and a check that a scan suits a model.
+"""Models shipped with the package: a registry, their model cards, a check that a scan suits a model.
 
 Packaged models are ordinary model files (:mod:`napari_sscce.models.checkpoint`) in
 ``napari_sscce/data/models/<name>.safetensors``, stored in float16 (loading gives float32 networks). The
 registry lists the files that are there, nothing else: a model whose file is absent is not offered. Tests and
 users can point it at another folder with ``$NAPARI_SSCCE_MODELS_DIR``.
 
-Each file carries a **model card** in its metadata (key ``"model_card"``): title, data, licence and credit of the
-training data, split, recipe (the exact ``sscce train`` command), validation figures (Dice per class and mean,
-HD95), training time, machine, date, and statistics of the training scans (:func:`training_statistics`) that
-:func:`domain_warnings` compares a new scan against.
+Each file carries a **model card** in its metadata (key ``"model_card"``): title, data, licence and credit of
+the training data, split, recipe (the exact ``sscce train`` command), validation figures (Dice per class and
+mean, HD95), training time, machine, date, and statistics of the training scans
+(:func:`training_statistics`) that :func:`domain_warnings` compares a new scan against.
 
 Warning rule (:func:`domain_warnings`), applied before segmenting; each rule that fires gives one line:
 
@@ -18,8 +18,8 @@ Warning rule (:func:`domain_warnings`), applied before segmenting; each rule tha
 - **intensity scale**: the scan's 99.5th percentile lies outside the training scans' range of 99.5th
   percentiles widened by a factor :data:`INTENSITY_RATIO` (4) on each side.
 - **negative intensities**: more than :data:`NEGATIVE_FRACTION` (1 %) of the scan's voxels are negative while
-  no training scan had more than that (e.g. a CT in Hounsfield units, or an already normalised scan, given to an
-  MRI model).
+  no training scan had more than that (e.g. a CT in Hounsfield units, or an already normalised scan, given to
+  an MRI model).
 - **field of view**: the scan's physical extent exceeds :data:`EXTENT_RATIO` (2) times the largest training
   extent on some axis (e.g. a whole-brain MRI given to a model trained on crops around the hippocampus).
 """
@@ -272,8 +272,9 @@ def format_card(model: PretrainedModel) -> str:
     if val:
         per_class = ", ".join(f"{k} {float(v):.3f}" for k, v in (val.get("dice_per_class") or {}).items())
         hd = val.get("hd95_mm")
+        mean = float(val.get("dice_mean", "nan"))
         lines.append(
-            f"  validation ({val.get('cases', '?')} cases): mean Dice {float(val.get('dice_mean', 'nan')):.3f}"
+            f"  validation ({val.get('cases', '?')} cases): mean Dice {mean:.3f}"
             + (f" ({per_class})" if per_class else "")
             + (f", HD95 {float(hd):.2f} mm" if hd is not None else "")
         )
