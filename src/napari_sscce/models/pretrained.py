@@ -255,6 +255,21 @@ def domain_warnings(volume: Any, metadata: Mapping[str, Any]) -> list[str]:
 
 
 # ------------------------------------------------------------------------------------------ model cards
+def card_summary(metadata: Mapping[str, Any]) -> str:
+    """One or two lines about a packaged model's card (empty for other models): data and validation."""
+    card = metadata.get("model_card")
+    if not isinstance(card, Mapping):
+        return ""
+    lines = [f"trained on: {card['data']}"] if card.get("data") else []
+    val = card.get("validation") or {}
+    if val.get("dice_mean") is not None:
+        lines.append(
+            f"held-out Dice {float(val['dice_mean']):.3f} on {val.get('cases', '?')} cases"
+            + (f", HD95 {float(val['hd95_mm']):.2f} mm" if val.get("hd95_mm") is not None else "")
+        )
+    return "\n".join(lines)
+
+
 def recipe_command(args: Sequence[str]) -> str:
     """``sscce train ...`` as one shell-quoted line."""
     return " ".join(["sscce", "train", *(shlex.quote(str(a)) for a in args)])
