@@ -223,6 +223,26 @@ def report(name: str, card: dict[str, Any]) -> str:
             f"{val['cases']} validation cases; trained in {card['training_time']} on {card['machine']}")
 
 
+def markdown_table() -> str:
+    """The README table of the packaged models present (from their cards)."""
+    from napari_sscce.models.pretrained import list_models
+
+    rows = ["| model | data | split | validation Dice (mean; per class) | HD95 | recipe | training | file |",
+            "|---|---|---|---|---|---|---|---|"]
+    for model in list_models():
+        card, size = model.card, model.path.stat().st_size / 2**20
+        val = card.get("validation") or {}
+        per_class = "; ".join(f"{k} {100 * v:.2f}" for k, v in (val.get("dice_per_class") or {}).items())
+        dice = f"**{100 * val['dice_mean']:.2f} %** ({per_class})" if val else "not evaluated"
+        hd95 = f"{val['hd95_mm']:.2f} mm" if val else ""
+        rows.append(
+            f"| `{model.name}` ({model.title}) | {card.get('data', '')} | {card.get('split', '')} | {dice} | "
+            f"{hd95} | `{card.get('recipe', '')}` | {card.get('training_time', '')} on "
+            f"{card.get('machine', '')}, {card.get('date', '')} | {size:.1f} MB |"
+        )
+    return "\n".join(rows)
+
+
 def main(argv: list[str] | None = None) -> int:
     """Run the stages; 0 when every model was made and evaluated."""
     from napari_sscce.io.sample_data import find_shared_data
@@ -236,7 +256,11 @@ def main(argv: list[str] | None = None) -> int:
                    help="package an existing run folder instead of training")
     p.add_argument("--checkpoint", choices=("last", "best"), default="last",
                    help="which model of the run to ship (default: last, not selected on validation cases)")
+    p.add_argument("--table", action="store_true", help="print the README table of the packaged models, exit")
     args = p.parse_args(argv)
+    if args.table:
+        print(markdown_table())
+        return 0
     runs = dict(item.split("=", 1) for item in args.from_run)
     if args.shared is None:
         print("train_models: no shared data folder (set $SSCCE_SHARED_DATA or --shared)", file=sys.stderr)
