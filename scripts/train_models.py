@@ -186,6 +186,11 @@ def package(name: str, recipe: Recipe, run: Path, data: Path, args: list[str], s
         raise StageError(f"package: {source} does not exist")
     splits = json.loads((run / "splits.json").read_text())
     dataset = open_dataset(data)
+    from napari_sscce.models.checkpoint import read_checkpoint_metadata
+
+    source_meta = read_checkpoint_metadata(source)
+    iteration = (source_meta.get("train_summary") or {}).get("iterations")
+    planned = (source_meta.get("config") or {}).get("iterations")
     train_cases = [*splits["labeled"], *splits["unlabeled"]]
     stats = training_statistics(dataset.load_case(c)[0] for c in train_cases)
     card = {
@@ -198,6 +203,7 @@ def package(name: str, recipe: Recipe, run: Path, data: Path, args: list[str], s
         "val_cases": list(splits["val"]),
         "recipe": recipe_command(args),
         "checkpoint": f"{checkpoint}.safetensors of the run"
+        + (f", saved at iteration {iteration} of {planned}" if iteration and planned else "")
         + (" (no selection on the validation cases)" if checkpoint == "last" else " (best validation Dice)"),
         "training_time": f"{seconds / 60:.0f} min",
         "training_seconds": round(seconds, 1),
@@ -254,6 +260,9 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--out", type=Path, default=OUT_DIR, help="folder of the packaged models")
     p.add_argument("--from-run", action="append", default=[], metavar="NAME=DIR",
                    help="package an existing run folder instead of training")
+    p.add_argument("--training-seconds", action="append", default=[], metavar="NAME=S",
+                   help="with --from-run: the run's training wall time (default: from its file times, which "
+                   "count only the last part of a resumed run)")
     p.add_argument("--checkpoint", choices=("last", "best"), default="last",
                    help="which model of the run to ship (default: last, not selected on validation cases)")
     p.add_argument("--table", action="store_true", help="print the README table of the packaged models, exit")
@@ -273,6 +282,8 @@ def main(argv: list[str] | None = None) -> int:
             if name in runs:
                 run = Path(runs[name])
                 train_args, seconds = recipe_from_run(run)
+                given = dict(item.split("=", 1) for item in args.training_seconds)
+                seconds = float(given.get(name, seconds))
                 data = Path(json.loads((run / "config.json").read_text())["data"])
                 if not data.is_absolute():
                     data = (Path.cwd() / data).resolve()
