@@ -121,14 +121,28 @@ def outside_slices(shape: Sequence[int], axis: int, slices: Sequence[int]) -> np
 
 
 def ranked_slices(regions: Sequence[Any], axis: int, n_slices: int) -> list[int]:
-    """The slices through the ranked regions' centroids along ``axis``, in rank order, without repeats."""
+    """Up to ``n_slices`` slices along ``axis`` through the ranked regions, as a person would visit them.
+
+    First the slice through each region's centroid, in rank order; when there are fewer regions than
+    ``n_slices``, then the other slices of each region's bounding box, in rank order, nearest the
+    centroid first.
+    No slice is repeated.
+    """
     out: list[int] = []
-    for region in regions:
-        index = int(round(float(region.centroid[axis])))
-        if index not in out:
+
+    def add(index: int) -> None:
+        if index not in out and len(out) < n_slices:
             out.append(index)
-        if len(out) == n_slices:
-            break
+
+    for region in regions:
+        add(int(round(float(region.centroid[axis]))))
+    for region in regions:
+        bbox = getattr(region, "bbox", None)
+        if bbox is None:
+            continue
+        centre = float(region.centroid[axis])
+        for index in sorted(range(int(bbox[axis]), int(bbox[axis + 3])), key=lambda i: (abs(i - centre), i)):
+            add(index)
     return out
 
 

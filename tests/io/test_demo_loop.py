@@ -19,12 +19,15 @@ ROOT = Path(__file__).resolve().parents[2]
 
 def test_helpers():
     class R:
-        def __init__(self, c):
-            self.centroid = c
+        def __init__(self, c, bbox=None):
+            self.centroid, self.bbox = c, bbox
 
     regions = [R((3.2, 1, 1)), R((2.9, 5, 5)), R((7.0, 0, 0)), R((1.0, 0, 0))]
     assert ranked_slices(regions, 0, 2) == [3, 7]  # rank order, repeats skipped
     assert ranked_slices(regions, 1, 10) == [1, 5, 0]
+    # fewer regions than slices: the top region's other slices, nearest its centroid first
+    boxed = [R((5.2, 1, 1), (3, 0, 0, 8, 2, 2)), R((0.0, 1, 1), (0, 0, 0, 1, 2, 2))]
+    assert ranked_slices(boxed, 0, 4) == [5, 0, 6, 4]  # 6 is 0.8 from 5.2, 4 is 1.2
     mask = outside_slices((4, 2, 3), 0, [1, 3])
     assert mask.shape == (4, 2, 3) and mask[0].all() and not mask[1].any() and not mask[3].any()
     gt = np.zeros((4, 4), np.uint8)
