@@ -60,6 +60,7 @@ class Recipe:
     license: str
     dataset: str  # folder under the shared data
     train_args: tuple[str, ...]
+    class_names: tuple[str, ...]
     downsample: float | None = None  # prepare_la.py --factor
 
 
@@ -70,8 +71,9 @@ RECIPES: dict[str, Recipe] = {
         "(head) and posterior (body)",
         license=HIPPOCAMPUS_CREDIT,
         dataset="hippocampus",
-        train_args=("--method", "cce", "--iterations", "2000", "--patch", "32", "48", "32", "--base-filters",
-                    "8", "--no-dropout", "--precision", "fp32", "--val-every", "500"),
+        class_names=("background", "anterior", "posterior"),
+        train_args=("--method", "cce", "--iterations", "1200", "--patch", "32", "48", "32", "--base-filters",
+                    "8", "--no-dropout", "--precision", "fp32", "--val-every", "400"),
     ),
     "left-atrium-cce": Recipe(
         title="Left atrium MRI — CCE",
@@ -79,6 +81,7 @@ RECIPES: dict[str, Recipe] = {
         "left atrium",
         license=LA_CREDIT,
         dataset="la2018",
+        class_names=("background", "left atrium"),
         downsample=3.0,
         train_args=("--method", "cce", "--iterations", "2000", "--patch", "48", "48", "24", "--base-filters",
                     "8", "--no-dropout", "--precision", "fp32", "--val-every", "500"),
@@ -213,7 +216,7 @@ def package(name: str, recipe: Recipe, run: Path, data: Path, args: list[str], s
         "training_data": stats,
     }
     destination = out_dir / f"{name}.safetensors"
-    write_packaged_model(source, destination, card)
+    write_packaged_model(source, destination, card, class_names=recipe.class_names)
     print(f"{name}: evaluating {destination.name} on {len(splits['val'])} validation cases …", flush=True)
     val_cases = ((c, *dataset.load_case(c)[:2]) for c in splits["val"])
     card["validation"] = evaluate_on_cases(destination, val_cases)

@@ -363,7 +363,10 @@ def evaluate_on_cases(
 
 
 def write_packaged_model(
-    source: str | os.PathLike, destination: str | os.PathLike, card: Mapping[str, Any]
+    source: str | os.PathLike,
+    destination: str | os.PathLike,
+    card: Mapping[str, Any],
+    class_names: Sequence[str] | None = None,
 ) -> Path:
     """Store a trained model as a packaged one: float16 weights and ``card`` in its metadata.
 
@@ -375,6 +378,8 @@ def write_packaged_model(
         ``<models dir>/<name>.safetensors`` (written atomically).
     card : mapping
         The model card (see the module docstring).
+    class_names : sequence of str, optional
+        Names of the classes (background first) replacing the run's (e.g. ``"class 1"`` -> ``"anterior"``).
 
     Returns
     -------
@@ -387,6 +392,8 @@ def write_packaged_model(
 
     ckpt = load_checkpoint(source)
     metadata = {**ckpt.metadata, "model_card": dict(card)}
+    if class_names is not None:
+        metadata["class_names"] = [str(n) for n in class_names]
     for key in ("arch", "num_classes", "in_channels", "versions", "storage_dtype"):
         metadata.pop(key, None)  # save_checkpoint writes these afresh
     return save_checkpoint(destination, ckpt.model, metadata, dtype=torch.float16)
