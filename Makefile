@@ -7,7 +7,7 @@ STAMP := $(VENV)/.installed
 # this machine's CPU build of PyTorch (a bare `torch` would pull several GB of CUDA wheels)
 TORCH_PIN ?= torch==2.13.0
 
-.PHONY: install sysdeps test lint demo benchmark clean
+.PHONY: install sysdeps test lint demo models benchmark clean
 
 $(STAMP): pyproject.toml
 	test -x $(PY) || $(PYTHON) -m venv $(VENV)
@@ -31,6 +31,11 @@ test: install
 
 demo: install
 	bash scripts/with_display.sh $(PY) -m napari_sscce.demo
+
+# the packaged models (src/napari_sscce/data/models): train with the recorded recipes on ../shared/data,
+# evaluate on the validation cases, store in fp16 with their model cards, print the figures (hours on a CPU)
+models: install
+	$(PY) scripts/train_models.py
 
 # the CPU recipes of the README (hours on 2 cores; on a GPU see benchmarks/ssl_parallel.sh)
 benchmark: install

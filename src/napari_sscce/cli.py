@@ -1,4 +1,4 @@
-"""The ``sscce`` command line: ``train``, ``predict``, ``evaluate``, ``demo``, ``doctor``.
+"""The ``sscce`` command line: ``train``, ``predict``, ``models``, ``evaluate``, ``demo``, ``doctor``.
 
 Each subcommand is a thin shell over a headless core function; progress events become a tqdm bar.
 """
@@ -34,7 +34,12 @@ def _add_predict(sub: argparse._SubParsersAction) -> None:
         "on the input's grid (its affine).",
     )
     p.add_argument("inputs", nargs="+", metavar="INPUT", help="scans (.nii/.nii.gz/.nrrd/.h5/...)")
-    p.add_argument("--model", required=True, metavar="CKPT", help="model file written by `sscce train`")
+    p.add_argument(
+        "--model",
+        required=True,
+        metavar="CKPT",
+        help="model file written by `sscce train`, or a packaged model's name (`sscce models` lists them)",
+    )
     p.add_argument("--out", required=True, metavar="DIR", help="output folder")
     p.add_argument("--device", default=defaults.device, choices=DEVICES, help="default: %(default)s")
     p.add_argument("--precision", default=defaults.precision, choices=PRECISIONS, help="default: %(default)s")
@@ -82,14 +87,12 @@ def _add_predict(sub: argparse._SubParsersAction) -> None:
     )
 
     def run(args: argparse.Namespace) -> int:
-        from pathlib import Path
 
         from tqdm import tqdm
 
         from napari_sscce.inference.files import predict_files
 
-        if not Path(args.model).is_file():
-            raise UserError(f"{args.model}: model file not found")
+        model = _resolve_model_arg(args.model)
         overrides = (
             {"mode": "uniform", "stride": LITERATURE_STRIDE}
             if args.mode == "literature"
@@ -119,9 +122,46 @@ def _add_predict(sub: argparse._SubParsersAction) -> None:
                 bar.n = event.step
                 bar.refresh()
 
-            written = predict_files(args.model, args.inputs, args.out, config, progress)
+            written = predict_files(model, args.inputs, args.out, config, progress)
         for path in written:
             print(path)
+        return 0
+
+    p.set_defaults(func=run)
+
+
+def _resolve_model_arg(name_or_path: str) -> str:
+    """A model file path from ``--model``: an existing file, or a packaged model's name."""
+    from napari_sscce.models.pretrained import resolve_model
+
+    try:
+        return str(resolve_model(name_or_path))
+    except FileNotFoundError as exc:
+        raise UserError(str(exc)) from None
+
+
+def _add_models(sub: argparse._SubParsersAction) -> None:
+    p = sub.add_parser(
+        "models",
+        help="list the models shipped with the package",
+        description="Name, file, training data and validation figures of each packaged model; the name is "
+        "accepted by `sscce predict --model`.",
+    )
+    p.add_argument("--json", action="store_true", help="print the model cards as JSON")
+
+    def run(args: argparse.Namespace) -> int:
+        import json
+
+        from napari_sscce.models.pretrained import format_card, list_models, models_dir
+
+        models = list_models()
+        if args.json:
+            print(json.dumps({m.name: {"path": str(m.path), **m.card} for m in models}, indent=1))
+            return 0
+        if not models:
+            print(f"no packaged models in {models_dir()}")
+            return 0
+        print("\n\n".join(format_card(m) for m in models))
         return 0
 
     p.set_defaults(func=run)
@@ -368,6 +408,7 @@ def build_parser() -> argparse.ArgumentParser:
     parser.add_argument("--version", action="version", version=f"napari-sscce {__version__}")
     sub = parser.add_subparsers(dest="command", required=True)
     _add_predict(sub)
+    _add_models(sub)
     _add_train(sub)
     _add_evaluate(sub)
     _add_demo(sub)

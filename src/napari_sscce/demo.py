@@ -1,16 +1,16 @@
 """Open napari with the plugin's dock widgets and sample data: ``python -m napari_sscce.demo``.
 
+With no arguments (``make demo``), or with ``--loop``, it plays the whole interactive loop on a real
+hippocampus MRI with the packaged hippocampus model, through the dock widgets themselves
+(:mod:`napari_sscce.demo_loop`): segment, show the uncertainty layers and the ranked regions, correct the
+slices the Uncertainty widget ranks first (the ground truth is painted into them as a person would),
+fine-tune, and print the Dice of the first segmentation, of the corrected layer and of the fine-tuned
+model's own segmentation. It exits with a non-zero status when any stage fails. Headless (no ``DISPLAY``,
+or only the virtual screen of ``xvfb-run``), so that ``make demo`` works on a server, it saves a screenshot
+of each step in ``docs/`` (``demo_segment.png``, ``demo_uncertainty.png``, ``demo_finetune.png``).
+
 ``--screenshot PATH`` opens the viewer with the widgets and the samples, saves a canvas screenshot and
 exits (``docs/demo.png``).
-
-With no arguments (``make demo``), or with ``--loop``, it plays the whole interactive loop on the synthetic
-sample through the dock widgets themselves (:mod:`napari_sscce.demo_loop`): get a small model (trained by
-this package's own training loop on synthetic scans on the first run, a few minutes on a CPU, then cached as
-``~/.cache/napari-sscce/demo_model.safetensors``), segment, show the uncertainty layers and the ranked
-regions, correct the worst slices (the ground truth is painted into them as a person would), fine-tune
-briefly, segment again, and print the Dice before and after. Headless (no ``DISPLAY``, or only the virtual
-screen of ``xvfb-run``), so that ``make demo`` works on a server, it saves a screenshot of each step in
-``docs/`` (``demo_segment.png``, ``demo_uncertainty.png``, ``demo_finetune.png``).
 """
 
 from __future__ import annotations
@@ -23,9 +23,8 @@ from pathlib import Path
 
 import numpy as np
 
-PLUGIN = "napari-sscce"
-#: dock widgets declared in napari.yaml; missing ones (not built yet, import errors) are skipped
-DOCK_WIDGETS = ("Segment", "Uncertainty", "Correct & fine-tune")
+from napari_sscce.demo_loop import add_dock_widgets, open_samples
+
 DEFAULT_SCREENSHOT = Path("docs") / "demo.png"
 
 
@@ -50,32 +49,9 @@ def build_parser() -> argparse.ArgumentParser:
     parser.add_argument("--shots", type=Path, default=Path("docs"), help="folder of the --loop screenshots")
     parser.add_argument("--finetune-iterations", type=int, default=40, help="fine-tune steps in --loop")
     parser.add_argument("--slices", type=int, default=4, help="slices corrected in --loop")
+    parser.add_argument("--model", default=None,
+                        help="model file for --loop (default: the packaged hippocampus-cce model)")
     return parser
-
-
-def add_dock_widgets(viewer) -> dict[str, object]:
-    """Dock the plugin's widgets that can be imported; return name -> widget for those added."""
-    added = {}
-    for name in DOCK_WIDGETS:
-        try:
-            _, widget = viewer.window.add_plugin_dock_widget(PLUGIN, name)
-        except Exception as exc:  # noqa: BLE001 - a widget that is not ready must not stop the demo
-            print(f"demo: skipping the {name!r} widget ({type(exc).__name__}: {exc})", file=sys.stderr)
-        else:
-            added[name] = widget
-    return added
-
-
-def open_samples(viewer, hippocampus: bool = True) -> list[str]:
-    """Open the synthetic sample and, when the shared data is present, the hippocampus sample."""
-    from napari_sscce.io.sample_data import find_shared_data
-
-    keys = ["synthetic"]
-    if hippocampus and find_shared_data() is not None:
-        keys.append("hippocampus")
-    for key in keys:
-        viewer.open_sample(PLUGIN, key)
-    return keys
 
 
 def focus_on(viewer, image_layer, label_layer=None) -> None:
@@ -115,7 +91,8 @@ def main(argv: Sequence[str] | None = None) -> int:
     if args.loop or not given:
         from napari_sscce.demo_loop import run_loop
 
-        return run_loop(args.shots, args.finetune_iterations, args.slices, headless=not has_real_display())
+        return run_loop(args.shots, args.finetune_iterations, args.slices, headless=not has_real_display(),
+                        model=args.model)
     viewer = napari.Viewer(title="napari-sscce demo", show=True)
     add_dock_widgets(viewer)
     keys = open_samples(viewer, hippocampus=not args.no_hippocampus)

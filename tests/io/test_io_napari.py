@@ -109,12 +109,32 @@ def test_synthetic_sample_layer_data():
     assert set(np.unique(labels)) == {0, 1, 2}
 
 
-def test_hippocampus_sample_missing_data_is_a_clear_error(tmp_path, monkeypatch):
+def test_hippocampus_sample_is_packaged_and_credited(monkeypatch):
     import napari_sscce.io.sample_data as sample_data
 
-    monkeypatch.setattr(sample_data, "find_shared_data", lambda: None)
-    with pytest.raises(FileNotFoundError, match="SSCCE_SHARED_DATA"):
-        hippocampus_sample()
+    monkeypatch.setattr(sample_data, "find_shared_data", lambda: None)  # works without ../shared
+    (image, image_kwargs, _), (labels, label_kwargs, kind) = hippocampus_sample()
+    assert kind == "labels" and image.shape == labels.shape and image.ndim == 3
+    assert set(np.unique(labels)) == {0, 1, 2}
+    assert "CC-BY-SA 4.0" in image_kwargs["metadata"]["license"]
+    assert "Decathlon" in label_kwargs["metadata"]["credit"]
+    info = sample_data.sample_info()
+    second = sample_data.hippocampus_sample_2()
+    assert second[0][1]["name"] == info["cases"][1] != image_kwargs["name"]
+    with pytest.raises(FileNotFoundError, match="hippocampus_252"):
+        sample_data.load_hippocampus_sample("hippocampus_999")
+
+
+def test_packaged_files_are_package_data():
+    """Subfolders of data/ ship: pyproject's package-data globs match the sample and model files."""
+    import tomllib
+
+    root = Path(__file__).resolve().parents[2]
+    globs = tomllib.loads((root / "pyproject.toml").read_text())["tool"]["setuptools"]["package-data"]
+    package = root / "src" / "napari_sscce"
+    shipped = {p for g in globs["napari_sscce"] for p in package.glob(g) if p.is_file()}
+    data = {p for p in (package / "data").rglob("*") if p.is_file() and "__pycache__" not in p.parts}
+    assert data and data <= shipped
 
 
 def test_npe2_validate():

@@ -21,6 +21,7 @@ def private_settings(tmp_path, monkeypatch):
         "napari_sscce.widgets._state.BUNDLED_MODEL", tmp_path / "none" / "bundled.safetensors"
     )
     monkeypatch.setattr("napari_sscce.widgets._state.DEMO_MODEL", tmp_path / "none" / "demo.safetensors")
+    monkeypatch.setenv("NAPARI_SSCCE_MODELS_DIR", str(tmp_path / "no-packaged-models"))
 
 
 @pytest.fixture(scope="session")

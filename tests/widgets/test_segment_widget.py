@@ -100,3 +100,48 @@ def test_device_tooltip_is_the_quick_doctor_report(make_napari_viewer):
     widget = SegmentWidget(make_napari_viewer())
     tip = widget.device_combo.toolTip()
     assert "sscce doctor" in tip and "torch:" in tip and "precision auto on cpu" in tip
+# --------------------------------------------------------------------------------- packaged models (issue 13)
+@pytest.fixture
+def packaged_models(tmp_path, monkeypatch, tiny_model_path):
+    """A packaged-models folder holding the tiny model as "hippocampus-cce" with a model card."""
+    from napari_sscce.io.volume import Volume
+    from napari_sscce.models.pretrained import training_statistics, write_packaged_model
+
+    folder = tmp_path / "packaged"
+    monkeypatch.setenv("NAPARI_SSCCE_MODELS_DIR", str(folder))
+    rng = np.random.default_rng(0)
+    train = [Volume(rng.uniform(0, 1000, (16, 32, 32)).astype(np.float32), (2.0, 1.0, 0.5))]
+    card = {"data": "generated scans", "training_data": training_statistics(train),
+            "validation": {"cases": 3, "dice_mean": 0.8, "hd95_mm": 2.0}}
+    write_packaged_model(tiny_model_path, folder / "hippocampus-cce.safetensors", card)
+    return folder
+
+
+def test_lists_packaged_models_by_name(make_napari_viewer, packaged_models, tiny_model_path):
+    widget = SegmentWidget(make_napari_viewer())
+    labels = [widget.model_combo.itemText(i) for i in range(widget.model_combo.count())]
+    assert labels[0] == "Hippocampus MRI — CCE"
+    assert widget.model_path == packaged_models / "hippocampus-cce.safetensors"  # adopted as the default
+    assert "trained on: generated scans" in widget.model_info.text()
+    assert "held-out Dice 0.800 on 3 cases" in widget.model_info.text()
+    widget.set_model(tiny_model_path)  # a file chosen by hand joins the list; the packaged one stays first
+    labels = [widget.model_combo.itemText(i) for i in range(widget.model_combo.count())]
+    assert labels[0] == "Hippocampus MRI — CCE" and "tiny.safetensors" in labels
+
+
+def test_warns_when_the_scan_is_far_from_the_training_data(qtbot, make_napari_viewer, packaged_models, scan):
+    viewer = make_napari_viewer()
+    image, _ = scan
+    viewer.add_image(image.array, name="same", scale=(2.0, 1.0, 0.5))
+    viewer.add_image(image.array, name="coarse", scale=(2.0, 1.0, 1.0))  # x spacing 2x the model's
+    widget = SegmentWidget(viewer)
+    widget.run(viewer.layers["same"])
+    qtbot.waitUntil(lambda: not widget.runner.running, timeout=WAIT_MS)
+    assert widget.domain_warnings == [] and "warning" not in widget.status.text()
+    widget.run(viewer.layers["coarse"])
+    qtbot.waitUntil(lambda: not widget.runner.running, timeout=WAIT_MS)
+    assert "done" in widget.status.text()  # a warning, not a refusal
+    assert "warning: spacing 2 x 1 x 1 mm differs from the model's training spacing 2 x 1 x 0.5 mm" in (
+        widget.status.text()
+    )
+    assert len(widget.domain_warnings) == 1

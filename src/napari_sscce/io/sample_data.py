@@ -2,13 +2,17 @@
 
 :func:`make_synthetic` draws a smooth irregular "organ" in a body-like background with what makes
 MRI segmentation non-trivial: Rician noise, a smooth multiplicative bias field and partial-volume
-blur at the organ's edge. :func:`hippocampus_sample` reads a real case from ``../shared/data``.
+blur at the organ's edge. :func:`hippocampus_sample` opens a real hippocampus MRI with its labels that
+ships with the package (``napari_sscce/data/samples``: two small validation cases of MSD Task04,
+CC-BY-SA 4.0, credited in ``samples.json``).
 """
 
 from __future__ import annotations
 
+import json
 import os
 from collections.abc import Sequence
+from importlib import resources
 from pathlib import Path
 from typing import Any
 
@@ -20,8 +24,9 @@ from napari_sscce.io.volume import Volume
 
 #: environment variable pointing at the shared data folder (the one holding ``hippocampus/``)
 SHARED_DATA_ENV = "SSCCE_SHARED_DATA"
-#: the hippocampus case shown by :func:`hippocampus_sample`
-HIPPOCAMPUS_CASE = "hippocampus_007"
+#: the packaged hippocampus case shown by :func:`hippocampus_sample` (a validation case of ``splits.json``,
+#: so the packaged hippocampus model never trained on it)
+HIPPOCAMPUS_CASE = "hippocampus_252"
 
 
 def _smooth_field(rng: np.random.Generator, shape: Sequence[int], coarse: int = 4) -> np.ndarray:
@@ -151,10 +156,11 @@ def find_shared_data() -> Path | None:
 
 def layer_data(image: Volume, label: Volume | None) -> list[tuple[Any, dict, str]]:
     """napari LayerData tuples for a scan and its labels, on the volume's grid (scale = spacing)."""
-    image_kwargs = {**image.layer_kwargs(), "colormap": "gray"}
+    name = str(image.metadata.get("sample_name") or image.name)
+    image_kwargs = {**image.layer_kwargs(), "colormap": "gray", "name": name}
     layers: list[tuple[Any, dict, str]] = [(image.array, image_kwargs, "image")]
     if label is not None:
-        label_kwargs = {**label.layer_kwargs(), "name": f"{image.name} labels", "opacity": 0.5}
+        label_kwargs = {**label.layer_kwargs(), "name": f"{name} labels", "opacity": 0.5}
         layers.append((label.array, label_kwargs, "labels"))
     return layers
 
@@ -165,27 +171,56 @@ def synthetic_sample() -> list[tuple[Any, dict, str]]:
     return layer_data(image, label)
 
 
-def hippocampus_sample() -> list[tuple[Any, dict, str]]:
-    """npe2 sample: a real hippocampus MRI (MSD Task04) and its labels, read from the shared data.
+def sample_folder() -> Path:
+    """The folder of the real sample cases shipped with the package (``napari_sscce/data/samples``)."""
+    return Path(str(resources.files("napari_sscce") / "data" / "samples"))
+
+
+def sample_info() -> dict[str, Any]:
+    """The samples' description: source, licence, credit and case names (``samples.json``)."""
+    return json.loads((sample_folder() / "samples.json").read_text(encoding="utf-8"))
+
+
+def load_hippocampus_sample(case: str = HIPPOCAMPUS_CASE) -> tuple[Volume, Volume]:
+    """A real hippocampus MRI and its labels, shipped with the package (works without ``../shared``).
+
+    Parameters
+    ----------
+    case : str
+        One of ``sample_info()["cases"]`` (default :data:`HIPPOCAMPUS_CASE`).
+
+    Returns
+    -------
+    (Volume, Volume)
+        The scan and its label map (0 background, 1 anterior, 2 posterior); both carry the licence and
+        credit in ``metadata`` (``"license"``, ``"credit"``, ``"source_dataset"``).
 
     Raises
     ------
     FileNotFoundError
-        When the shared data is absent, saying where it was looked for.
+        When ``case`` is not one of the packaged samples.
     """
     from napari_sscce.io.readers import read_volume
 
-    root = find_shared_data()
-    folder = root / "hippocampus" if root else None
-    image_path = folder / "images" / f"{HIPPOCAMPUS_CASE}.nii.gz" if folder else None
-    if image_path is None or not image_path.is_file():
-        raise FileNotFoundError(
-            f"the hippocampus sample needs {HIPPOCAMPUS_CASE}.nii.gz in <shared data>/hippocampus/images; "
-            f"set ${SHARED_DATA_ENV} to the folder holding hippocampus/ "
-            f"(looked in {image_path or '../shared/data beside the source checkout'})"
-        )
-    image = read_volume(image_path, is_label=False)
-    label_path = folder / "labels" / image_path.name
-    label = read_volume(label_path, is_label=True) if label_path.is_file() else None
+    info = sample_info()
+    if case not in info["cases"]:
+        raise FileNotFoundError(f"no packaged sample {case!r}; the samples are {', '.join(info['cases'])}")
+    folder = sample_folder()
+    image = read_volume(folder / f"{case}_image.nii.gz", is_label=False)
+    label = read_volume(folder / f"{case}_label.nii.gz", is_label=True)
+    credit = {k: info[k] for k in ("source_dataset", "license", "credit")}
+    image.metadata.update(credit, sample_name=case)
+    label.metadata.update(credit)
+    return image, label
+
+
+def hippocampus_sample() -> list[tuple[Any, dict, str]]:
+    """npe2 sample: a real hippocampus MRI (MSD Task04, CC-BY-SA 4.0) and its labels (in the package)."""
+    image, label = load_hippocampus_sample()
     return layer_data(image, label)
 
+
+def hippocampus_sample_2() -> list[tuple[Any, dict, str]]:
+    """npe2 sample: the second packaged hippocampus MRI and its labels."""
+    image, label = load_hippocampus_sample(sample_info()["cases"][1])
+    return layer_data(image, label)

@@ -97,6 +97,14 @@ def _json_default(obj: Any) -> Any:
     return str(obj)
 
 
+def _stored(value: torch.Tensor, dtype: torch.dtype | None) -> torch.Tensor:
+    """``value`` on the CPU, contiguous, floating-point values cast to ``dtype`` when given."""
+    value = value.detach().to("cpu")
+    if dtype is not None and value.is_floating_point():
+        value = value.to(dtype)
+    return value.contiguous()
+
+
 def _state_dicts(model: DualModel) -> dict[str, dict[str, torch.Tensor]]:
     nets = {"a": model.net_a} if model.kind == "single" else {"a": model.net_a, "b": model.net_b}
     return {prefix: net.state_dict() for prefix, net in nets.items()}
@@ -121,7 +129,11 @@ def _refuse_nonfinite(path: Path, tensors: Mapping[str, torch.Tensor], action: s
 
 
 def save_checkpoint(
-    path: str | os.PathLike, model: DualModel, metadata: Mapping[str, Any] | None = None
+    path: str | os.PathLike,
+    model: DualModel,
+    metadata: Mapping[str, Any] | None = None,
+    *,
+    dtype: torch.dtype | None = None,
 ) -> Path:
     """Write ``model`` and ``metadata`` to one safetensors file, atomically.
 
@@ -136,6 +148,9 @@ def save_checkpoint(
     metadata : mapping, optional
         JSON-serialisable information (numpy values, paths and dataclasses are converted). ``class_names``
         defaults to ``["background", "class 1", ...]``; ``versions`` and ``created`` are filled in.
+    dtype : torch.dtype, optional
+        Store floating-point tensors in this type (e.g. ``torch.float16`` halves the file of a packaged
+        model); integer buffers are kept. :func:`load_checkpoint` always gives float32 networks.
 
     Returns
     -------
@@ -166,11 +181,13 @@ def save_checkpoint(
     meta["versions"] = {**_versions(), **dict(meta.get("versions") or {})}
     meta.setdefault("created", _dt.datetime.now(_dt.timezone.utc).isoformat(timespec="seconds"))
     tensors = {
-        f"{prefix}.{key}": value.detach().to("cpu").contiguous()
+        f"{prefix}.{key}": _stored(value, dtype)
         for prefix, state in _state_dicts(model).items()
         for key, value in state.items()
     }
     _refuse_nonfinite(path, tensors, "cannot save")
+    if dtype is not None:
+        meta["storage_dtype"] = str(dtype).removeprefix("torch.")
     header = {
         "format": FORMAT_MARKER,
         "format_version": str(FORMAT_VERSION),

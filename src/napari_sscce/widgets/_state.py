@@ -70,9 +70,17 @@ def model_label(path: Path) -> str:
     return path.name
 
 
+def packaged_models() -> list[tuple[str, Path]]:
+    """``(title, path)`` of the models shipped with the package (``"Hippocampus MRI — CCE"``, ...)."""
+    from napari_sscce.models.pretrained import list_models
+
+    return [(model.title, model.path) for model in list_models()]
+
+
 def known_models() -> list[tuple[str, Path]]:
-    """``(label, path)`` of the models to offer: bundled, demo cache, then recent files that still exist."""
-    out: list[tuple[str, Path]] = []
+    """``(label, path)`` of the models to offer: packaged models by name, bundled, demo cache, then recent
+    files that still exist."""
+    out: list[tuple[str, Path]] = packaged_models()
     if BUNDLED_MODEL.is_file():
         out.append(("bundled default", BUNDLED_MODEL))
     if DEMO_MODEL.is_file():

@@ -114,12 +114,16 @@ class SegmentWidget(QWidget):
         self.session = session_for(napari_viewer)
         self.runner = WorkRunner(self)
         self.last_prediction: Prediction | None = None
+        #: how the last image segmented differs from the model's training data (shown on the status line)
+        self.domain_warnings: list[str] = []
         self._run_layer: Any = None
         defaults = InferenceConfig()
 
         self.image_combo = ImageLayerCombo(napari_viewer, self)
         self.model_combo = QComboBox(self)
-        self.model_combo.setToolTip("A napari-sscce model file (.safetensors)")
+        self.model_combo.setToolTip(
+            "A packaged model (trained on real scans; see `sscce models`), or a napari-sscce model file"
+        )
         self.browse_button = QPushButton("…", self)
         self.browse_button.setToolTip(BROWSE)
         self.browse_button.setMaximumWidth(32)
@@ -210,10 +214,11 @@ class SegmentWidget(QWidget):
             When the file is not a napari-sscce model.
         """
         from napari_sscce.models.checkpoint import read_checkpoint_metadata
+        from napari_sscce.models.pretrained import card_summary
 
         path = Path(path)
         metadata = read_checkpoint_metadata(path)
-        self.model_info.setText(model_summary(metadata))
+        self.model_info.setText("\n".join(t for t in (model_summary(metadata), card_summary(metadata)) if t))
         self.session.set_model(path)
         remember_model(path)
         self._fill_models()
@@ -297,8 +302,24 @@ class SegmentWidget(QWidget):
             return
         self._run_layer = layer
         self._set_running(True)
-        self.status.setText(f"segmenting {layer.name} …")
+        self.domain_warnings = self._check_domain(volume)
+        self.status.setText(f"segmenting {layer.name} …" + self._warning_text())
         self.runner.start(predict_volume, str(self.model_path), volume, config)
+
+    def _check_domain(self, volume: Any) -> list[str]:
+        """How ``volume`` differs from the model's training data (rules: ``models.pretrained``)."""
+        from napari_sscce.models.checkpoint import read_checkpoint_metadata
+        from napari_sscce.models.pretrained import domain_warnings
+
+        try:
+            return domain_warnings(volume, read_checkpoint_metadata(self.model_path))
+        except (ValueError, OSError):  # an unreadable model fails visibly when the run loads it
+            return []
+
+    def _warning_text(self) -> str:
+        if not self.domain_warnings:
+            return ""
+        return "\n" + "\n".join(f"warning: {w}" for w in self.domain_warnings)
 
     def _set_running(self, running: bool) -> None:
         self.run_button.setEnabled(not running)
@@ -320,7 +341,9 @@ class SegmentWidget(QWidget):
             return
         show_prediction(self.viewer, layer, prediction, per_network=self.per_network_check.isChecked())
         self.device_label.setText(f"used: {prediction.device}")
-        self.status.setText(f"{layer.name}: done in {prediction.seconds:.1f} s on {prediction.device}")
+        self.status.setText(
+            f"{layer.name}: done in {prediction.seconds:.1f} s on {prediction.device}" + self._warning_text()
+        )
 
     def _on_cancelled(self) -> None:
         self._set_running(False)
