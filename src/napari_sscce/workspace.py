@@ -78,7 +78,7 @@ MAX_STORED_LABEL = 255
 
 
 class WorkspaceError(ValueError):
-    """A workspace folder, its manifest or a case is unusable; the message names the file or case and the problem."""
+    """A workspace folder, its manifest or a case is unusable; the message names the file or case."""
 
 
 @dataclass
@@ -262,7 +262,7 @@ class Workspace:
 
     # ------------------------------------------------------------------------------------------ cleanup
     def _cleanup(self, manifest: dict[str, Any]) -> dict[str, int]:
-        """Remove crash leftovers (call with the lock held): temporaries and unreferenced case / model files."""
+        """Remove crash leftovers (lock held): temporaries and unreferenced case / model files."""
         temps, size = remove_stale_temporaries(self.folder)
         for sub in (*CASE_FOLDERS, "models"):
             n, b = remove_stale_temporaries(self.folder / sub, recursive=sub == "models")
@@ -334,7 +334,7 @@ class Workspace:
         update: bool = False,
         num_classes: int | None = None,
     ) -> str:
-        """Add a case (or, with ``update=True``, replace one): its image, corrected labels and annotation mask.
+        """Add a case (or, with ``update=True``, replace one): image, corrected labels and annotation mask.
 
         Parameters
         ----------
@@ -612,13 +612,16 @@ def _unique_name(name: str, taken: dict[str, Any]) -> str:
 
 
 def _checkpoint_classes(path: Path) -> int | None:
-    """The number of classes in a checkpoint's metadata, or ``None`` when it cannot be read."""
+    """``num_classes`` from a checkpoint's safetensors header (no torch import), or ``None`` if unreadable."""
     try:
-        from napari_sscce.models.checkpoint import read_checkpoint_metadata
-
-        value = read_checkpoint_metadata(path).get("num_classes")
-        return int(value) if value else None
-    except (ValueError, OSError, TypeError):
+        with open(path, "rb") as fh:
+            n = int.from_bytes(fh.read(8), "little")
+            if not 0 < n <= 16 * 1024 * 1024:
+                return None
+            header = json.loads(fh.read(n).decode("utf-8"))
+        value = json.loads(header["__metadata__"]["metadata"]).get("num_classes")
+        return int(value) if value and 2 <= int(value) <= MAX_STORED_LABEL + 1 else None
+    except (OSError, ValueError, KeyError, TypeError, AttributeError):
         return None
 
 
@@ -681,6 +684,6 @@ def _integer_array(name: str, what: str, array: Any, top: int, classes: int | No
     if arr.size and arr.min() < 0:
         raise WorkspaceError(f"{prefix} have negative values (min {arr.min():g})")
     if arr.size and arr.max() > top:
-        allowed = f"the workspace's {classes} classes (0..{top})" if classes else f"0..{top} (stored as uint8)"
+        allowed = f"the {classes} classes (0..{top})" if classes else f"0..{top} (stored as uint8)"
         raise WorkspaceError(f"{prefix} have value {arr.max():g}, outside {allowed}")
     return arr.astype(np.uint8)
