@@ -121,7 +121,8 @@ def test_two_workspace_objects_get_different_versions(tmp_path):
 
 
 # ------------------------------------------------------------------------------------------ item 2
-ADD_CASE_POINTS = [f"atomic.written@{i}" for i in range(1, 5)] + [f"atomic.replaced@{i}" for i in range(1, 5)] \
+#: an update writes and renames image, label, mask, manifest (1-4), commits, then deletes 3 old files
+ADD_CASE_POINTS = [f"atomic.{stage}@{i}" for i in range(1, 5) for stage in ("written", "replaced")] \
     + ["workspace.committed"] + [f"workspace.old_removed@{i}" for i in range(1, 4)]
 
 

@@ -112,6 +112,16 @@ def _add_predict(sub: argparse._SubParsersAction) -> None:
     p.set_defaults(func=run)
 
 
+def _add_overwrite_flag(p: argparse.ArgumentParser) -> None:
+    """``sscce train --overwrite``: the only way to replace a finished or stopped run in ``--out``."""
+    p.add_argument(
+        "--overwrite",
+        action="store_true",
+        help="delete the run already in --out and start afresh (without it, or --resume, a folder that "
+        "holds a run is refused)",
+    )
+
+
 def _add_train(sub: argparse._SubParsersAction) -> None:
     from napari_sscce.methods import METHOD_PATHS
     from napari_sscce.training.config import PRECISIONS, TrainConfig, parse_method_options
@@ -142,6 +152,7 @@ def _add_train(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--device", help=f"auto, cpu, cuda, cuda:N (default: {d.device})")
     p.add_argument("--precision", choices=PRECISIONS, help=f"default: {d.precision}")
     p.add_argument("--resume", action="store_true", help="continue the run in --out exactly where it stopped")
+    _add_overwrite_flag(p)
     p.add_argument(
         "--batch",
         type=int,
@@ -190,7 +201,7 @@ def _add_train(sub: argparse._SubParsersAction) -> None:
             if not args.data:
                 raise UserError("--data is required (unless --resume)")
             cfg = TrainConfig()
-        changes: dict = {"out": args.out, "resume": bool(args.resume)}
+        changes: dict = {"out": args.out, "resume": bool(args.resume), "overwrite": bool(args.overwrite)}
         plain = {  # argument -> TrainConfig field
             **{name: name for name in ("data", "split", "labeled", "method", "iterations", "device")},
             **{name: name for name in ("precision", "seed", "val_every", "lr", "schedule")},
