@@ -16,6 +16,17 @@ class UserError(Exception):
     """An error whose message is for the user (bad file, bad option): printed without a traceback."""
 
 
+def _add_channel_option(p: argparse.ArgumentParser) -> None:
+    """``sscce predict --channel N``: segment channel N of 4D inputs (the models take one channel)."""
+    p.add_argument(
+        "--channel",
+        type=int,
+        default=None,
+        metavar="N",
+        help="for 4D inputs (several channels or time points): segment channel N (0-based)",
+    )
+
+
 def _add_predict(sub: argparse._SubParsersAction) -> None:
     from napari_sscce.inference.config import DEVICES, LITERATURE_STRIDE, MODES, PRECISIONS, InferenceConfig
 
@@ -67,6 +78,8 @@ def _add_predict(sub: argparse._SubParsersAction) -> None:
         help="also write each network's foreground probability (<name>_prob_a/_prob_b)",
     )
 
+    _add_channel_option(p)
+
     def run(args: argparse.Namespace) -> int:
         from pathlib import Path
 
@@ -104,7 +117,8 @@ def _add_predict(sub: argparse._SubParsersAction) -> None:
                 bar.n = event.step
                 bar.refresh()
 
-            written = predict_files(args.model, args.inputs, args.out, config, progress)
+            channel = {"channel": args.channel} if args.channel is not None else {}
+            written = predict_files(args.model, args.inputs, args.out, config, progress, **channel)
         for path in written:
             print(path)
         return 0

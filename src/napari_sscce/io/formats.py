@@ -7,6 +7,7 @@ casting and uniform error messages. Library exceptions propagate from here on pu
 from __future__ import annotations
 
 import os
+import warnings
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -304,7 +305,11 @@ def _check_itk_size(path: Path) -> None:
 
 
 def _dicom_series_files(path: Path) -> tuple[list[str], str, int]:
-    """File names of the DICOM series in a folder (the largest one), or of the series holding a file."""
+    """File names of the DICOM series in a folder (the largest one), or of the series holding a file.
+
+    A folder with several series: the largest is read and a :class:`DicomSeriesWarning` says which one
+    (UID, description, number of files) and how to read another (open one of its files, listed).
+    """
     import SimpleITK as sitk
 
     folder = path if path.is_dir() else path.parent
@@ -315,10 +320,40 @@ def _dicom_series_files(path: Path) -> tuple[list[str], str, int]:
     series = {sid: list(reader.GetGDCMSeriesFileNames(str(folder), sid)) for sid in ids}
     if path.is_dir():
         chosen = max(series, key=lambda sid: len(series[sid]))
+        if len(series) > 1:
+            warnings.warn(_series_message(path, series, chosen), DicomSeriesWarning, stacklevel=4)
     else:
         chosen = next((sid for sid, names in series.items() if any(Path(n).name == path.name for n in names)),
                       ids[0])
     return series[chosen], chosen, len(ids)
+
+
+class DicomSeriesWarning(UserWarning):
+    """A DICOM folder held several series; the message names the one read and how to read another."""
+
+
+def _series_description(first_file: str) -> str:
+    """The Series Description (0008|103e) of a DICOM file, or ``""``."""
+    import SimpleITK as sitk
+
+    try:
+        reader = sitk.ImageFileReader()
+        reader.SetFileName(first_file)
+        reader.ReadImageInformation()
+        key = "0008|103e"
+        return reader.GetMetaData(key).strip() if reader.HasMetaDataKey(key) else ""
+    except RuntimeError:
+        return ""
+
+
+def _series_message(folder: Path, series: dict[str, list[str]], chosen: str) -> str:
+    def describe(sid: str) -> str:
+        text = _series_description(series[sid][0])
+        return f"{sid}{f' ({text!r})' if text else ''}, {len(series[sid])} files"
+
+    others = "; ".join(f"{describe(sid)}: open {series[sid][0]}" for sid in series if sid != chosen)
+    return (f"{folder}: holds {len(series)} DICOM series; reading the largest, {describe(chosen)}. "
+            f"To read another, open one of its files instead of the folder: {others}")
 
 
 def read_tiff(path: Path) -> RawVolume:
