@@ -22,7 +22,9 @@ Results: ``benchmarks/results/reliability.json`` and ``reliability.md``; exit st
 
 Usage::
 
-    OMP_NUM_THREADS=1 PYTHONPATH=src python benchmarks/reliability.py [--repeats 3] [--random-kills 20]
+    OMP_NUM_THREADS=1 python benchmarks/reliability.py [--repeats 2] [--random-kills 10] [--skip-training]
+
+The trials run side by side (threads driving child processes); each uses its own folders.
 """
 
 from __future__ import annotations
@@ -36,6 +38,7 @@ import subprocess
 import sys
 import tempfile
 import time
+from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 
 import numpy as np
@@ -499,28 +502,31 @@ def write_report(tallies: list[Tally], out: Path, args: argparse.Namespace, seco
 
 def main(argv: list[str] | None = None) -> int:
     p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    p.add_argument("--repeats", type=int, default=3, help="kills at each named point (default 3)")
-    p.add_argument("--random-kills", type=int, default=20, help="SIGKILLs of the add_case loop (default 20)")
-    p.add_argument("--train-random-kills", type=int, default=3, help="SIGKILLs of training runs (default 3)")
+    p.add_argument("--repeats", type=int, default=2, help="kills at each named point (default 2)")
+    p.add_argument("--random-kills", type=int, default=10, help="SIGKILLs of the add_case loop (default 10)")
+    p.add_argument("--train-random-kills", type=int, default=2, help="SIGKILLs of training runs (default 2)")
     p.add_argument("--writers", type=int, default=4)
-    p.add_argument("--cases", type=int, default=10, help="cases per concurrent writer")
+    p.add_argument("--cases", type=int, default=5, help="cases per concurrent writer")
     p.add_argument("--seed", type=int, default=0)
     p.add_argument("--out", type=Path, default=ROOT / "benchmarks" / "results")
     p.add_argument("--skip-training", action="store_true", help="leave out the (slow) training trials")
     args = p.parse_args(argv)
-    rng = random.Random(args.seed)
     start = time.monotonic()
     with tempfile.TemporaryDirectory(prefix="sscce-reliability-") as tmp:
         base = Path(tmp)
-        tallies = [
-            trial_add_case_points(base, args.repeats),
-            trial_add_case_sigkill(base, args.random_kills, rng),
-            trial_model_points(base, args.repeats),
-            trial_concurrency(base, args.writers, args.cases),
-            trial_hostile(base),
+        jobs = [
+            (trial_add_case_points, (base, args.repeats)),
+            (trial_add_case_sigkill, (base, args.random_kills, random.Random(args.seed))),
+            (trial_model_points, (base, args.repeats)),
+            (trial_concurrency, (base, args.writers, args.cases)),
+            (trial_hostile, (base,)),
         ]
         if not args.skip_training:
-            tallies += [trial_training(base, args.train_random_kills, rng), trial_concurrent_runs(base)]
+            jobs += [(trial_training, (base, args.train_random_kills, random.Random(args.seed + 1))),
+                     (trial_concurrent_runs, (base,))]
+        with ThreadPoolExecutor(max_workers=len(jobs)) as pool:  # independent folders: run them side by side
+            futures = [pool.submit(fn, *fn_args) for fn, fn_args in jobs]
+            tallies = [f.result() for f in futures]
         ok = write_report(tallies, args.out, args, time.monotonic() - start)
     return 0 if ok else 1
 
