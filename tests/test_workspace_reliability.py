@@ -241,3 +241,18 @@ def test_paths_outside_the_workspace_are_refused(tmp_path, bad_path):
     with pytest.raises(WorkspaceError):
         ws.remove_case("c")
     assert victim.read_text() == "precious"
+
+
+def test_the_workspace_records_its_classes_from_the_first_model(tmp_path):
+    from napari_sscce.models.checkpoint import save_checkpoint
+    from napari_sscce.models.dual import build_dual_model
+
+    model = build_dual_model("cce", num_classes=3, base_filters=2)
+    ckpt = save_checkpoint(tmp_path / "m.safetensors", model, {})
+    ws = Workspace(tmp_path / "ws")
+    ws.add_model_version(ckpt)
+    assert Workspace(tmp_path / "ws").num_classes == 3
+    image, labels = _volumes(2, "ok")
+    assert ws.add_case(image, labels) == "ok"
+    with pytest.raises(WorkspaceError, match=r"case 'too_high'.*3 classes \(0\.\.2\)"):
+        ws.add_case(*_volumes(3, "too_high"))
