@@ -500,6 +500,20 @@ def write_report(tallies: list[Tally], out: Path, args: argparse.Namespace, seco
     return ok
 
 
+def _preload() -> None:
+    """Import every module the trials use before the threads start (imports racing in threads can fail)."""
+    import h5py  # noqa: F401
+    import nibabel  # noqa: F401
+    import safetensors.torch  # noqa: F401
+
+    import napari_sscce.io.datasets  # noqa: F401
+    import napari_sscce.io.sample_data  # noqa: F401
+    import napari_sscce.models.checkpoint  # noqa: F401
+    import napari_sscce.models.dual  # noqa: F401
+    import napari_sscce.training.loop  # noqa: F401
+    import napari_sscce.workspace  # noqa: F401
+
+
 def main(argv: list[str] | None = None) -> int:
     p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     p.add_argument("--repeats", type=int, default=2, help="kills at each named point (default 2)")
@@ -512,6 +526,7 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--skip-training", action="store_true", help="leave out the (slow) training trials")
     args = p.parse_args(argv)
     start = time.monotonic()
+    _preload()
     with tempfile.TemporaryDirectory(prefix="sscce-reliability-") as tmp:
         base = Path(tmp)
         jobs = [
