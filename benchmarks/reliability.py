@@ -177,10 +177,11 @@ def check_workspace(folder: Path, values: set[int] | None = None) -> tuple[list[
     n, size = leftovers(folder)
     if n:
         problems.append(f"{n} unreferenced files ({size} bytes) left after opening")
-    try:
-        open_dataset(ws.dataset_folder())
-    except Exception as exc:  # noqa: BLE001
-        problems.append(f"not usable for training: {exc}")
+    if ws.cases:  # (a workspace holding only models has no dataset)
+        try:
+            open_dataset(ws.dataset_folder())
+        except Exception as exc:  # noqa: BLE001
+            problems.append(f"not usable for training: {exc}")
     return problems, ws.cleaned
 
 
@@ -466,6 +467,11 @@ def trial_hostile(base: Path) -> Tally:
 # ------------------------------------------------------------------------------------------ report
 def write_report(tallies: list[Tally], out: Path, args: argparse.Namespace, seconds: float) -> bool:
     rows = [t.to_dict() for t in tallies]
+    if args.only and (out / "reliability.json").is_file():  # replace only the rows run again
+        previous = json.loads((out / "reliability.json").read_text())
+        fresh = {r["name"]: r for r in rows}
+        rows = [fresh.pop(r["name"], r) for r in previous["trials"]] + list(fresh.values())
+        seconds += previous.get("seconds", 0.0)
     ok = all(not r["failures"] for r in rows)
     report = {"ok": ok, "seconds": round(seconds, 1), "repeats": args.repeats,
               "random_kills": args.random_kills, "trials": rows}
@@ -524,6 +530,8 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--seed", type=int, default=0)
     p.add_argument("--out", type=Path, default=ROOT / "benchmarks" / "results")
     p.add_argument("--skip-training", action="store_true", help="leave out the (slow) training trials")
+    p.add_argument("--only", nargs="+", metavar="TRIAL", help="run only these trial functions (e.g. "
+                   "trial_model_points) and replace their rows in an existing reliability.json")
     args = p.parse_args(argv)
     start = time.monotonic()
     _preload()
@@ -539,6 +547,8 @@ def main(argv: list[str] | None = None) -> int:
         if not args.skip_training:
             jobs += [(trial_training, (base, args.train_random_kills, random.Random(args.seed + 1))),
                      (trial_concurrent_runs, (base,))]
+        if args.only:
+            jobs = [job for job in jobs if job[0].__name__ in args.only]
         with ThreadPoolExecutor(max_workers=len(jobs)) as pool:  # independent folders: run them side by side
             futures = [pool.submit(fn, *fn_args) for fn, fn_args in jobs]
             tallies = [f.result() for f in futures]
