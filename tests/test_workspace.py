@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import re
 
 import numpy as np
 import pytest
@@ -28,7 +29,7 @@ def test_add_case_writes_files_and_manifest(tmp_path, rng):
     assert name == "case_a"
     manifest = json.loads((tmp_path / "ws" / "manifest.json").read_text())
     entry = manifest["cases"]["case_a"]
-    assert entry["image"] == "images/case_a.nii.gz"
+    assert re.fullmatch(r"images/case_a__[0-9a-f]{8}\.nii\.gz", entry["image"])
     assert entry["added_at"]
     assert entry["confirmed_fraction"] == pytest.approx(1 / 6)
 
@@ -46,7 +47,7 @@ def test_readding_a_case_updates_it(tmp_path, rng):
     ws.add_case(image, labels, mask)
     first_added = ws.case("case_a").added_at
     labels2 = labels.with_array(np.ones(labels.shape, np.uint8))
-    ws.add_case(image, labels2, None)
+    ws.add_case(image, labels2, None, update=True)
     assert [c.name for c in ws.cases] == ["case_a"]
     assert ws.case("case_a").added_at == first_added
     assert ws.case("case_a").confirmed_fraction == 1.0
@@ -58,7 +59,8 @@ def test_failed_write_leaves_manifest_and_files_untouched(tmp_path, rng, monkeyp
     ws = Workspace(tmp_path)
     ws.add_case(image, labels, mask)
     before_manifest = (tmp_path / "manifest.json").read_bytes()
-    before_label = (tmp_path / "labels" / "case_a.nii.gz").read_bytes()
+    label_path = tmp_path / ws.case("case_a").label
+    before_label = label_path.read_bytes()
 
     real_write = ws_module._write_volume
 
@@ -70,12 +72,13 @@ def test_failed_write_leaves_manifest_and_files_untouched(tmp_path, rng, monkeyp
     monkeypatch.setattr(ws_module, "_write_volume", failing_write)
     new_labels = labels.with_array(np.zeros(labels.shape, np.uint8))
     with pytest.raises(OSError, match="disk full"):
-        ws.add_case(image, new_labels, mask)
+        ws.add_case(image, new_labels, mask, update=True)
     with pytest.raises(OSError, match="disk full"):
         ws.add_case(image, new_labels, mask, name="case_b")
     assert (tmp_path / "manifest.json").read_bytes() == before_manifest
-    assert (tmp_path / "labels" / "case_a.nii.gz").read_bytes() == before_label  # not half-updated
-    assert not (tmp_path / "images" / "case_b.nii.gz").exists()
+    assert label_path.read_bytes() == before_label  # not half-updated
+    assert not list((tmp_path / "images").glob("case_b*"))
+    assert len(list((tmp_path / "labels").iterdir())) == 1
     leftovers = [p.name for p in tmp_path.rglob(".*") if p.is_file()]
     assert leftovers == []
     assert [c.name for c in Workspace(tmp_path).cases] == ["case_a"]
@@ -86,6 +89,7 @@ def test_failed_manifest_write_keeps_old_manifest(tmp_path, rng, monkeypatch):
     ws = Workspace(tmp_path)
     ws.add_case(image, labels, mask)
     before = (tmp_path / "manifest.json").read_bytes()
+    label = ws.case("case_a").label
 
     def broken_dumps(*args, **kwargs):
         raise RuntimeError("crash while serialising")
@@ -95,7 +99,7 @@ def test_failed_manifest_write_keeps_old_manifest(tmp_path, rng, monkeypatch):
         ws._save({"cases": {}, "models": [], "current": None})
     monkeypatch.undo()
     assert (tmp_path / "manifest.json").read_bytes() == before
-    assert Workspace(tmp_path).case("case_a").label == "labels/case_a.nii.gz"
+    assert Workspace(tmp_path).case("case_a").label == label
 
 
 def test_corrupt_manifest_names_the_file(tmp_path):

@@ -16,6 +16,17 @@ class UserError(Exception):
     """An error whose message is for the user (bad file, bad option): printed without a traceback."""
 
 
+def _add_channel_option(p: argparse.ArgumentParser) -> None:
+    """``sscce predict --channel N``: segment channel N of 4D inputs (the models take one channel)."""
+    p.add_argument(
+        "--channel",
+        type=int,
+        default=None,
+        metavar="N",
+        help="for 4D inputs (several channels or time points): segment channel N (0-based)",
+    )
+
+
 def _add_predict(sub: argparse._SubParsersAction) -> None:
     from napari_sscce.inference.config import (
         DEVICES,
@@ -86,6 +97,8 @@ def _add_predict(sub: argparse._SubParsersAction) -> None:
         "or by the mean of the other voxels (default: %(default)s)",
     )
 
+    _add_channel_option(p)
+
     def run(args: argparse.Namespace) -> int:
 
         from tqdm import tqdm
@@ -122,7 +135,8 @@ def _add_predict(sub: argparse._SubParsersAction) -> None:
                 bar.n = event.step
                 bar.refresh()
 
-            written = predict_files(model, args.inputs, args.out, config, progress)
+            channel = {"channel": args.channel} if args.channel is not None else {}
+            written = predict_files(model, args.inputs, args.out, config, progress, **channel)
         for path in written:
             print(path)
         return 0
@@ -167,6 +181,16 @@ def _add_models(sub: argparse._SubParsersAction) -> None:
     p.set_defaults(func=run)
 
 
+def _add_overwrite_flag(p: argparse.ArgumentParser) -> None:
+    """``sscce train --overwrite``: the only way to replace a finished or stopped run in ``--out``."""
+    p.add_argument(
+        "--overwrite",
+        action="store_true",
+        help="delete the run already in --out and start afresh (without it, or --resume, a folder that "
+        "holds a run is refused)",
+    )
+
+
 def _add_train(sub: argparse._SubParsersAction) -> None:
     from napari_sscce.methods import METHOD_PATHS
     from napari_sscce.training.config import PRECISIONS, TrainConfig, parse_method_options
@@ -197,6 +221,7 @@ def _add_train(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--device", help=f"auto, cpu, cuda, cuda:N (default: {d.device})")
     p.add_argument("--precision", choices=PRECISIONS, help=f"default: {d.precision}")
     p.add_argument("--resume", action="store_true", help="continue the run in --out exactly where it stopped")
+    _add_overwrite_flag(p)
     p.add_argument(
         "--batch",
         type=int,
@@ -245,7 +270,7 @@ def _add_train(sub: argparse._SubParsersAction) -> None:
             if not args.data:
                 raise UserError("--data is required (unless --resume)")
             cfg = TrainConfig()
-        changes: dict = {"out": args.out, "resume": bool(args.resume)}
+        changes: dict = {"out": args.out, "resume": bool(args.resume), "overwrite": bool(args.overwrite)}
         plain = {  # argument -> TrainConfig field
             **{name: name for name in ("data", "split", "labeled", "method", "iterations", "device")},
             **{name: name for name in ("precision", "seed", "val_every", "lr", "schedule")},

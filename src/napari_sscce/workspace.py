@@ -1,51 +1,84 @@
 """The labeled set a person builds while correcting segmentations, and the model versions trained on it.
 
-Layout on disk (see ``docs/design.md``)::
+Layout on disk (see ``docs/contracts.md``)::
 
     workspace/
-      manifest.json          # cases, model versions, current version (written last, atomically)
-      images/<case>.nii.gz
-      labels/<case>.nii.gz
-      masks/<case>.nii.gz    # 1 where a person confirmed the label
-      splits.json            # written by :meth:`Workspace.dataset_folder` for ``io.datasets.open_dataset``
+      manifest.json                  # cases, model versions, current version: the only commit point
+      manifest.lock                  # cross-process lock (``filelock``) of every manifest change
+      images/<case>__<uid>.nii.gz    # one set of files per case *version* (new names at every update)
+      labels/<case>__<uid>.nii.gz
+      masks/<case>__<uid>.nii.gz     # 1 where a person confirmed the label
+      splits.json                    # written by :meth:`Workspace.dataset_folder`
       models/v0001/model.safetensors
 
-Every file is written to a temporary file in its folder and renamed into place; the manifest is written
-after the volumes it points to. A crash (or an exception) in the middle of :meth:`Workspace.add_case`
-therefore leaves the previous manifest and the previous files of that case untouched: the new files of a
-case are all written to temporary files first and only renamed once all of them were written.
+Safety rules:
 
-Nothing here imports Qt; the fine-tune widget and the tests use it headless.
+* **One writer at a time.** Every read-modify-write of the manifest holds ``manifest.lock`` (a
+  ``filelock.FileLock``, across processes), re-reads the manifest inside the lock and allocates case names
+  and version numbers there. A model version folder is created with ``exist_ok=False``: never overwritten.
+* **The manifest switch is the only commit point.** A case version is written under new file names
+  (``<case>__<uid>``); until the manifest names them they are orphans. A crash at any point leaves either the
+  old case or the new one, never a mix. The files an update replaced are deleted after the commit.
+* **Opening cleans up.** :class:`Workspace` removes, under the lock, the temporary files of
+  :mod:`napari_sscce.atomic` and the orphans a crash left: files named ``<case>__<8 hex>.<ext>`` in
+  ``images/``, ``labels/``, ``masks/`` that the manifest does not name, and ``models/vNNNN/`` folders the
+  manifest does not list that hold only a model file. Nothing else is ever deleted.
+* **Paths stay inside.** Every manifest path is resolved and must lie inside the workspace folder
+  (:class:`WorkspaceError` otherwise), so a doctored manifest cannot make :meth:`Workspace.remove_case`
+  delete files elsewhere.
+* **Nothing is changed silently on the way in.** :meth:`Workspace.add_case` refuses labels that are not
+  finite, integer-valued classes of the workspace, images with NaN / Inf, and labels or masks whose shape or
+  spacing differ from the image's; names that clean to an existing case get a suffix (``patient_1-2``)
+  unless ``update=True`` asks to replace that case.
+
+Training on a workspace uses the manifest (``io.datasets.open_dataset`` recognises ``manifest.json``), not a
+listing of the folders. Nothing here imports Qt; the fine-tune widget and the tests use it headless.
 """
 
 from __future__ import annotations
 
 import contextlib
 import json
+import os
 import re
 import shutil
+import uuid
+from collections.abc import Iterator
 from dataclasses import asdict, dataclass, field
 from datetime import datetime, timezone
 from pathlib import Path
 from typing import Any
 
 import numpy as np
+from filelock import FileLock, Timeout
 
-from napari_sscce.atomic import atomic_path, atomic_write_json
+from napari_sscce.atomic import atomic_path, atomic_write_json, crash_point, remove_stale_temporaries
 from napari_sscce.io.readers import read_volume
 from napari_sscce.io.volume import Volume
 from napari_sscce.io.writers import write_volume
 
-__all__ = ["CaseEntry", "ModelVersion", "Workspace", "WorkspaceError"]
+__all__ = ["CaseEntry", "ModelVersion", "Workspace", "WorkspaceError", "manifest_cases", "safe_case_name"]
 
 MANIFEST = "manifest.json"
+LOCK = "manifest.lock"
 SPLITS = "splits.json"
 FORMAT_VERSION = 1
 VOLUME_SUFFIX = ".nii.gz"
+CASE_FOLDERS = ("images", "labels", "masks")
+#: seconds to wait for another process's manifest change before giving up
+LOCK_TIMEOUT = 120.0
+#: a case file written by :meth:`Workspace.add_case`: ``<case>__<8 hex digits>.nii.gz``
+_CASE_FILE = re.compile(r"^.+__[0-9a-f]{8}\.nii\.gz$")
+_VERSION_DIR = re.compile(r"^v\d{4,}$")
+#: relative tolerance on the spacing of labels / masks against their image
+SPACING_RTOL = 1e-3
+MAX_NAME_LENGTH = 80
+#: labels are stored as uint8: without a known number of classes, 0..255
+MAX_STORED_LABEL = 255
 
 
 class WorkspaceError(ValueError):
-    """A workspace folder or its manifest is unusable; the message names the file and the problem."""
+    """A workspace folder, its manifest or a case is unusable; the message names the file or case."""
 
 
 @dataclass
@@ -69,6 +102,11 @@ class CaseEntry:
         """Whether the case has a label map."""
         return self.label is not None
 
+    @property
+    def files(self) -> list[str]:
+        """The relative paths of the case's files."""
+        return [p for p in (self.image, self.label, self.mask) if p]
+
 
 @dataclass
 class ModelVersion:
@@ -86,8 +124,14 @@ def _now() -> str:
 
 
 def safe_case_name(name: str) -> str:
-    """A file-system safe case name: letters, digits, ``-``, ``_``, ``.``; other characters become ``_``."""
-    cleaned = re.sub(r"[^A-Za-z0-9._-]+", "_", str(name)).strip("._")
+    """A file-system safe case name: letters (any script), digits, ``-``, ``_``, ``.``; runs of other
+    characters become one ``_``; at most :data:`MAX_NAME_LENGTH` characters; ``"case"`` when nothing is left.
+
+    ``"patient 1"`` and ``"patient_1"`` both give ``"patient_1"`` (:meth:`Workspace.add_case` then suffixes
+    the second); ``"患者"`` stays ``"患者"``.
+    """
+    kept = "".join(ch if (ch.isalnum() or ch in "._-") else "\0" for ch in str(name))
+    cleaned = re.sub("\0+", "_", kept).strip("._")[:MAX_NAME_LENGTH].strip("._")
     return cleaned or "case"
 
 
@@ -99,6 +143,59 @@ def _read_volume(path: Path, is_label: bool) -> Volume:
     return read_volume(path, is_label=is_label)
 
 
+def inside(folder: Path, rel: str, where: Path) -> Path:
+    """``folder / rel`` resolved; :class:`WorkspaceError` (naming ``where``) when it leaves ``folder``."""
+    if not isinstance(rel, str) or not rel or os.path.isabs(rel) or "\\" in rel:
+        raise WorkspaceError(f"{where}: path {rel!r} is not a relative path inside the workspace")
+    root = folder.resolve()
+    path = (root / rel).resolve()
+    if path == root or not path.is_relative_to(root):
+        raise WorkspaceError(f"{where}: path {rel!r} points outside the workspace folder {root}")
+    return path
+
+
+def _check_manifest(data: Any, path: Path) -> dict[str, Any]:
+    """Structure and path checks of a manifest read from ``path``."""
+    if not isinstance(data, dict) or not isinstance(data.get("cases"), dict):
+        raise WorkspaceError(f"{path}: not a napari-sscce workspace manifest (no 'cases')")
+    data.setdefault("models", [])
+    data.setdefault("current", None)
+    if not isinstance(data["models"], list):
+        raise WorkspaceError(f"{path}: 'models' must be a list")
+    folder = path.parent
+    for name, entry in data["cases"].items():
+        if not isinstance(entry, dict) or not isinstance(entry.get("image"), str):
+            raise WorkspaceError(f"{path}: case {name!r} has no image path")
+        for key in ("image", "label", "mask"):
+            if entry.get(key) is not None:
+                inside(folder, entry[key], path)
+    for version in data["models"]:
+        if not isinstance(version, dict) or "version" not in version:
+            raise WorkspaceError(f"{path}: a model entry has no version")
+        inside(folder, version.get("path"), path)
+    return data
+
+
+def read_manifest(folder: str | os.PathLike) -> dict[str, Any] | None:
+    """The checked manifest of a workspace folder, or ``None`` when it has none (no lock taken)."""
+    path = Path(folder) / MANIFEST
+    if not path.exists():
+        return None
+    try:
+        data = json.loads(path.read_text(encoding="utf-8"))
+    except (OSError, UnicodeDecodeError, json.JSONDecodeError) as exc:
+        raise WorkspaceError(f"{path}: cannot read the workspace manifest ({exc})") from exc
+    return _check_manifest(data, path)
+
+
+def manifest_cases(folder: str | os.PathLike) -> list[CaseEntry] | None:
+    """The cases a workspace manifest names (``None`` without a manifest); paths checked to stay inside."""
+    data = read_manifest(folder)
+    if data is None:
+        return None
+    return [CaseEntry(**entry) for entry in data["cases"].values()]
+
+
 class Workspace:
     """A folder holding a growing labeled set and the models fine-tuned on it.
 
@@ -106,17 +203,26 @@ class Workspace:
     ----------
     folder : path-like
         The workspace folder; created (with an empty manifest) when it does not exist.
+    cleanup : bool
+        Remove the temporaries and orphans a crash left (under the lock; default True).
 
     Raises
     ------
     WorkspaceError
-        When ``manifest.json`` exists but is not a workspace manifest.
+        When ``manifest.json`` exists but is not a workspace manifest, names a path outside the folder,
+        or the lock cannot be had within :data:`LOCK_TIMEOUT` seconds.
     """
 
-    def __init__(self, folder: str | Path):
+    def __init__(self, folder: str | Path, cleanup: bool = True):
         self.folder = Path(folder).expanduser()
         self.folder.mkdir(parents=True, exist_ok=True)
-        self._manifest = self._load()
+        self._lock = FileLock(str(self.folder / LOCK), timeout=LOCK_TIMEOUT)
+        self.cleaned: dict[str, int] = {"temporaries": 0, "orphans": 0, "bytes": 0}
+        if cleanup:
+            with self._locked() as manifest:
+                self.cleaned = self._cleanup(manifest)
+        else:
+            self._manifest = self._load()
 
     # ------------------------------------------------------------------------------------------ manifest
     @property
@@ -125,28 +231,66 @@ class Workspace:
         return self.folder / MANIFEST
 
     def _load(self) -> dict[str, Any]:
-        if not self.manifest_path.exists():
+        data = read_manifest(self.folder)
+        if data is None:
             return {"format": FORMAT_VERSION, "created": _now(), "cases": {}, "models": [], "current": None}
-        try:
-            data = json.loads(self.manifest_path.read_text())
-        except (OSError, json.JSONDecodeError) as exc:
-            raise WorkspaceError(f"{self.manifest_path}: cannot read the workspace manifest ({exc})") from exc
-        if not isinstance(data, dict) or not isinstance(data.get("cases"), dict):
-            raise WorkspaceError(f"{self.manifest_path}: not a napari-sscce workspace manifest (no 'cases')")
-        data.setdefault("models", [])
-        data.setdefault("current", None)
         return data
 
     def _save(self, manifest: dict[str, Any]) -> None:
         atomic_write_json(self.manifest_path, manifest)
         self._manifest = manifest
 
-    def _copy(self) -> dict[str, Any]:
-        return json.loads(json.dumps(self._manifest))
+    @contextlib.contextmanager
+    def _locked(self) -> Iterator[dict[str, Any]]:
+        """Hold the cross-process lock; yields the manifest re-read inside it (a private copy)."""
+        try:
+            with self._lock:
+                self._manifest = self._load()
+                yield json.loads(json.dumps(self._manifest))
+        except Timeout:
+            raise WorkspaceError(
+                f"{self.folder / LOCK}: another process has held the workspace lock for over "
+                f"{LOCK_TIMEOUT:.0f} s; is another napari or script writing to this workspace?"
+            ) from None
 
     def reload(self) -> None:
         """Read the manifest again (another process may have changed it)."""
         self._manifest = self._load()
+
+    def _path(self, rel: str) -> Path:
+        return inside(self.folder, rel, self.manifest_path)
+
+    # ------------------------------------------------------------------------------------------ cleanup
+    def _cleanup(self, manifest: dict[str, Any]) -> dict[str, int]:
+        """Remove crash leftovers (lock held): temporaries and unreferenced case / model files."""
+        temps, size = remove_stale_temporaries(self.folder)
+        for sub in (*CASE_FOLDERS, "models"):
+            n, b = remove_stale_temporaries(self.folder / sub, recursive=sub == "models")
+            temps, size = temps + n, size + b
+        referenced = {self._path(p) for e in manifest["cases"].values()
+                      for p in (e.get("image"), e.get("label"), e.get("mask")) if p}
+        orphans = 0
+        for sub in CASE_FOLDERS:
+            folder = self.folder / sub
+            if not folder.is_dir():
+                continue
+            for path in folder.iterdir():
+                if path.is_file() and not path.is_symlink() and _CASE_FILE.match(path.name) \
+                        and path.resolve() not in referenced:
+                    size += path.stat().st_size
+                    path.unlink()
+                    orphans += 1
+        listed = {v["version"] for v in manifest["models"]}
+        models = self.folder / "models"
+        if models.is_dir():
+            for folder in models.iterdir():
+                if folder.is_dir() and _VERSION_DIR.match(folder.name) and folder.name not in listed:
+                    files = list(folder.iterdir())
+                    if all(f.is_file() and f.name.startswith("model.") for f in files):
+                        size += sum(f.stat().st_size for f in files)
+                        shutil.rmtree(folder)
+                        orphans += 1
+        return {"temporaries": temps, "orphans": orphans, "bytes": size}
 
     # --------------------------------------------------------------------------------------------- cases
     @property
@@ -158,6 +302,20 @@ class Workspace:
     def labeled_cases(self) -> list[CaseEntry]:
         """The cases with a label map."""
         return [c for c in self.cases if c.labeled]
+
+    @property
+    def num_classes(self) -> int | None:
+        """The number of classes recorded for this workspace (from its models or :meth:`set_num_classes`)."""
+        value = self._manifest.get("num_classes")
+        return int(value) if value else None
+
+    def set_num_classes(self, num_classes: int) -> None:
+        """Record the number of classes the labels of this workspace must fit (labels 0..num_classes-1)."""
+        if int(num_classes) < 2:
+            raise WorkspaceError(f"{self.folder}: a workspace needs at least 2 classes, got {num_classes}")
+        with self._locked() as manifest:
+            manifest["num_classes"] = int(num_classes)
+            self._save(manifest)
 
     def case(self, name: str) -> CaseEntry:
         """The entry of case ``name`` (``KeyError`` naming it when absent)."""
@@ -172,133 +330,157 @@ class Workspace:
         labels: Volume | None,
         mask: Volume | None = None,
         name: str | None = None,
+        *,
+        update: bool = False,
+        num_classes: int | None = None,
     ) -> str:
-        """Add (or update) a case: its image, corrected labels and annotation mask.
+        """Add a case (or, with ``update=True``, replace one): image, corrected labels and annotation mask.
 
         Parameters
         ----------
         image : Volume
-            The scan.
+            The scan (3D, finite values).
         labels : Volume or None
-            The corrected label map on the image's grid; ``None`` adds an unlabeled case.
+            The corrected label map on the image's grid (same shape and spacing; finite integer values
+            0..classes-1); ``None`` adds an unlabeled case.
         mask : Volume, optional
             1 where a person confirmed the label, 0 elsewhere. ``None`` with ``labels`` means the whole
             label map was checked (all ones).
         name : str, optional
-            Case name; defaults to ``image.name``. Adding a case with an existing name replaces that case
-            (its ``added_at`` is kept) instead of adding a duplicate.
+            Case name; defaults to ``image.name``; cleaned with :func:`safe_case_name`.
+        update : bool
+            Replace the case of that (cleaned) name, keeping its ``added_at``. Without it a name that is
+            taken gets a suffix (``"patient_1"`` -> ``"patient_1-2"``): a case is never replaced silently.
+        num_classes : int, optional
+            Allowed classes (labels 0..num_classes-1); default the workspace's recorded classes, else 0..255.
 
         Returns
         -------
         str
-            The (file-system safe) case name.
+            The case name used (cleaned, maybe suffixed).
 
         Raises
         ------
-        ValueError
-            When the label or mask shape differs from the image shape.
+        WorkspaceError
+            Naming the case and the problem: not 3D, NaN / Inf in the image, labels not integer, negative,
+            NaN or beyond the classes, labels or mask on another grid (shape or spacing).
         """
-        name = safe_case_name(name or image.name)
-        if image.array.ndim != 3:
-            raise ValueError(f"case {name!r}: the image must be 3D (z, y, x), got shape {image.shape}")
-        for what, vol in (("labels", labels), ("mask", mask)):
-            if vol is not None and vol.shape != image.shape:
-                raise ValueError(
-                    f"case {name!r}: {what} shape {vol.shape} differs from image shape {image.shape}"
-                )
-        if mask is not None and labels is None:
-            raise ValueError(f"case {name!r}: a mask needs labels")
+        wanted = safe_case_name(name or image.name)
+        classes = num_classes or self.num_classes
+        label_arr, mask_arr = _validated(wanted, image, labels, mask, classes)
+        with self._locked() as manifest:
+            final = wanted if update else _unique_name(wanted, manifest["cases"])
+            old = manifest["cases"].get(final) or {}
+            files = self._write_case_files(final, image, label_arr, mask_arr)
+            now = _now()
+            entry = CaseEntry(
+                name=final,
+                image=files["image"],
+                label=files.get("label"),
+                mask=files.get("mask"),
+                source=str(image.source) if image.source else old.get("source"),
+                added_at=old.get("added_at", now),
+                updated_at=now,
+                confirmed_fraction=float(mask_arr.mean()) if mask_arr is not None and mask_arr.size else 0.0,
+            )
+            manifest["cases"][final] = asdict(entry)
+            self._save(manifest)  # the commit point
+            crash_point("workspace.committed")
+            self._remove_replaced(old, entry)
+        return final
 
-        files: dict[str, tuple[Volume, str]] = {"image": (image, f"images/{name}{VOLUME_SUFFIX}")}
-        confirmed = 0.0
-        if labels is not None:
-            label_arr = np.asarray(labels.array).astype(np.uint8, copy=False)
-            label_vol = labels.with_array(label_arr, is_label=True)
-            if mask is None:
-                mask_arr = np.ones(image.shape, dtype=np.uint8)
-            else:
-                mask_arr = (np.asarray(mask.array) > 0).astype(np.uint8)
-            mask_vol = image.with_array(mask_arr, is_label=True)
-            confirmed = float(mask_arr.mean()) if mask_arr.size else 0.0
-            files["label"] = (label_vol, f"labels/{name}{VOLUME_SUFFIX}")
-            files["mask"] = (mask_vol, f"masks/{name}{VOLUME_SUFFIX}")
+    def _write_case_files(
+        self, name: str, image: Volume, label_arr: np.ndarray | None, mask_arr: np.ndarray | None
+    ) -> dict[str, str]:
+        """Write a case version under new names; returns role -> relative path (nothing committed)."""
+        uid = uuid.uuid4().hex[:8]
+        volumes = {"image": image}
+        if label_arr is not None:
+            volumes["label"] = image.with_array(label_arr, is_label=True)
+            volumes["mask"] = image.with_array(mask_arr, is_label=True)
+        folders = {"image": "images", "label": "labels", "mask": "masks"}
+        files = {}
+        written: list[Path] = []
+        try:
+            for role, volume in volumes.items():
+                rel = f"{folders[role]}/{name}__{uid}{VOLUME_SUFFIX}"
+                _write_volume(volume, self.folder / rel)
+                written.append(self.folder / rel)
+                files[role] = rel
+        except BaseException:
+            for path in written:  # not committed: nothing refers to them
+                path.unlink(missing_ok=True)
+            raise
+        return files
 
-        # write every file to a temporary name first; rename them all only when all were written
-        with contextlib.ExitStack() as stack:
-            for volume, rel in files.values():
-                tmp = stack.enter_context(atomic_path(self.folder / rel))
-                _write_volume(volume, tmp)
+    def _remove_replaced(self, old: dict[str, Any], new: CaseEntry) -> None:
+        """Delete the files of the replaced case version (after the commit)."""
+        keep = set(new.files)
+        for key in ("image", "label", "mask"):
+            rel = old.get(key)
+            if rel and rel not in keep:
+                self._path(rel).unlink(missing_ok=True)
+                crash_point("workspace.old_removed")
 
-        manifest = self._copy()
-        old = manifest["cases"].get(name, {})
-        now = _now()
-        entry = CaseEntry(
-            name=name,
-            image=files["image"][1],
-            label=files["label"][1] if "label" in files else None,
-            mask=files["mask"][1] if "mask" in files else None,
-            source=str(image.source) if image.source else old.get("source"),
-            added_at=old.get("added_at", now),
-            updated_at=now,
-            confirmed_fraction=confirmed,
-        )
-        manifest["cases"][name] = asdict(entry)
-        self._save(manifest)
-        return name
-
-    def add_unlabeled(self, image: Volume, name: str | None = None) -> str:
+    def add_unlabeled(self, image: Volume, name: str | None = None, *, update: bool = False) -> str:
         """Add an image without labels (used as unlabeled data by semi-supervised fine-tuning).
 
-        An existing labeled case of the same name keeps its labels (only its image is rewritten).
+        With ``update=True`` the case of that name is replaced; if it is labeled it keeps its labels and
+        mask (only its image is rewritten). Without it a taken name gets a suffix.
         """
-        name = safe_case_name(name or image.name)
-        existing = self._manifest["cases"].get(name)
+        wanted = safe_case_name(name or image.name)
+        existing = self._manifest["cases"].get(wanted) if update else None
         if existing and existing.get("label"):
-            labels = _read_volume(self.folder / existing["label"], True)
-            mask = _read_volume(self.folder / existing["mask"], True) if existing.get("mask") else None
-            return self.add_case(image, labels, mask, name=name)
-        return self.add_case(image, None, None, name=name)
+            labels = _read_volume(self._path(existing["label"]), True)
+            mask = _read_volume(self._path(existing["mask"]), True) if existing.get("mask") else None
+            return self.add_case(image, labels, mask, name=wanted, update=True)
+        return self.add_case(image, None, None, name=wanted, update=update)
 
     def load_case(self, name: str) -> tuple[Volume, Volume | None, Volume | None]:
         """Read a case back: ``(image, labels or None, mask or None)``."""
         entry = self.case(name)
-        image = _read_volume(self.folder / entry.image, False)
-        labels = _read_volume(self.folder / entry.label, True) if entry.label else None
-        mask = _read_volume(self.folder / entry.mask, True) if entry.mask else None
+        image = _read_volume(self._path(entry.image), False)
+        labels = _read_volume(self._path(entry.label), True) if entry.label else None
+        mask = _read_volume(self._path(entry.mask), True) if entry.mask else None
         return image, labels, mask
 
     def remove_case(self, name: str) -> None:
-        """Remove a case from the manifest, then delete its files."""
-        entry = self.case(name)
-        manifest = self._copy()
-        del manifest["cases"][name]
-        self._save(manifest)
-        for rel in (entry.image, entry.label, entry.mask):
-            if rel:
-                (self.folder / rel).unlink(missing_ok=True)
+        """Remove a case from the manifest, then delete its files (paths checked to stay inside)."""
+        with self._locked() as manifest:
+            if name not in manifest["cases"]:
+                raise KeyError(f"no case {name!r} in workspace {self.folder}")
+            entry = CaseEntry(**manifest["cases"][name])
+            paths = [self._path(rel) for rel in entry.files]  # raises before anything is changed
+            del manifest["cases"][name]
+            self._save(manifest)
+            for path in paths:
+                path.unlink(missing_ok=True)
 
     def dataset_folder(self, val_cases: list[str] | None = None) -> Path:
         """Write ``splits.json`` and return the folder for ``io.datasets.open_dataset`` / the training loop.
 
         Splits: ``labeled`` = the labeled cases not in ``val_cases``, ``unlabeled`` = the cases without
         labels, ``val`` = ``val_cases`` (default none: while a person builds the set, every corrected case is
-        worth more as training data; the training loop then keeps its last model).
+        worth more as training data; the training loop then keeps its last model). The dataset's cases and
+        files come from the manifest (``open_dataset`` reads it), not from a listing of the folders.
 
         Returns
         -------
         pathlib.Path
-            The workspace folder (it holds ``images/``, ``labels/``, ``masks/`` and ``splits.json``).
+            The workspace folder (it holds ``manifest.json`` and ``splits.json``).
         """
-        val = [safe_case_name(v) for v in (val_cases or [])]
-        for v in val:
-            if v not in self._manifest["cases"] or not self._manifest["cases"][v].get("label"):
-                raise KeyError(f"validation case {v!r} is not a labeled case of workspace {self.folder}")
-        splits = {
-            "labeled": [c.name for c in self.labeled_cases if c.name not in val],
-            "unlabeled": [c.name for c in self.cases if not c.labeled],
-            "val": val,
-        }
-        atomic_write_json(self.folder / SPLITS, splits)
+        with self._locked() as manifest:
+            cases = manifest["cases"]
+            val = [safe_case_name(v) for v in (val_cases or [])]
+            for v in val:
+                if v not in cases or not cases[v].get("label"):
+                    raise KeyError(f"validation case {v!r} is not a labeled case of workspace {self.folder}")
+            splits = {
+                "labeled": [n for n, e in cases.items() if e.get("label") and n not in val],
+                "unlabeled": [n for n, e in cases.items() if not e.get("label")],
+                "val": val,
+            }
+            atomic_write_json(self.folder / SPLITS, splits)
         return self.folder
 
     # ------------------------------------------------------------------------------------ model versions
@@ -327,6 +509,7 @@ class Workspace:
         """Absolute checkpoint path of ``version`` (``KeyError`` when unknown)."""
         for v in self.versions:
             if v.version == version:
+                self._path(v.path)
                 return self.folder / v.path
         raise KeyError(f"no model version {version!r} in workspace {self.folder}")
 
@@ -337,7 +520,12 @@ class Workspace:
         metrics: dict[str, Any] | None = None,
         make_current: bool = True,
     ) -> str:
-        """Copy a checkpoint into ``models/vNNNN/`` and record it; older versions are kept.
+        """Copy a checkpoint into a new ``models/vNNNN/`` and record it; older versions are kept.
+
+        The version number is allocated under the lock (one more than any listed version or existing
+        folder) and its folder created with ``exist_ok=False``: concurrent callers get different versions
+        and no model file is ever overwritten. The workspace records the model's number of classes when
+        the checkpoint metadata has it (it then bounds the labels :meth:`add_case` accepts).
 
         Parameters
         ----------
@@ -358,31 +546,51 @@ class Workspace:
         src = Path(checkpoint_path)
         if not src.is_file():
             raise FileNotFoundError(f"{src}: checkpoint file not found")
-        numbers = [int(v.version.lstrip("v")) for v in self.versions if v.version.lstrip("v").isdigit()]
-        version = f"v{(max(numbers) + 1) if numbers else 1:04d}"
-        rel = f"models/{version}/model{''.join(src.suffixes) or '.safetensors'}"
-        with atomic_path(self.folder / rel) as tmp:
-            shutil.copyfile(src, tmp)
-        entry = ModelVersion(
-            version=version,
-            path=rel,
-            created=_now(),
-            info={"source": str(src), "parent": self.current_version, **(info or {})},
-            metrics=dict(metrics or {}),
-        )
-        manifest = self._copy()
-        manifest["models"].append(json.loads(json.dumps(asdict(entry), default=str)))
-        if make_current:
-            manifest["current"] = version
-        self._save(manifest)
+        classes = _checkpoint_classes(src)
+        with self._locked() as manifest:
+            version, folder = self._new_version_folder(manifest)
+            rel = f"models/{version}/model{''.join(src.suffixes) or '.safetensors'}"
+            with atomic_path(self.folder / rel) as tmp:
+                shutil.copyfile(src, tmp)
+            entry = ModelVersion(
+                version=version,
+                path=rel,
+                created=_now(),
+                info={"source": str(src), "parent": manifest.get("current"), **(info or {})},
+                metrics=dict(metrics or {}),
+            )
+            manifest["models"].append(json.loads(json.dumps(asdict(entry), default=str)))
+            if make_current:
+                manifest["current"] = version
+            if classes and not manifest.get("num_classes"):
+                manifest["num_classes"] = classes
+            self._save(manifest)
+            crash_point("workspace.committed")
         return version
+
+    def _new_version_folder(self, manifest: dict[str, Any]) -> tuple[str, Path]:
+        """The next free version and its freshly created folder (call with the lock held)."""
+        numbers = [int(v["version"].lstrip("v")) for v in manifest["models"]
+                   if str(v["version"]).lstrip("v").isdigit()]
+        models = self.folder / "models"
+        if models.is_dir():
+            numbers += [int(p.name[1:]) for p in models.iterdir() if _VERSION_DIR.match(p.name)]
+        number = max(numbers, default=0) + 1
+        while True:
+            version = f"v{number:04d}"
+            folder = models / version
+            try:
+                folder.mkdir(parents=True, exist_ok=False)
+                return version, folder
+            except FileExistsError:
+                number += 1
 
     def revert(self, version: str) -> Path:
         """Make ``version`` the current model again (newer versions stay on disk); returns its path."""
-        path = self.version_path(version)
-        manifest = self._copy()
-        manifest["current"] = version
-        self._save(manifest)
+        with self._locked() as manifest:
+            path = self.version_path(version)
+            manifest["current"] = version
+            self._save(manifest)
         return path
 
     def __repr__(self) -> str:
@@ -391,3 +599,91 @@ class Workspace:
             f"Workspace({str(self.folder)!r}: {n_lab} labeled / {len(self.cases) - n_lab} unlabeled cases, "
             f"{len(self.versions)} model versions, current {self.current_version})"
         )
+
+
+def _unique_name(name: str, taken: dict[str, Any]) -> str:
+    """``name``, or ``name-2``, ``name-3`` ... whichever is free."""
+    if name not in taken:
+        return name
+    n = 2
+    while f"{name}-{n}" in taken:
+        n += 1
+    return f"{name}-{n}"
+
+
+def _checkpoint_classes(path: Path) -> int | None:
+    """``num_classes`` from a checkpoint's safetensors header (no torch import), or ``None`` if unreadable."""
+    try:
+        with open(path, "rb") as fh:
+            n = int.from_bytes(fh.read(8), "little")
+            if not 0 < n <= 16 * 1024 * 1024:
+                return None
+            header = json.loads(fh.read(n).decode("utf-8"))
+        value = json.loads(header["__metadata__"]["metadata"]).get("num_classes")
+        return int(value) if value and 2 <= int(value) <= MAX_STORED_LABEL + 1 else None
+    except (OSError, ValueError, KeyError, TypeError, AttributeError):
+        return None
+
+
+def _same_spacing(a: tuple[float, ...], b: tuple[float, ...]) -> bool:
+    return bool(np.allclose(a, b, rtol=SPACING_RTOL, atol=1e-6))
+
+
+def _validated(
+    name: str, image: Volume, labels: Volume | None, mask: Volume | None, classes: int | None
+) -> tuple[np.ndarray | None, np.ndarray | None]:
+    """Check a case before anything is written; returns the uint8 label and mask arrays (or ``None``)."""
+    def fail(problem: str) -> WorkspaceError:
+        return WorkspaceError(f"case {name!r}: {problem}")
+
+    arr = np.asarray(image.array)
+    if arr.ndim != 3:
+        raise fail(f"the image must be 3D (z, y, x), got shape {image.shape}")
+    if not np.all(np.isfinite(image.spacing)) or min(image.spacing) <= 0:
+        raise fail(f"the image spacing {image.spacing} is not positive and finite")
+    if np.issubdtype(arr.dtype, np.floating) and not np.isfinite(arr).all():
+        bad = ~np.isfinite(arr)
+        raise fail(f"the image has {int(bad.sum())} NaN / Inf voxels; replace them before adding the case")
+    for what, vol in (("labels", labels), ("mask", mask)):
+        if vol is None:
+            continue
+        if vol.shape != image.shape:
+            raise fail(f"{what} shape {vol.shape} differs from image shape {image.shape}")
+        if not _same_spacing(vol.spacing, image.spacing):
+            raise fail(f"{what} spacing {tuple(round(s, 4) for s in vol.spacing)} mm differs from image "
+                       f"spacing {tuple(round(s, 4) for s in image.spacing)} mm")
+    if mask is not None and labels is None:
+        raise fail("a mask needs labels")
+    if labels is None:
+        return None, None
+    top = (classes - 1) if classes else MAX_STORED_LABEL
+    label_arr = _integer_array(name, "labels", labels.array, top, classes)
+    if mask is None:
+        mask_arr = np.ones(image.shape, dtype=np.uint8)
+    else:
+        mask_arr = (_integer_array(name, "mask", mask.array, MAX_STORED_LABEL, None) > 0).astype(np.uint8)
+    return label_arr, mask_arr
+
+
+def _integer_array(name: str, what: str, array: Any, top: int, classes: int | None) -> np.ndarray:
+    """``array`` as uint8 after checking finite, integer-valued, within 0..top (message names the case)."""
+    arr = np.asarray(array)
+    prefix = f"case {name!r}: {what}"
+    if arr.dtype == bool:
+        return arr.astype(np.uint8)
+    if not (np.issubdtype(arr.dtype, np.integer) or np.issubdtype(arr.dtype, np.floating)):
+        raise WorkspaceError(f"{prefix} hold {arr.dtype} values; integer classes are needed")
+    if np.issubdtype(arr.dtype, np.floating):
+        finite = np.isfinite(arr)
+        if not finite.all():
+            raise WorkspaceError(f"{prefix} have {int((~finite).sum())} NaN / Inf voxels")
+        frac = arr != np.round(arr)
+        if frac.any():
+            raise WorkspaceError(f"{prefix} have {int(frac.sum())} non-integer voxels "
+                                 f"(e.g. {float(arr[frac].flat[0]):g})")
+    if arr.size and arr.min() < 0:
+        raise WorkspaceError(f"{prefix} have negative values (min {arr.min():g})")
+    if arr.size and arr.max() > top:
+        allowed = f"the {classes} classes (0..{top})" if classes else f"0..{top} (stored as uint8)"
+        raise WorkspaceError(f"{prefix} have value {arr.max():g}, outside {allowed}")
+    return arr.astype(np.uint8)

@@ -65,6 +65,8 @@ def predict_files(
     config: InferenceConfig | None = None,
     progress: ProgressCallback | None = None,
     cancel: CancelToken | None = None,
+    *,
+    channel: int | None = None,
 ) -> list[Path]:
     """Segment each input file and write its label, entropy and KL maps (see :func:`write_prediction`).
 
@@ -81,6 +83,8 @@ def predict_files(
     progress, cancel
         Window-level events of each file (their message starts with ``[i/n] name:``) and a file-level event
         (stage ``"files"``) after each file; cancel is checked between files and between window batches.
+    channel : int, optional
+        The channel (or time point) to segment of 4D inputs (``read_volume(..., channel=)``).
 
     Returns
     -------
@@ -104,7 +108,7 @@ def predict_files(
     written: list[Path] = []
     for index, path in enumerate(paths, start=1):
         check(cancel)
-        volume = read_volume(path, is_label=False)
+        volume = read_volume(path, is_label=False, channel=channel)
         prefix = f"[{index}/{len(paths)}] {volume.name}: "
 
         def relay(event: ProgressEvent, prefix: str = prefix) -> None:

@@ -1,6 +1,11 @@
 """Datasets on disk: folder layouts, splits and lazy loading of cases.
 
-Three layouts are recognised by :func:`open_dataset`:
+Four layouts are recognised by :func:`open_dataset`:
+
+napari-sscce workspace
+    a folder with ``manifest.json`` (:mod:`napari_sscce.workspace`): the cases and their files are the
+    ones the manifest names (never a listing of the folders, which may hold a crashed write's orphans),
+    optional ``splits.json``.
 
 ``images/ + labels/``
     ``images/<case>.<ext>``, optional ``labels/<case>.<ext>`` (cases without one are unlabeled),
@@ -158,6 +163,8 @@ def open_dataset(folder: str | os.PathLike) -> VolumeDataset:
         raise VolumeError(root, "is not a folder")
     splits_path = root / "splits.json"
     splits = load_splits(splits_path) if splits_path.is_file() else None
+    if (root / "manifest.json").is_file():
+        return VolumeDataset(root, _workspace_cases(root), "workspace", splits)
     if (root / "images").is_dir():
         return VolumeDataset(root, _images_labels_cases(root), "images_labels", splits)
     if (root / "imagesTr").is_dir():
@@ -237,6 +244,26 @@ def _images_labels_cases(root: Path) -> list[Case]:
     if not images:
         raise VolumeError(root / "images", "holds no volume files")
     return [Case(n, p, labels.get(n), masks.get(n)) for n, p in images.items()]
+
+
+def _workspace_cases(root: Path) -> list[Case]:
+    """The cases a workspace manifest names, with their (checked to stay inside) file paths."""
+    from napari_sscce.workspace import WorkspaceError, inside, manifest_cases
+
+    where = root / "manifest.json"
+    try:
+        entries = manifest_cases(root) or []
+        cases = [
+            Case(e.name, inside(root, e.image, where),
+                 inside(root, e.label, where) if e.label else None,
+                 inside(root, e.mask, where) if e.mask else None)
+            for e in entries
+        ]
+    except WorkspaceError as exc:
+        raise VolumeError(where, str(exc)) from None
+    if not cases:
+        raise VolumeError(where, "names no case: add a case to the workspace first")
+    return cases
 
 
 def _msd_cases(root: Path) -> list[Case]:

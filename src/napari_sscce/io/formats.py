@@ -6,6 +6,8 @@ casting and uniform error messages. Library exceptions propagate from here on pu
 
 from __future__ import annotations
 
+import os
+import warnings
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -34,17 +36,106 @@ class RawVolume:
     channel_axis: int | None = None
 
 
+#: deflate (gzip, zlib) cannot compress better than about 1032:1; a header declaring more data than that
+#: is wrong (or hostile): refused before anything is allocated
+DEFLATE_MAX_RATIO = 1100
+#: a volume and one reordered copy are in memory while it is read
+READ_COPIES = 2
+
+
+def available_memory() -> int | None:
+    """Bytes of memory available to a new allocation (psutil when installed, else ``os.sysconf``)."""
+    try:
+        import psutil
+
+        return int(psutil.virtual_memory().available)
+    except ImportError:
+        pass
+    try:
+        return int(os.sysconf("SC_AVPHYS_PAGES")) * int(os.sysconf("SC_PAGE_SIZE"))
+    except (ValueError, OSError, AttributeError):
+        return None
+
+
+def _gib(n: float) -> str:
+    if n >= 2**28:
+        return f"{n / 2**30:.2f} GiB"
+    return f"{n / 2**20:.1f} MiB" if n >= 2**18 else f"{n:.0f} bytes"
+
+
+def check_declared_size(
+    path: Path,
+    shape: tuple[int, ...],
+    dtype: Any,
+    *,
+    data_offset: int | None = None,
+    compression: str | None = None,
+    memory_itemsize: int | None = None,
+) -> None:
+    """Refuse a file whose header declares more data than it can hold or than memory can take.
+
+    Called by the format readers after reading the header and before allocating the array.
+
+    Parameters
+    ----------
+    path : pathlib.Path
+        The file (named in the message).
+    shape, dtype
+        What the header declares.
+    data_offset : int, optional
+        For uncompressed data stored in ``path`` itself: where it starts; the file must then hold
+        ``data_offset + declared bytes``.
+    compression : str, optional
+        ``"deflate"`` (gzip / zlib): the file must be at least declared bytes / :data:`DEFLATE_MAX_RATIO`.
+    memory_itemsize : int, optional
+        Bytes per voxel in memory when they differ from ``dtype`` (e.g. scaled NIfTI data become float).
+
+    Raises
+    ------
+    VolumeError
+        Naming the file, the declared shape and size, and the file size or available memory.
+    """
+    dims = [int(n) for n in shape]
+    if any(n < 0 for n in dims):
+        raise VolumeError(path, f"declares a negative size {tuple(dims)}")
+    voxels = int(np.prod(dims, dtype=object)) if dims else 0
+    declared = voxels * np.dtype(dtype).itemsize
+    grid = " x ".join(map(str, dims))
+    what = f"its header declares {grid} {np.dtype(dtype).name} voxels ({_gib(declared)})"
+    size = path.stat().st_size if path.is_file() else None
+    if size is not None and data_offset is not None and compression is None and size < data_offset + declared:
+        raise VolumeError(path, f"is truncated or its header is wrong: {what} but the file holds only "
+                                f"{_gib(size)}")
+    if size is not None and compression == "deflate" and declared > DEFLATE_MAX_RATIO * size + 2**20:
+        raise VolumeError(path, f"is truncated or its header is wrong: {what}, more than a {_gib(size)} "
+                                f"compressed file can hold")
+    needed = voxels * (memory_itemsize or np.dtype(dtype).itemsize) * READ_COPIES
+    free = available_memory()
+    if free is not None and needed > free:
+        raise VolumeError(path, f"is too large to read: {what}; reading it needs about {_gib(needed)} of "
+                                f"memory and {_gib(free)} are available")
+
+
 def read_nifti(path: Path) -> RawVolume:
     """NIfTI: data (x, y, z[, c]) on RAS+ -> (z, y, x[, c]); keeps the file's affine and codes."""
     import nibabel as nib
 
     img = nib.load(str(path))
+    header = img.header
+    scaled = any(np.isfinite(v) and v not in (0.0, 1.0) for v in (header["scl_slope"],)) or (
+        np.isfinite(header["scl_inter"]) and header["scl_inter"] != 0
+    )
+    check_declared_size(
+        path, img.shape, header.get_data_dtype(),
+        data_offset=int(header.get("vox_offset", 0)) if not str(path).lower().endswith(".gz") else None,
+        compression="deflate" if str(path).lower().endswith(".gz") else None,
+        memory_itemsize=8 if scaled else None,
+    )
     data = np.asarray(img.dataobj)  # applies scl_slope / scl_inter
     if data.ndim < 3:
         ensure_3d(data.T, path)
     order = (2, 1, 0, *range(3, data.ndim))
     array = np.ascontiguousarray(data.transpose(order))
-    header = img.header
     affine_ras = np.asarray(img.affine, dtype=float)
     metadata = {
         "nifti_affine": affine_ras.tolist(),
@@ -60,6 +151,7 @@ def read_nrrd(path: Path) -> RawVolume:
     """NRRD: space directions -> affine (converted from the file's named space to RAS), space origin."""
     import nrrd
 
+    _check_nrrd_size(path)
     data, header = nrrd.read(str(path), index_order="C")  # array axes reversed from header order
     ndim = data.ndim
     directions = header.get("space directions")
@@ -88,6 +180,29 @@ def read_nrrd(path: Path) -> RawVolume:
     metadata = {"nrrd_space": space, "source_dtype": str(data.dtype)}
     affine = geometry.ras_xyz_to_volume(affine_ras)
     return RawVolume(np.ascontiguousarray(data), affine, metadata, channel_axis)
+
+
+def _check_nrrd_size(path: Path) -> None:
+    """Declared size of a NRRD file against its data (raw: file size; gzip: deflate bound) and memory."""
+    import nrrd
+
+    with open(path, "rb") as fh:
+        header = nrrd.read_header(fh)
+        header_end = fh.tell()
+    sizes = tuple(int(n) for n in header.get("sizes", ()))
+    dtype = nrrd.reader._determine_datatype(header)
+    encoding = str(header.get("encoding", "raw")).lower()
+    detached = "data file" in header or "datafile" in header
+    data_path = path
+    if detached:
+        name = header.get("data file", header.get("datafile"))
+        data_path = (path.parent / str(name)) if isinstance(name, str) and "%" not in name else None
+    compression = "deflate" if encoding in ("gzip", "gz") else None
+    offset = (0 if detached else header_end) if encoding == "raw" else None
+    if data_path is not None and data_path.is_file() and (offset is not None or compression):
+        check_declared_size(data_path, sizes, dtype, data_offset=offset, compression=compression)
+    else:
+        check_declared_size(path, sizes, dtype)
 
 
 def describe_h5(path: Path) -> str:
@@ -126,6 +241,7 @@ def read_h5(path: Path, key: str = "image") -> RawVolume:
                 f"has no '{key}' dataset (it holds: {listing}); napari-sscce reads HDF5 files in the "
                 f"LA layout with an 'image' dataset (and a 'label' dataset) stored (x, y, z)",
             )
+        check_declared_size(path, dataset.shape, dataset.dtype)
         data = dataset[()]
         spacing_attr = dataset.attrs.get("spacing", f.attrs.get("spacing"))
     if data.ndim < 3:
@@ -160,6 +276,7 @@ def read_itk(path: Path, dicom: bool = False) -> RawVolume:
         image = reader.Execute()
         metadata.update(dicom_series_id=series_id, dicom_series_count=n_series, dicom_files=len(files))
     else:
+        _check_itk_size(path)
         image = sitk.ReadImage(str(path))
     array = sitk.GetArrayFromImage(image)  # (z, y, x[, components]) or (t, z, y, x)
     dim = image.GetDimension()
@@ -172,8 +289,27 @@ def read_itk(path: Path, dicom: bool = False) -> RawVolume:
     return RawVolume(array, geometry.lps_xyz_to_volume(affine_lps), metadata, channel_axis)
 
 
+def _check_itk_size(path: Path) -> None:
+    """Declared size of a MetaImage file (header only) against available memory."""
+    import SimpleITK as sitk
+
+    reader = sitk.ImageFileReader()
+    reader.SetFileName(str(path))
+    reader.ReadImageInformation()
+    shape = (*reader.GetSize(), reader.GetNumberOfComponents())
+    try:
+        itemsize = sitk.Image([1] * len(reader.GetSize()), reader.GetPixelID()).GetSizeOfPixelComponent()
+    except RuntimeError:
+        itemsize = 8
+    check_declared_size(path, shape, np.dtype(f"u{itemsize}") if itemsize in (1, 2, 4, 8) else np.float64)
+
+
 def _dicom_series_files(path: Path) -> tuple[list[str], str, int]:
-    """File names of the DICOM series in a folder (the largest one), or of the series holding a file."""
+    """File names of the DICOM series in a folder (the largest one), or of the series holding a file.
+
+    A folder with several series: the largest is read and a :class:`DicomSeriesWarning` says which one
+    (UID, description, number of files) and how to read another (open one of its files, listed).
+    """
     import SimpleITK as sitk
 
     folder = path if path.is_dir() else path.parent
@@ -184,10 +320,40 @@ def _dicom_series_files(path: Path) -> tuple[list[str], str, int]:
     series = {sid: list(reader.GetGDCMSeriesFileNames(str(folder), sid)) for sid in ids}
     if path.is_dir():
         chosen = max(series, key=lambda sid: len(series[sid]))
+        if len(series) > 1:
+            warnings.warn(_series_message(path, series, chosen), DicomSeriesWarning, stacklevel=4)
     else:
         chosen = next((sid for sid, names in series.items() if any(Path(n).name == path.name for n in names)),
                       ids[0])
     return series[chosen], chosen, len(ids)
+
+
+class DicomSeriesWarning(UserWarning):
+    """A DICOM folder held several series; the message names the one read and how to read another."""
+
+
+def _series_description(first_file: str) -> str:
+    """The Series Description (0008|103e) of a DICOM file, or ``""``."""
+    import SimpleITK as sitk
+
+    try:
+        reader = sitk.ImageFileReader()
+        reader.SetFileName(first_file)
+        reader.ReadImageInformation()
+        key = "0008|103e"
+        return reader.GetMetaData(key).strip() if reader.HasMetaDataKey(key) else ""
+    except RuntimeError:
+        return ""
+
+
+def _series_message(folder: Path, series: dict[str, list[str]], chosen: str) -> str:
+    def describe(sid: str) -> str:
+        text = _series_description(series[sid][0])
+        return f"{sid}{f' ({text!r})' if text else ''}, {len(series[sid])} files"
+
+    others = "; ".join(f"{describe(sid)}: open {series[sid][0]}" for sid in series if sid != chosen)
+    return (f"{folder}: holds {len(series)} DICOM series; reading the largest, {describe(chosen)}. "
+            f"To read another, open one of its files instead of the folder: {others}")
 
 
 def read_tiff(path: Path) -> RawVolume:
@@ -197,6 +363,7 @@ def read_tiff(path: Path) -> RawVolume:
     with tifffile.TiffFile(str(path)) as tif:
         series = tif.series[0]
         axes = series.axes.upper()
+        check_declared_size(path, series.shape, series.dtype)
         data = series.asarray()
         imagej = tif.imagej_metadata or {}
         page = tif.pages[0]

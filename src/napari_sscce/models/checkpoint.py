@@ -308,6 +308,65 @@ def _check_expectations(
         )
 
 
+#: bounds of the architecture arguments a model file may declare (checked before anything is built)
+ARCH_BOUNDS: dict[str, tuple[int, int]] = {
+    "in_channels": (1, 64),
+    "num_classes": (1, 256),
+    "base_filters": (1, 128),
+    "projection_dim": (0, 4096),
+}
+MAX_RESNET_BLOCKS = 16
+#: weights (64 MB in float32) a model may need beyond twice what its file holds before it is refused unbuilt
+SLACK_WEIGHTS = 16_000_000
+
+
+def _check_arch_bounds(path: Path, meta: dict[str, Any]) -> None:
+    """Refuse architecture arguments out of :data:`ARCH_BOUNDS`, and metadata describing more weights than
+    the file holds, before the model is built (a 2 KB file must not make us allocate gigabytes).
+
+    Raises
+    ------
+    CheckpointError
+        Naming the file, the argument and its bounds, or both weight counts.
+    """
+    arch = meta["arch"]
+    specs = [arch.get(k) for k in ("a", "b") if isinstance(arch.get(k), dict)]
+    if not specs:
+        raise CheckpointError(f"{path}: corrupt napari-sscce metadata (no network in the architecture)")
+    for spec in specs:
+        kwargs = spec.get("kwargs") or {}
+        if not isinstance(kwargs, dict):
+            raise CheckpointError(f"{path}: corrupt napari-sscce metadata (network arguments: not a mapping)")
+        for key, (lo, hi) in ARCH_BOUNDS.items():
+            value = kwargs.get(key, lo)
+            if isinstance(value, bool) or not isinstance(value, int) or not lo <= value <= hi:
+                raise CheckpointError(
+                    f"{path}: the model metadata declares {key}={value!r}, outside {lo}..{hi}; "
+                    "the file is corrupt or not a napari-sscce model"
+                )
+        layers = kwargs.get("layers", [1])
+        if not isinstance(layers, list | tuple) or not all(
+            isinstance(n, int) and 1 <= n <= MAX_RESNET_BLOCKS for n in layers
+        ):
+            raise CheckpointError(f"{path}: the model metadata declares layers={layers!r}, blocks outside "
+                                  f"1..{MAX_RESNET_BLOCKS}")
+    header = _read_header(path)
+    held = sum(int(np.prod(v.get("shape", []), dtype=np.int64)) for k, v in header.items()
+               if k != "__metadata__" and isinstance(v, dict))
+    try:
+        with torch.device("meta"):
+            shell = DualModel.from_arch(arch)
+    except (ValueError, TypeError) as exc:
+        raise CheckpointError(f"{path}: cannot rebuild the model: {exc}") from None
+    nets = [shell.net_a] if shell.kind == "single" else [shell.net_a, shell.net_b]
+    needed = sum(t.numel() for net in nets for t in net.state_dict().values())
+    if needed > 2 * held + SLACK_WEIGHTS:  # small mismatches get _check_state's detailed message
+        raise CheckpointError(
+            f"{path}: the model metadata describes networks with {needed:,} weights but the file holds "
+            f"{held:,}; the file is truncated or its metadata is wrong"
+        )
+
+
 def load_checkpoint(
     path: str | os.PathLike,
     map_location: str | torch.device = "cpu",
@@ -339,6 +398,7 @@ def load_checkpoint(
     """
     path = Path(path)
     meta = read_checkpoint_metadata(path)
+    _check_arch_bounds(path, meta)
     try:
         model = DualModel.from_arch(meta["arch"])
     except ValueError as exc:

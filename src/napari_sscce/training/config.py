@@ -112,6 +112,9 @@ class TrainConfig:
     resume : bool
         Continue the run in ``out`` from its ``train_state.pt`` (exactly: weights, optimisers,
         sampler and random states).
+    overwrite : bool
+        Delete the run already in ``out`` and start afresh (without it, and without ``resume``, a folder
+        holding a run is refused; see ``training.run_folder``).
     """
 
     data: str = ""
@@ -161,6 +164,7 @@ class TrainConfig:
     class_names: list[str] | None = None
     init_checkpoint: str | None = None
     resume: bool = False
+    overwrite: bool = False
 
     def __post_init__(self) -> None:
         self.patch_size = tuple(int(v) for v in self.patch_size)  # type: ignore[assignment]

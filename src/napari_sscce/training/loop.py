@@ -38,6 +38,7 @@ from napari_sscce.training import distributed
 from napari_sscce.training.augment import AugmentConfig, resolve_flip_axes
 from napari_sscce.training.config import TrainConfig
 from napari_sscce.training.data import Splits, infer_num_classes, resolve_splits
+from napari_sscce.training.run_folder import claim_run_folder, truncate_metrics
 from napari_sscce.training.sampling import BatchStream, CaseStore, PatchSampler
 
 STATE_FILE = "train_state.pt"
@@ -113,15 +114,7 @@ class MetricsLog:
         self.path = path
         if path is None:
             return
-        if resume_from is None:
-            path.write_text("")
-        elif path.exists():
-            kept = [
-                line
-                for line in path.read_text().splitlines()
-                if line.strip() and json.loads(line).get("iteration", 0) <= resume_from
-            ]
-            path.write_text("".join(line + "\n" for line in kept))
+        truncate_metrics(path, resume_from)  # tolerates a half-written last line
 
     def write(self, record: dict[str, Any]) -> None:
         if self.path is not None:
@@ -408,7 +401,8 @@ def train(
     device = ctx.device
     try:
         init = init_checkpoint or config.init_checkpoint
-        return _train(config, progress, cancel, init, ctx, open_dataset, start_time)
+        with claim_run_folder(config.out, resume=config.resume, overwrite=config.overwrite, main=ctx.is_main):
+            return _train(config, progress, cancel, init, ctx, open_dataset, start_time)
     finally:
         distributed.cleanup(ctx)
 

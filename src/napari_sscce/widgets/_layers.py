@@ -12,13 +12,16 @@ from typing import Any
 
 import numpy as np
 
-from napari_sscce.io.volume import Volume, affine_from_spacing
+from napari_sscce.io.napari_io import volume_from_layer as strict_volume_from_layer
+from napari_sscce.io.volume import Volume
 
 SEGMENTATION = "segmentation"
 ENTROPY = "entropy"
 KL = "KL"
 ROLE_KEY = "sscce_role"
 IMAGE_KEY = "sscce_image"
+#: layer metadata key: the workspace case this layer was added as (the fine-tune widget updates that case)
+CASE_KEY = "sscce_case"
 
 
 def layer_kind(layer: Any) -> str:
@@ -38,34 +41,38 @@ def result_name(image_name: str, role: str) -> str:
 
 
 def volume_from_layer(layer: Any, *, is_label: bool = False) -> Volume:
-    """A :class:`Volume` for a 3D napari layer, with the geometry the reader stored or the layer's own.
+    """A :class:`Volume` for a 3D napari layer, through the one strict conversion
+    (:func:`napari_sscce.io.napari_io.volume_from_layer`, also used by File > Save).
 
-    The reader puts the file geometry in ``layer.metadata["sscce_volume"]``; when it is absent (a layer
-    made by hand) the spacing is the layer's ``scale`` and the origin its ``translate``.
+    The geometry the reader stored in ``layer.metadata["sscce_volume"]`` is used only while it still
+    matches the layer's ``scale``, ``translate``, ``rotate``, ``shear`` and ``affine``; once a person changed
+    any of them in napari, the layer's own transform is what they see and what they corrected, so the
+    volume's spacing and affine are rebuilt from it (a layer never enters the labeled set with stale
+    spacing).
 
     Raises
     ------
     ValueError
         When the layer is not 3D (single channel).
     """
-    data = np.asarray(layer.data)
-    if data.ndim != 3:
+    data = layer.data[0] if getattr(layer, "multiscale", False) else layer.data
+    ndim = np.ndim(data)
+    if ndim != 3:
         raise ValueError(
-            f"layer {layer.name!r} has {data.ndim} dimensions (shape {data.shape}); "
+            f"layer {layer.name!r} has {ndim} dimensions (shape {np.shape(data)}); "
             "a 3D (z, y, x) volume is needed"
         )
-    geometry = dict(layer.metadata.get("sscce_volume") or {})
-    if geometry and tuple(geometry.get("shape", ())) == data.shape:
-        spacing = tuple(geometry["spacing"])
-        affine = np.asarray(geometry["affine"], dtype=float)
-        source = geometry.get("source")
-    else:
-        spacing = tuple(float(s) for s in layer.scale[-3:])
-        affine = affine_from_spacing(spacing)
-        affine[:3, 3] = np.asarray(layer.translate[-3:], dtype=float)
-        source = None
-    metadata = {"name": layer.name}
-    return Volume(data, spacing=spacing, affine=affine, source=source, metadata=metadata, is_label=is_label)
+    meta = {
+        "scale": tuple(layer.scale),
+        "translate": tuple(layer.translate),
+        "rotate": np.asarray(layer.rotate),
+        "shear": np.asarray(layer.shear),
+        "affine": layer.affine.affine_matrix,
+        "metadata": dict(layer.metadata),
+    }
+    volume = strict_volume_from_layer(data, meta, is_label=is_label)
+    volume.metadata["name"] = layer.name
+    return volume
 
 
 def grid_kwargs(image_layer: Any) -> dict[str, Any]:

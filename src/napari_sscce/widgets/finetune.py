@@ -45,6 +45,7 @@ from napari_sscce.training.config import TrainConfig
 from napari_sscce.training.loop import TrainResult, train
 from napari_sscce.widgets._annotation import DEFAULT_MODE, MODES, AnnotationTracker
 from napari_sscce.widgets._layers import (
+    CASE_KEY,
     ROLE_KEY,
     SEGMENTATION,
     find_result_layer,
@@ -55,7 +56,7 @@ from napari_sscce.widgets._plot import CurvePlot
 from napari_sscce.widgets._state import load_settings, session_for, update_settings
 from napari_sscce.widgets._worker import WorkRunner, describe_event
 from napari_sscce.widgets.segment import ImageLayerCombo, image_layers
-from napari_sscce.workspace import Workspace
+from napari_sscce.workspace import Workspace, safe_case_name
 
 #: TrainConfig fields a short interactive fine-tune sets differently from a full training run: a few hundred
 #: steps instead of 6000 (minutes on a CPU, not hours) and no periodic validation (the workspace has no
@@ -314,7 +315,10 @@ class FinetuneWidget(QWidget):
             labels = image.with_array(seg.data, is_label=True)
             mask = image.with_array(self.tracker.mask(self.mode), is_label=True)
             ws = self.workspace()
-            name = ws.add_case(image, labels, mask, name=layer.name)
+            case = layer.metadata.get(CASE_KEY)  # set when this layer was added before: update that case
+            known = case in {c.name for c in ws.cases}
+            name = ws.add_case(image, labels, mask, name=case if known else layer.name, update=known)
+            layer.metadata[CASE_KEY] = name
         except (ValueError, OSError) as exc:
             self.status.setText(f"could not add to the labeled set: {exc}")
             return None
@@ -383,10 +387,12 @@ class FinetuneWidget(QWidget):
         known = {c.name for c in ws.cases}
         target = self.image_combo.currentText()
         for layer in image_layers(self.viewer):
-            if layer.name == target or layer.metadata.get(ROLE_KEY) or layer.name in known:
+            if layer.name == target or layer.metadata.get(ROLE_KEY):
+                continue
+            if layer.metadata.get(CASE_KEY) in known or safe_case_name(layer.name) in known:
                 continue
             try:
-                ws.add_unlabeled(volume_from_layer(layer), name=layer.name)
+                layer.metadata[CASE_KEY] = ws.add_unlabeled(volume_from_layer(layer), name=layer.name)
             except (ValueError, OSError) as exc:
                 self.status.setText(f"skipped {layer.name} as unlabeled data: {exc}")
 

@@ -1,0 +1,563 @@
+"""Nothing lost: kill, concurrency and hostile-file trials of the workspace, run folders and readers.
+
+Issue 12.
+
+Every trial runs real processes:
+
+* **kills at named points**: a child process ends with ``os._exit`` at every write and rename of
+  ``Workspace.add_case`` (an update: image, label, mask, manifest, then the old files' removal),
+  ``Workspace.add_model_version`` and a training run's checkpoint / state saving
+  (``SSCCE_CRASH_AT``, see ``napari_sscce.atomic.crash_point``), ``--repeats`` times each;
+* **SIGKILL at random times**: a child updating one case in a loop, and a training run, are killed after a
+  random delay;
+* after each kill the workspace is opened (it removes the temporaries and orphans the kill left) and checked:
+  every case's image and label come from the same version, no file is unreferenced, no temporary is left;
+  a killed run resumes (or restarts with ``overwrite``) and finishes;
+* **concurrency**: ``--writers`` processes add ``--cases`` cases each and record model versions at once; two
+  ``sscce train`` runs start on one folder at once;
+* **hostile files**: headers declaring gigabytes, checkpoints declaring huge networks, 4D and multi-series
+  inputs: each must be refused (or explained) quickly with the file named.
+
+Results: ``benchmarks/results/reliability.json`` and ``reliability.md``; exit status 1 when any trial failed.
+
+Usage::
+
+    OMP_NUM_THREADS=1 python benchmarks/reliability.py [--repeats 2] [--random-kills 10] [--skip-training]
+
+The trials run side by side (threads driving child processes); each uses its own folders.
+"""
+
+from __future__ import annotations
+
+import argparse
+import gzip
+import json
+import os
+import random
+import subprocess
+import sys
+import tempfile
+import time
+from concurrent.futures import ThreadPoolExecutor
+from pathlib import Path
+
+import numpy as np
+
+ROOT = Path(__file__).resolve().parents[1]
+SRC = ROOT / "src"
+# benchmarks/ holds ssl.py, which would shadow the standard library's ssl for torch's imports
+sys.path[:] = [str(SRC)] + [p for p in sys.path if Path(p or ".").resolve() != ROOT / "benchmarks"]
+
+from napari_sscce.atomic import (  # noqa: E402
+    CRASH_ENV,
+    CRASH_EXIT_CODE,
+    TEMP_MARKER,
+    atomic_write_bytes,
+    atomic_write_json,
+)
+
+SHAPE = (8, 12, 12)
+ADD_CASE_POINTS = [f"atomic.{stage}@{i}" for i in range(1, 5) for stage in ("written", "replaced")] \
+    + ["workspace.committed"] + [f"workspace.old_removed@{i}" for i in range(1, 4)]
+MODEL_POINTS = ["atomic.written@1", "atomic.replaced@1", "atomic.written@2", "atomic.replaced@2",
+                "workspace.committed"]
+#: a 2-iteration run writes config.json, splits.json, last, best, train_state.pt (atomic writes 1-5)
+TRAIN_POINTS = [f"atomic.{stage}@{i}" for i in range(1, 6) for stage in ("written", "replaced")]
+
+
+# ------------------------------------------------------------------------------------------ children
+def _volumes(value: int, name: str = "c"):
+    from napari_sscce.io.volume import Volume
+
+    image = Volume(np.full(SHAPE, float(value), np.float32), spacing=(2.0, 1.0, 1.0), metadata={"name": name})
+    labels = np.zeros(SHAPE, np.uint8)
+    labels[:, : 2 + value % 8] = 1  # the label differs per version (and is learnable)
+    return image, image.with_array(labels, is_label=True)
+
+
+def child(argv: list[str]) -> None:
+    """Entry of the child processes (``--child FOLDER KIND ...``)."""
+    from napari_sscce.workspace import Workspace
+
+    folder, kind, rest = argv[0], argv[1], argv[2:]
+    if kind == "update":  # update case "c" to version rest[0]
+        Workspace(folder).add_case(*_volumes(int(rest[0])), name="c", update=True)
+    elif kind == "update-loop":  # update case "c" forever, versions 1, 2, 3 ...
+        value = 1
+        while True:
+            Workspace(folder).add_case(*_volumes(value), name="c", update=True)
+            value = value % 200 + 1
+    elif kind == "cases":  # add rest[0] cases named <rest[1]>_<i>
+        for i in range(int(rest[0])):
+            Workspace(folder).add_case(*_volumes(i, "x"), name=f"{rest[1]}_{i}")
+    elif kind == "models":  # record rest[0] versions of the file rest[1]
+        ws = Workspace(folder)
+        for i in range(int(rest[0])):
+            ws.add_model_version(rest[1], {"writer": rest[2], "i": i})
+    elif kind == "train":  # folder: a TrainConfig JSON file
+        from napari_sscce.training.config import TrainConfig
+        from napari_sscce.training.loop import train
+
+        train(TrainConfig.load(folder))
+    else:
+        raise SystemExit(f"unknown child {kind}")
+
+
+def _env(crash: str | None = None) -> dict[str, str]:
+    env = {**os.environ, "PYTHONPATH": str(SRC), "OMP_NUM_THREADS": "1"}
+    env.pop(CRASH_ENV, None)
+    if crash:
+        env[CRASH_ENV] = crash
+    return env
+
+
+def _spawn(*args: str, crash: str | None = None) -> subprocess.Popen:
+    return subprocess.Popen([sys.executable, __file__, "--child", *args], env=_env(crash),
+                            stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True)
+
+
+def _run(*args: str, crash: str | None = None, timeout: float = 600) -> subprocess.CompletedProcess:
+    return subprocess.run([sys.executable, __file__, "--child", *args], env=_env(crash),
+                          capture_output=True, text=True, timeout=timeout)
+
+
+# ------------------------------------------------------------------------------------------ checks
+def _killed(proc: subprocess.Popen) -> list[str]:
+    """Problems when a child meant to be killed had ended by itself (an error, not a kill)."""
+    code = proc.wait()
+    if code == -9:
+        return []
+    return [f"the child ended by itself (exit {code}): {proc.stderr.read()[-300:]}"]
+
+
+def leftovers(folder: Path) -> tuple[int, int]:
+    """Files a crash left that nothing refers to (temporaries, orphan case / model files) and their bytes."""
+    from napari_sscce.workspace import read_manifest
+
+    manifest = read_manifest(folder) or {"cases": {}, "models": []}
+    referenced = {(folder / p).resolve() for e in manifest["cases"].values()
+                  for p in (e.get("image"), e.get("label"), e.get("mask")) if p}
+    referenced |= {(folder / v["path"]).resolve() for v in manifest["models"]}
+    count = size = 0
+    for path in folder.rglob("*"):
+        if not path.is_file():
+            continue
+        ours = TEMP_MARKER in path.name or path.parent.name in ("images", "labels", "masks") \
+            or path.parent.parent.name == "models"
+        if ours and path.resolve() not in referenced:
+            count, size = count + 1, size + path.stat().st_size
+    return count, size
+
+
+def check_workspace(folder: Path, values: set[int] | None = None) -> tuple[list[str], dict[str, int]]:
+    """Open a workspace after a kill; problems found (empty: consistent) and what the opening cleaned."""
+    from napari_sscce.io.datasets import open_dataset
+    from napari_sscce.workspace import Workspace
+
+    problems = []
+    try:
+        ws = Workspace(folder)
+    except Exception as exc:  # noqa: BLE001 - any failure to open is a lost workspace
+        return [f"does not open: {exc}"], {}
+    for case in ws.cases:
+        try:
+            image, labels, mask = ws.load_case(case.name)
+        except Exception as exc:  # noqa: BLE001
+            problems.append(f"case {case.name} unreadable: {exc}")
+            continue
+        value = int(image.array.flat[0])
+        _, expected = _volumes(value)
+        if labels is None or not np.array_equal(labels.array, expected.array):
+            problems.append(f"case {case.name}: image of version {value} with another version's label")
+        if values is not None and value not in values:
+            problems.append(f"case {case.name}: version {value} was never written")
+    for v in ws.versions:
+        if not ws.version_path(v.version).is_file():
+            problems.append(f"model {v.version} missing")
+    n, size = leftovers(folder)
+    if n:
+        problems.append(f"{n} unreferenced files ({size} bytes) left after opening")
+    if ws.cases:  # (a workspace holding only models has no dataset)
+        try:
+            open_dataset(ws.dataset_folder())
+        except Exception as exc:  # noqa: BLE001
+            problems.append(f"not usable for training: {exc}")
+    return problems, ws.cleaned
+
+
+# ------------------------------------------------------------------------------------------ trials
+class Tally:
+    """Counts of one kind of trial."""
+
+    def __init__(self, name: str):
+        self.name, self.trials, self.failures, self.points = name, 0, [], set()
+        self.left_bytes = self.cleaned_bytes = 0
+        self.extra: dict = {}
+
+    def add(self, point: str, problems: list[str]) -> None:
+        self.trials += 1
+        self.points.add(point)
+        self.failures += [f"{point}: {p}" for p in problems]
+
+    def to_dict(self) -> dict:
+        return {"name": self.name, "trials": self.trials, "distinct_points": len(self.points),
+                "failures": self.failures, "bytes_left_by_kills": self.cleaned_bytes,
+                "bytes_left_after_reopen": self.left_bytes, **self.extra}
+
+
+def trial_add_case_points(base: Path, repeats: int) -> Tally:
+    from napari_sscce.workspace import Workspace
+
+    tally = Tally("add_case killed at each write / rename (os._exit)")
+    folder = base / "ws_points"
+    Workspace(folder).add_case(*_volumes(1), name="c")
+    for _ in range(repeats):
+        for point in ADD_CASE_POINTS:
+            result = _run(str(folder), "update", "2", crash=point)
+            problems = [] if result.returncode == CRASH_EXIT_CODE else [f"exit {result.returncode}"]
+            tally.cleaned_bytes += leftovers(folder)[1]
+            found, _ = check_workspace(folder, {1, 2})
+            tally.add(point, problems + found)
+            tally.left_bytes += leftovers(folder)[1]
+            Workspace(folder).add_case(*_volumes(1), name="c", update=True)
+    return tally
+
+
+def trial_add_case_sigkill(base: Path, kills: int, rng: random.Random) -> Tally:
+    from napari_sscce.workspace import Workspace
+
+    tally = Tally("add_case loop killed at random times (SIGKILL)")
+    folder = base / "ws_sigkill"
+    Workspace(folder).add_case(*_volumes(1), name="c")
+    for k in range(kills):
+        proc = _spawn(str(folder), "update-loop")
+        time.sleep(rng.uniform(0.6, 2.5))  # start-up is ~0.5 s: most kills land inside add_case
+        proc.kill()
+        found = _killed(proc)
+        tally.cleaned_bytes += leftovers(folder)[1]
+        found += check_workspace(folder)[0]
+        tally.add(f"random {k}", found)
+        tally.left_bytes += leftovers(folder)[1]
+    tally.points = {"random"}
+    return tally
+
+
+def trial_model_points(base: Path, repeats: int) -> Tally:
+    from napari_sscce.workspace import Workspace
+
+    tally = Tally("add_model_version killed at each write / rename (os._exit)")
+    folder = base / "ws_models"
+    src = base / "model.safetensors"
+    src.write_bytes(os.urandom(2_000_000))
+    Workspace(folder).add_model_version(src)
+    for _ in range(repeats):
+        for point in MODEL_POINTS:
+            result = _run(str(folder), "models", "1", str(src), "crash", crash=point)
+            problems = [] if result.returncode == CRASH_EXIT_CODE else [f"exit {result.returncode}"]
+            tally.cleaned_bytes += leftovers(folder)[1]
+            found, _ = check_workspace(folder)
+            ws = Workspace(folder)
+            for v in ws.versions:
+                if ws.version_path(v.version).read_bytes() != src.read_bytes():
+                    found.append(f"model {v.version} differs from its source")
+            numbers = [v.version for v in ws.versions]
+            if len(set(numbers)) != len(numbers):
+                found.append("two models share a version")
+            tally.add(point, problems + found)
+            tally.left_bytes += leftovers(folder)[1]
+    return tally
+
+
+def _train_config(base: Path, data: Path, out: Path) -> Path:
+    from napari_sscce.training.config import TrainConfig
+
+    cfg = TrainConfig(data=str(data), patch_size=(16, 16, 16), labeled_bs=2, unlabeled_bs=0, iterations=2,
+                      out=str(out), val_every=0, precision="fp32", base_filters=2, seed=7, has_dropout=False,
+                      method="supervised", device="cpu")
+    path = base / f"{out.name}.json"
+    cfg.save(path)
+    return path
+
+
+def _run_bytes(out: Path) -> int:
+    return sum(p.stat().st_size for p in out.glob(f".*{TEMP_MARKER}*")) if out.is_dir() else 0
+
+
+def _finish_run(config_path: Path) -> list[str]:
+    """Resume (or restart) a killed run in this process; problems found."""
+    from napari_sscce.models.checkpoint import load_checkpoint
+    from napari_sscce.training.config import TrainConfig
+    from napari_sscce.training.loop import STATE_FILE, train
+
+    cfg = TrainConfig.load(config_path)
+    out = Path(cfg.out)
+    resume = (out / STATE_FILE).exists()
+    try:
+        result = train(cfg.replace(resume=resume, overwrite=not resume))
+        load_checkpoint(out / "last.safetensors")
+        [json.loads(line) for line in (out / "metrics.jsonl").read_text().splitlines()]
+    except Exception as exc:  # noqa: BLE001
+        return [f"the run does not {'resume' if resume else 'restart'}: {exc}"]
+    problems = [] if result.iterations == 2 else [f"finished at {result.iterations}"]
+    if _run_bytes(out):
+        problems.append("temporaries left after the restart")
+    return problems
+
+
+def trial_training(base: Path, random_kills: int, rng: random.Random) -> Tally:
+    from napari_sscce.io.sample_data import make_synthetic_dataset
+
+    tally = Tally("training killed while saving checkpoints (os._exit) or at random (SIGKILL)")
+    data = make_synthetic_dataset(base / "data", 3, shape=(16, 16, 16), n_labeled=2, n_val=0, seed=3)
+    for k, point in enumerate(TRAIN_POINTS):
+        cfg = _train_config(base, data, base / f"run_{k}")
+        result = _run(str(cfg), "train", crash=point)
+        problems = [] if result.returncode == CRASH_EXIT_CODE else [f"exit {result.returncode}"]
+        tally.cleaned_bytes += _run_bytes(base / f"run_{k}")
+        tally.add(point, problems + _finish_run(cfg))
+        tally.left_bytes += _run_bytes(base / f"run_{k}")
+    for k in range(random_kills):
+        out = base / f"run_random_{k}"
+        cfg = _train_config(base, data, out)
+        proc = _spawn(str(cfg), "train")
+        time.sleep(rng.uniform(3.0, 12.0))
+        proc.kill()
+        found = _killed(proc)
+        tally.cleaned_bytes += _run_bytes(out)
+        tally.add("random", found + _finish_run(cfg))
+        tally.left_bytes += _run_bytes(out)
+    return tally
+
+
+def trial_concurrency(base: Path, writers: int, cases: int) -> Tally:
+    from napari_sscce.workspace import Workspace
+
+    tally = Tally("concurrent writers")
+    folder = base / "ws_concurrent"
+    Workspace(folder)
+    procs = [_spawn(str(folder), "cases", str(cases), f"w{k}") for k in range(writers)]
+    sources = []
+    for k in range(writers):
+        src = base / f"model_w{k}.safetensors"
+        src.write_bytes(f"writer {k} ".encode() * 50_000)
+        sources.append(src)
+    procs += [_spawn(str(folder), "models", "3", str(src), f"w{k}") for k, src in enumerate(sources)]
+    problems = [f"writer exit {p.returncode}: {p.stderr.read()[-300:]}" for p in procs if p.wait() != 0]
+    ws = Workspace(folder)
+    names = {c.name for c in ws.cases}
+    wanted = {f"w{k}_{i}" for k in range(writers) for i in range(cases)}
+    if names != wanted:
+        problems.append(f"{len(wanted - names)} cases lost")
+    images = len(list((folder / "images").iterdir())) if (folder / "images").is_dir() else 0
+    if images != len(wanted):
+        problems.append(f"{images} images on disk for {len(wanted)} cases")
+    versions = [v.version for v in ws.versions]
+    if len(set(versions)) != writers * 3:
+        problems.append(f"{len(set(versions))} distinct model versions, {writers * 3} recorded")
+    for v in ws.versions:
+        if ws.version_path(v.version).read_bytes() != sources[int(v.info["writer"][1:])].read_bytes():
+            problems.append(f"{v.version} overwritten by another writer")
+    tally.add("workspace", problems)
+    tally.extra.update(writers=writers, cases_written=len(wanted), cases_kept=len(names & wanted),
+                       model_versions_written=writers * 3, model_versions_kept=len(set(versions)))
+    return tally
+
+
+def trial_concurrent_runs(base: Path) -> Tally:
+    from napari_sscce.io.sample_data import make_synthetic_dataset
+
+    tally = Tally("two `sscce train` on one --out at once")
+    data = make_synthetic_dataset(base / "data_runs", 3, shape=(16, 16, 16), n_labeled=2, n_val=0, seed=3)
+    out = base / "shared_run"
+    cmd = [sys.executable, "-m", "napari_sscce.cli", "train", "--data", str(data), "--out", str(out),
+           "--iterations", "30", "--method", "supervised", "--patch", "16", "16", "16", "--base-filters", "2",
+           "--precision", "fp32", "--batch", "2", "0", "--device", "cpu", "--quiet", "--no-dropout"]
+    procs = [subprocess.Popen(cmd, env=_env(), stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+             for _ in range(2)]
+    results = [(p.wait(timeout=900), p.stderr.read()) for p in procs]
+    codes = sorted(code for code, _ in results)
+    problems = []
+    if codes != [0, 2]:
+        problems.append(f"exit codes {codes}, expected one run (0) and one refusal (2)")
+    refused = [err for code, err in results if code == 2]
+    if refused and "another training run is using this folder" not in refused[0] \
+            and "already holds a training run" not in refused[0]:
+        problems.append(f"unclear refusal: {refused[0][-300:]}")
+    tally.add("runs", problems)
+    return tally
+
+
+def trial_hostile(base: Path) -> Tally:
+    import h5py
+    import nibabel as nib
+    import torch
+    from safetensors import safe_open
+    from safetensors.torch import load_file, save_file
+
+    from napari_sscce.io.readers import read_volume
+    from napari_sscce.models.checkpoint import load_checkpoint, save_checkpoint
+    from napari_sscce.models.dual import build_dual_model
+
+    tally = Tally("hostile or broken files")
+    folder = base / "hostile"
+    folder.mkdir()
+    header = nib.Nifti1Header()
+    header.set_data_dtype(np.float32)
+    header.set_data_shape((2000, 1000, 1000))
+    header["vox_offset"] = 352
+    raw = header.binaryblock + b"\0" * 4
+    files = {
+        "nifti 608 bytes declaring 7.5 GiB": ("liar.nii", raw + b"\0" * 256),
+        "nii.gz declaring 7.5 GiB": ("liar.nii.gz", gzip.compress(raw + b"\0" * 4096)),
+        "NRRD raw declaring 7.5 GiB": ("liar.nrrd", b"NRRD0004\ntype: float\ndimension: 3\n"
+                                       b"sizes: 1000 1000 2000\nencoding: raw\nendian: little\n\n"
+                                       + b"\0" * 64),
+        "random bytes .nii.gz": ("noise.nii.gz", os.urandom(4096)),
+    }
+    cases = []
+    for what, (name, data) in files.items():
+        (folder / name).write_bytes(data)
+        cases.append((what, "volume", folder / name))
+    real = folder / "real.nii.gz"
+    nib.save(nib.Nifti1Image(np.random.default_rng(0).random((40, 40, 40), np.float32), np.eye(4)), str(real))
+    (folder / "truncated.nii.gz").write_bytes(real.read_bytes()[: real.stat().st_size // 2])
+    cases.append(("nii.gz truncated to half", "volume", folder / "truncated.nii.gz"))
+    with h5py.File(folder / "liar.h5", "w") as f:
+        f.create_dataset("image", shape=(100_000, 100_000, 1000), dtype="f4", chunks=(8, 8, 8))
+    cases.append(("h5 declaring 40 TB", "volume", folder / "liar.h5"))
+    nib.save(nib.Nifti1Image(np.zeros((5, 6, 7, 3), np.float32), np.eye(4)), str(folder / "four.nii.gz"))
+    cases.append(("4D image without --channel", "4d", folder / "four.nii.gz"))
+    small = save_checkpoint(folder / "small.safetensors", build_dual_model("cce", base_filters=2), {})
+    with safe_open(str(small), "pt") as f:
+        meta_header = dict(f.metadata())
+    liars = (("checkpoint declaring base_filters 64", "base_filters", 64, False),
+             ("checkpoint declaring base_filters 100000", "base_filters", 100000, False),
+             ("checkpoint declaring 10^6 classes", "num_classes", 10**6, True))
+    for what, key, value, keep in liars:
+        meta = json.loads(meta_header["metadata"])
+        for net in ("a", "b"):
+            meta["arch"][net]["kwargs"][key] = value
+        path = folder / f"{key}_{value}.safetensors"
+        save_file(load_file(str(small)) if keep else {"a.x": torch.zeros(1)}, str(path),
+                  metadata={**meta_header, "metadata": json.dumps(meta)})
+        cases.append((what, "checkpoint", path))
+    seconds = []
+    for what, kind, path in cases:
+        start = time.monotonic()
+        problems = []
+        try:
+            load_checkpoint(path) if kind == "checkpoint" else read_volume(path)
+            problems.append("accepted")
+        except ValueError as exc:  # VolumeError, CheckpointError
+            if str(path) not in str(exc):
+                problems.append(f"message does not name the file: {exc}")
+            if kind == "4d" and "--channel" not in str(exc):
+                problems.append("4D message without the --channel advice")
+        except Exception as exc:  # noqa: BLE001 - a raw error is a failure
+            problems.append(f"raw {type(exc).__name__}: {exc}")
+        took = time.monotonic() - start
+        seconds.append(took)
+        if took > 10:
+            problems.append(f"took {took:.1f} s")
+        tally.add(what, problems)
+    tally.extra["max_seconds"] = round(max(seconds), 3)
+    return tally
+
+
+# ------------------------------------------------------------------------------------------ report
+def write_report(tallies: list[Tally], out: Path, args: argparse.Namespace, seconds: float) -> bool:
+    rows = [t.to_dict() for t in tallies]
+    if args.only and (out / "reliability.json").is_file():  # replace only the rows run again
+        previous = json.loads((out / "reliability.json").read_text())
+        fresh = {r["name"]: r for r in rows}
+        rows = [fresh.pop(r["name"], r) for r in previous["trials"]] + list(fresh.values())
+        seconds += previous.get("seconds", 0.0)
+    ok = all(not r["failures"] for r in rows)
+    report = {"ok": ok, "seconds": round(seconds, 1), "repeats": args.repeats,
+              "random_kills": args.random_kills, "trials": rows}
+    out.mkdir(parents=True, exist_ok=True)
+    atomic_write_json(out / "reliability.json", report)
+    lines = [
+        "# Reliability trials (benchmarks/reliability.py)",
+        "",
+        f"{'All trials passed' if ok else 'FAILURES'}; {seconds / 60:.1f} min on CPU. Kills at named points "
+        "use `SSCCE_CRASH_AT` (`os._exit` at a write or rename); random kills are SIGKILL.",
+        "",
+        "| trial | trials | distinct points | failures | bytes left by the kills | bytes left after reopen |",
+        "|---|---:|---:|---:|---:|---:|",
+    ]
+    for r in rows:
+        lines.append(f"| {r['name']} | {r['trials']} | {r['distinct_points']} | {len(r['failures'])} | "
+                     f"{r['bytes_left_by_kills']:,} | {r['bytes_left_after_reopen']:,} |")
+    conc = next((r for r in rows if "cases_kept" in r), None)
+    if conc:
+        lines += ["", f"Concurrent writers: {conc['writers']} processes wrote {conc['cases_written']} cases, "
+                      f"{conc['cases_kept']} kept; {conc['model_versions_written']} model versions recorded, "
+                      f"{conc['model_versions_kept']} distinct, none overwritten."]
+    hostile = next((r for r in rows if "max_seconds" in r), None)
+    if hostile:
+        lines += ["", f"Hostile files: {hostile['trials']} tried, each refused with the file named in at "
+                      f"most {hostile['max_seconds']} s."]
+    failures = [f for r in rows for f in r["failures"]]
+    if failures:
+        lines += ["", "## Failures", "", *[f"- {f}" for f in failures[:50]]]
+    atomic_write_bytes(out / "reliability.md", ("\n".join(lines) + "\n").encode())
+    print("\n".join(lines))
+    return ok
+
+
+def _preload() -> None:
+    """Import every module the trials use before the threads start (imports racing in threads can fail)."""
+    import h5py  # noqa: F401
+    import nibabel  # noqa: F401
+    import safetensors.torch  # noqa: F401
+
+    import napari_sscce.io.datasets  # noqa: F401
+    import napari_sscce.io.sample_data  # noqa: F401
+    import napari_sscce.models.checkpoint  # noqa: F401
+    import napari_sscce.models.dual  # noqa: F401
+    import napari_sscce.training.loop  # noqa: F401
+    import napari_sscce.workspace  # noqa: F401
+
+
+def main(argv: list[str] | None = None) -> int:
+    p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    p.add_argument("--repeats", type=int, default=2, help="kills at each named point (default 2)")
+    p.add_argument("--random-kills", type=int, default=10, help="SIGKILLs of the add_case loop (default 10)")
+    p.add_argument("--train-random-kills", type=int, default=2, help="SIGKILLs of training runs (default 2)")
+    p.add_argument("--writers", type=int, default=4)
+    p.add_argument("--cases", type=int, default=5, help="cases per concurrent writer")
+    p.add_argument("--seed", type=int, default=0)
+    p.add_argument("--out", type=Path, default=ROOT / "benchmarks" / "results")
+    p.add_argument("--skip-training", action="store_true", help="leave out the (slow) training trials")
+    p.add_argument("--only", nargs="+", metavar="TRIAL", help="run only these trial functions (e.g. "
+                   "trial_model_points) and replace their rows in an existing reliability.json")
+    args = p.parse_args(argv)
+    start = time.monotonic()
+    _preload()
+    with tempfile.TemporaryDirectory(prefix="sscce-reliability-") as tmp:
+        base = Path(tmp)
+        jobs = [
+            (trial_add_case_points, (base, args.repeats)),
+            (trial_add_case_sigkill, (base, args.random_kills, random.Random(args.seed))),
+            (trial_model_points, (base, args.repeats)),
+            (trial_concurrency, (base, args.writers, args.cases)),
+            (trial_hostile, (base,)),
+        ]
+        if not args.skip_training:
+            jobs += [(trial_training, (base, args.train_random_kills, random.Random(args.seed + 1))),
+                     (trial_concurrent_runs, (base,))]
+        if args.only:
+            jobs = [job for job in jobs if job[0].__name__ in args.only]
+        with ThreadPoolExecutor(max_workers=len(jobs)) as pool:  # independent folders: run them side by side
+            futures = [pool.submit(fn, *fn_args) for fn, fn_args in jobs]
+            tallies = [f.result() for f in futures]
+        ok = write_report(tallies, args.out, args, time.monotonic() - start)
+    return 0 if ok else 1
+
+
+if __name__ == "__main__":
+    if len(sys.argv) > 1 and sys.argv[1] == "--child":
+        child(sys.argv[2:])
+    else:
+        sys.exit(main())
