@@ -66,6 +66,12 @@ class InferenceConfig:
         each network runs ``n`` times per window with dropout on and its probabilities are the mean of the
         passes; for a single-network model this is the way to get a disagreement (KL) map: the ``kl`` output
         then compares the mean of the even passes with the mean of the odd passes.
+    temperature : float or None
+        Calibration of the mean probability: ``softmax(log p_mean / T)`` before the entropy map is computed
+        (``T > 1`` softens over-confident probabilities). The argmax, hence the segmentation, never changes,
+        nor does the KL map. ``None`` (default): the checkpoint's ``calibration.temperature`` metadata when
+        present (fitted on labeled cases by :func:`napari_sscce.metrics.calibration.fit_temperature`),
+        else 1 (no change).
     """
 
     patch_size: tuple[int, int, int] | None = None
@@ -80,6 +86,7 @@ class InferenceConfig:
     precision: str = "auto"
     return_per_network: bool = False
     mc_dropout: int = 0
+    temperature: float | None = None
 
     def __post_init__(self) -> None:
         self.patch_size = _triple(self.patch_size, "patch_size")  # type: ignore[assignment]
@@ -107,6 +114,8 @@ class InferenceConfig:
             raise ValueError(f"unknown precision {self.precision!r}; choose one of {', '.join(PRECISIONS)}")
         if int(self.mc_dropout) < 0:
             raise ValueError(f"mc_dropout must be >= 0, got {self.mc_dropout}")
+        if self.temperature is not None and not float(self.temperature) > 0:
+            raise ValueError(f"temperature must be positive, got {self.temperature}")
 
     @classmethod
     def literature(cls, **overrides: Any) -> InferenceConfig:
