@@ -97,3 +97,20 @@ def test_budget_and_strategies(loop) -> None:
     assert set(loop.STRATEGIES) == {"a_ranked", "b_random", "c_whole", "d_supervised"}
     assert loop.STRATEGIES["a_ranked"].uses_unlabeled and not loop.STRATEGIES["d_supervised"].uses_unlabeled
     assert loop.mean_dice(np.array([0, 1, 2]), np.array([0, 1, 1]), 3) == pytest.approx((2 / 3 + 0) / 2)
+
+
+def test_summary_table_and_plot(loop, tmp_path) -> None:
+    rec = loop.RoundRecord
+    runs = {
+        "a_ranked": {0: [rec(0, [], 0, 0, 0.5), rec(1, ["x"], 8, 100, 0.6, round_seconds=10.0)],
+                     1: [rec(0, [], 0, 0, 0.5), rec(1, ["y"], 8, 300, 0.7, round_seconds=30.0)]},
+    }
+    summary = loop.summarise(runs)
+    expected = {"round": 1, "slices": 8.0, "edited_voxels": 200.0, "dice": pytest.approx(0.65),
+                "round_seconds": 20.0}
+    assert summary["a_ranked"][1] == expected
+    meta = {"checkpoint": "m", "n_val": 2, "seeds": [0, 1], "cases_per_round": 2, "slices_per_case": 4,
+            "iterations": 5}
+    assert "| a_ranked | 1 | 8 | 200 | 0.6500 | 20 |" in loop.to_markdown(summary, meta)
+    loop.plot(summary, tmp_path / "loop.png")
+    assert (tmp_path / "loop.png").stat().st_size > 1000
