@@ -13,8 +13,8 @@ probabilities kept): plain, and with mirroring TTA over the axes the checkpoint 
    dilated by 3 voxels: :func:`napari_sscce.metrics.calibration.error_band`) and over the whole volume;
    also the mean of the per-case AUROCs. Maps: entropy of the mean, symmetric KL between the networks,
    their maximum / mean / product, ``1 - max p``, the networks' mutual information (entropy of the mean
-   minus mean entropy), a Gaussian-smoothed entropy, each with and without TTA, and the entropy after
-   temperature scaling.
+   minus mean entropy), a Gaussian-smoothed entropy and a 3x3x3 maximum-filtered one (errors lie next to
+   uncertain voxels), each with and without TTA, and the entropy after temperature scaling.
 2. **Calibration**: 15-bin ECE and NLL of the mean probability (near the object and whole volume), plain,
    TTA, temperature-scaled with ``T`` fitted on the labeled cases (mean-level: ``softmax(log p_mean / T)``;
    per-network: each network's softmax re-tempered, which equals scaling its logits, then averaged), and with
@@ -119,6 +119,9 @@ def maps_of(case: dict) -> dict[str, np.ndarray]:
         "1 - max p": 1.0 - mean.max(0),
         "mutual information": mi,
         "entropy smoothed (sigma 1)": ndimage.gaussian_filter(h, 1.0),
+        "entropy smoothed (sigma 0.5)": ndimage.gaussian_filter(h, 0.5),
+        "entropy, 3x3x3 maximum": ndimage.maximum_filter(h, size=3),
+        "max(entropy, kl), 3x3x3 maximum": ndimage.maximum_filter(np.maximum(h, k), size=3),
     }
 
 
