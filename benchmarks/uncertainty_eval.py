@@ -81,16 +81,29 @@ SLICE_KS = (1, 2, 4, 8)
 
 
 # ----------------------------------------------------------------------------------------------- predictions
-def predict_cases(ckpt: Any, dataset: Any, names: list[str], tta: bool, precision: str) -> list[dict]:
-    """Both networks' probabilities and the ground truth of every case."""
+def predict_cases(ckpt: Any, dataset: Any, names: list[str], tta: bool, precision: str,
+                  cache: Path | None = None) -> list[dict]:
+    """Both networks' probabilities and the ground truth of every case (kept in ``cache`` when given)."""
     config = InferenceConfig(tta=tta, return_per_network=True, precision=precision)
     out = []
     for name in names:
+        path = cache / f"{name}_{'tta' if tta else 'plain'}.npz" if cache else None
+        if path is not None and path.is_file():
+            with np.load(path) as z:
+                out.append({"name": name, "pa": z["pa"], "pb": z["pb"], "gt": z["gt"].astype(np.int64),
+                            "seconds": float(z["seconds"]), "flips": json.loads(str(z["flips"]))})
+            continue
         image, label, _ = dataset.load_case(name)
         pred = predict_volume(ckpt, image, config)
         pa, pb = pred.per_network  # type: ignore[misc]
-        out.append({"name": name, "pa": pa, "pb": pb, "gt": np.asarray(label.array).astype(np.int64),
-                    "seconds": pred.seconds, "flips": pred.info["flips"]})
+        case = {"name": name, "pa": pa, "pb": pb, "gt": np.asarray(label.array).astype(np.int64),
+                "seconds": pred.seconds, "flips": pred.info["flips"]}
+        out.append(case)
+        if path is not None:
+            path.parent.mkdir(parents=True, exist_ok=True)
+            np.savez(path, pa=pa, pb=pb, gt=case["gt"].astype(np.uint8), seconds=pred.seconds,
+                     flips=json.dumps(pred.info["flips"]))
+        print(f"{name} ({'TTA' if tta else 'plain'}): {pred.seconds:.1f} s", flush=True)
     return out
 
 
@@ -269,9 +282,9 @@ def run(args: argparse.Namespace) -> dict[str, Any]:
     labeled = (json.loads(split_file.read_text())["labeled"] if split_file.is_file()
                else [c.name for c in dataset.split("labeled")][:4])
     t0 = time.perf_counter()
-    plain = predict_cases(ckpt, dataset, val, False, args.precision)
-    tta = predict_cases(ckpt, dataset, val, True, args.precision)
-    train = predict_cases(ckpt, dataset, labeled, False, args.precision)
+    plain = predict_cases(ckpt, dataset, val, False, args.precision, args.cache)
+    train = predict_cases(ckpt, dataset, labeled, False, args.precision, args.cache)
+    tta = predict_cases(ckpt, dataset, val, True, args.precision, args.cache)
     predict_s = time.perf_counter() - t0
 
     maps_plain = [maps_of(c) for c in plain]
@@ -403,6 +416,8 @@ def main(argv: list[str] | None = None) -> None:
     parser.add_argument("--max-cases", type=int, default=0, help="first N validation cases (0 = all)")
     parser.add_argument("--precision", default="auto")
     parser.add_argument("--name", default="uncertainty")
+    parser.add_argument("--cache", type=Path, default=None,
+                        help="keep each case's probabilities here (a rerun reuses them)")
     parser.add_argument("--out", type=Path, default=ROOT / "benchmarks" / "results")
     args = parser.parse_args(argv)
     result = run(args)
