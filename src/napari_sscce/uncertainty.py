@@ -217,9 +217,9 @@ DEFAULT_PERCENTILE = 95.0
 FOREGROUND_MARGIN = 3
 #: longest side (voxels) of a ranked region; longer uncertain components are cut on a cube grid
 DEFAULT_MAX_EXTENT = 24
-#: default region threshold on u (benchmarks/results/uncertainty.md: on 30 held-out hippocampus cases the top-3
-#: regions at 0.5 with 24-voxel pieces hold 68 % of the wrong voxels while covering 16 % of the band around the
-#: structure; the adaptive 95th-percentile threshold gave 20-23 %)
+#: default region threshold on u (benchmarks/results/uncertainty.md: on 30 held-out hippocampus cases
+#: the top-3 regions at 0.5 with 24-voxel pieces hold 68 % of the wrong voxels while covering 16 % of the
+#: band around the structure; the adaptive 95th-percentile threshold gave 20-23 %)
 DEFAULT_THRESHOLD = 0.5
 
 
