@@ -208,7 +208,7 @@ def fit_t(cases: list[dict], band_only: bool) -> float:
 
 
 def region_shares(cases: list[dict], maps: list[dict[str, np.ndarray]], use_kl: bool,
-                  threshold: float | None, max_extent: int | None, top: int = 3) -> dict[str, float]:
+                  threshold: float | str, max_extent: int | None, top: int = 3) -> dict[str, float]:
     """Share of the wrong voxels inside the top regions, and the share of the band those regions cover."""
     inside, total, covered, band_total, n_regions = 0, 0, 0, 0, []
     per_case = []
@@ -311,10 +311,10 @@ def run(args: argparse.Namespace) -> dict[str, Any]:
     }
     regions = {}
     for use_kl in (False, True):
-        for threshold in (None, 0.3, 0.5):
+        for threshold in ("adaptive", 0.3, 0.5):
             for extent in (None, 16, 24, 32):
                 name = "max(entropy, kl)" if use_kl else "entropy"
-                key = f"{name}, threshold {threshold or 'adaptive'}, max_extent {extent}"
+                key = f"{name}, threshold {threshold}, max_extent {extent}"
                 regions[key] = region_shares(plain, maps_plain, use_kl, threshold, extent)
     scorers = ["rank_slices (sum of error probability of max(entropy, kl))", "rank_slices (entropy only)",
                "sum of entropy", "mean entropy over uncertain voxels", "oracle (true wrong voxels)", "random"]
