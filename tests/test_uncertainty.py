@@ -7,15 +7,20 @@ import math
 import numpy as np
 import pytest
 import torch
+from scipy import ndimage
 
 from napari_sscce.uncertainty import (
+    DEFAULT_MAX_EXTENT,
     adaptive_threshold,
     entropy,
     entropy_torch,
+    error_probability,
     kl_divergence,
     kl_divergence_torch,
     label_regions,
     rank_regions,
+    rank_slices,
+    split_large_components,
     volume_score,
 )
 
@@ -113,14 +118,15 @@ def test_rank_regions_finds_planted_blobs_in_order(rng: np.random.Generator) -> 
     assert len(regions) == 2
     first, second = regions
     assert [r.id for r in regions] == [1, 2]
-    # big blob: 0.8 * log(1 + 257) > small blob: 0.95 * log(1 + 33)
+    # big blob: expected error 257 e(0.8) > small blob: 33 e(0.95)
     assert first.size_voxels == int(big.sum()) and second.size_voxels == int(small.sum())
     assert np.allclose(first.centroid, (12, 10, 10), atol=1e-6)
     assert np.allclose(second.centroid, (8, 24, 22), atol=1e-6)
     assert first.volume_mm3 == pytest.approx(big.sum() * 0.5)
     assert first.mean_entropy == pytest.approx(0.8) and first.mean_kl < 0.2
     assert second.mean_kl == pytest.approx(0.95) and second.mean_uncertainty == pytest.approx(0.95)
-    assert first.score == pytest.approx(0.8 * math.log1p(big.sum()), rel=1e-5)
+    assert first.score == pytest.approx(float(error_probability(np.float32(0.8))) * big.sum(), rel=1e-5)
+    assert second.score == pytest.approx(float(error_probability(np.float32(0.95))) * small.sum(), rel=1e-5)
     assert first.score > second.score
     assert first.bbox == (8, 6, 6, 17, 15, 15)
     # the big blob reaches the edge of class 1 (y = 6), so its neighbourhood touches background too
@@ -168,3 +174,82 @@ def test_volume_score_ranks_more_uncertain_volume_higher(rng: np.random.Generato
     assert volume_score(h, k, np.zeros_like(labels)) == pytest.approx(whole_mean, rel=1e-5)
     with pytest.raises(ValueError, match="shape"):
         volume_score(h, k, labels[:-1])
+
+
+def _planted_errors(rng: np.random.Generator) -> tuple[np.ndarray, np.ndarray, np.ndarray, np.ndarray]:
+    """A ball segmented with two planted errors: a big missed cap and a small false blob.
+
+    Probabilities are confident (0.97) everywhere, softer (0.7) on a one-voxel shell around the predicted
+    boundary (every boundary is a little uncertain), and near 0.5 on the errors, with a little noise.
+    Returns (prob [2, Z, Y, X], predicted labels, big error mask, small error mask).
+    """
+    shape = (32, 40, 40)
+    zz, yy, xx = np.indices(shape)
+    gt = (zz - 16) ** 2 + (yy - 20) ** 2 + (xx - 20) ** 2 <= 11**2
+    big = gt & (zz >= 22)  # the top cap is missed
+    small = ((zz - 8) ** 2 + (yy - 33) ** 2 + (xx - 33) ** 2 <= 2**2) & ~gt  # a small false positive
+    pred = (gt & ~big) | small
+    shell = ndimage.binary_dilation(pred, iterations=1) & ~ndimage.binary_erosion(pred, iterations=1)
+    p_fg = np.where(pred, 0.97, 0.03)
+    p_fg = np.where(shell, np.where(pred, 0.7, 0.3), p_fg)
+    p_fg = np.where(big | small, 0.5 + 0.05 * np.where(pred, 1, -1), p_fg)
+    p_fg = np.clip(p_fg + rng.normal(0, 0.01, shape), 0.001, 0.999)
+    prob = np.stack([1 - p_fg, p_fg]).astype(np.float32)
+    return prob, prob.argmax(0).astype(np.uint8), big, small
+
+
+def test_regions_and_slices_put_the_bigger_planted_error_first(rng: np.random.Generator) -> None:
+    prob, pred, big, small = _planted_errors(rng)
+    h = entropy(prob)
+    image, regions = label_regions(h, None, pred)
+    assert len(regions) >= 2
+    # the first region holds most of the big error, and more wrong voxels than any other region; the
+    # small error is in a region ranked after it
+    first = image == 1
+    assert (first & big).sum() > 0.8 * big.sum()
+    wrong = big | small
+    held = [int((wrong & (image == r.id)).sum()) for r in regions]
+    assert held[0] == max(held)
+    small_ids = {int(v) for v in np.unique(image[small]) if v}
+    assert small_ids and min(small_ids) > 1
+    # regions are viewable: none longer than the default cube side, even where the error is wider
+    for r in regions:
+        assert max(r.bbox[3 + a] - r.bbox[a] for a in range(3)) <= DEFAULT_MAX_EXTENT
+    # ranked by expected error (sum of e(u)), not by mean: scores in descending order
+    for r in regions:
+        assert r.score == pytest.approx(float(error_probability(h[image == r.id]).sum()), rel=1e-4)
+    assert [r.score for r in regions] == sorted((r.score for r in regions), reverse=True)
+    # the top slice holds the most wrong voxels of the planted ones
+    slices = rank_slices(h, None, pred)
+    assert len(slices) == pred.shape[0]
+    wrong_per_slice = (big | small).sum(axis=(1, 2))
+    top = slices[0].index
+    assert wrong_per_slice[top] >= 0.8 * wrong_per_slice.max()
+    assert slices[0].score == pytest.approx(float(error_probability(h[top]).sum()), rel=1e-4)
+    assert [s.index for s in rank_slices(h, None, pred, top=3)] == [s.index for s in slices[:3]]
+    assert rank_slices(h, axis=2)[0].axis == 2
+
+
+def test_split_large_components_cuts_only_long_ones() -> None:
+    comp = np.zeros((4, 4, 40), np.int32)
+    comp[1:3, 1:3, 0:40] = 1  # a 40-voxel rod
+    comp[0, 0, 0] = 2  # a single voxel
+    out, n = split_large_components(comp, 2, 16)
+    rod_ids = np.unique(out[1:3, 1:3, :])
+    assert n == 4 and len(rod_ids) == 3  # 16 + 16 + 8
+    assert out[0, 0, 0] not in rod_ids and out[0, 0, 0] > 0
+    assert np.array_equal(out > 0, comp > 0)
+    same, m = split_large_components(comp, 2, 64)
+    assert m == 2 and np.array_equal(same, comp)
+
+
+def test_error_probability_inverts_binary_entropy() -> None:
+    p = np.array([0.0, 0.05, 0.3, 0.45, 0.5])
+    h = np.zeros_like(p)
+    inner = p > 0
+    h[inner] = -(p[inner] * np.log(p[inner]) + (1 - p[inner]) * np.log(1 - p[inner])) / math.log(2)
+    assert np.allclose(error_probability(h), p, atol=2e-3)
+    assert error_probability(np.array([1.5, -1.0])).tolist() == [0.5, 0.0]
+    # monotone: never reorders voxels
+    u = np.linspace(0, 1, 101)
+    assert (np.diff(error_probability(u)) >= 0).all()

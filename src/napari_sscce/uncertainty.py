@@ -8,8 +8,9 @@ Two maps describe how much to trust a segmentation:
 Both are mapped to [0, 1] so that one colour map and one threshold fit every volume. Numpy versions work on
 arrays of any layout (``axis`` is the class axis); the torch twins (:func:`entropy_torch`,
 :func:`kl_divergence_torch`) are for the inference engine and keep memory low (float32, in-place steps).
-:func:`rank_regions` turns the maps into a ranked list of connected uncertain regions, :func:`volume_score`
-gives one active-learning score per volume.
+:func:`rank_regions` turns the maps into a ranked list of uncertain regions and :func:`rank_slices` into a
+ranked list of slices, both ordered by the error they are expected to hold (the sum of the map over them);
+:func:`volume_score` gives one active-learning score per volume.
 """
 
 from __future__ import annotations
@@ -25,6 +26,7 @@ from scipy import ndimage
 __all__ = [
     "entropy",
     "entropy_torch",
+    "error_probability",
     "kl_divergence",
     "kl_divergence_torch",
     "Region",
@@ -32,7 +34,10 @@ __all__ = [
     "combined_uncertainty",
     "dilated_foreground",
     "label_regions",
+    "SliceScore",
     "rank_regions",
+    "rank_slices",
+    "split_large_components",
     "volume_score",
 ]
 
@@ -210,6 +215,12 @@ def kl_divergence_torch(
 DEFAULT_MIN_THRESHOLD = 0.5
 DEFAULT_PERCENTILE = 95.0
 FOREGROUND_MARGIN = 3
+#: longest side (voxels) of a ranked region; longer uncertain components are cut on a cube grid
+DEFAULT_MAX_EXTENT = 24
+#: default region threshold on u (benchmarks/results/uncertainty.md: on 30 held-out hippocampus cases
+#: the top-3 regions at 0.5 with 24-voxel pieces hold 68 % of the wrong voxels while covering 16 % of the
+#: band around the structure; the adaptive 95th-percentile threshold gave 20-23 %)
+DEFAULT_THRESHOLD = 0.5
 
 
 def combined_uncertainty(entropy: np.ndarray, kl: np.ndarray | None = None) -> np.ndarray:
@@ -225,6 +236,36 @@ def combined_uncertainty(entropy: np.ndarray, kl: np.ndarray | None = None) -> n
     if k.shape != h.shape:
         raise ValueError(f"entropy map shape {h.shape} differs from KL map shape {k.shape}")
     return np.maximum(h, k)
+
+
+_P_GRID = np.linspace(0.0, 0.5, 2049)
+_H_GRID = np.concatenate(
+    [[0.0], -(_P_GRID[1:] * np.log(_P_GRID[1:]) + (1 - _P_GRID[1:]) * np.log(1 - _P_GRID[1:])) / math.log(2)]
+)
+
+
+def error_probability(u: np.ndarray) -> np.ndarray:
+    """The probability of being wrong that an uncertainty value in [0, 1] implies, in [0, 0.5].
+
+    ``u`` is read as a normalised binary entropy ``H(e) / ln 2`` and inverted: ``e`` with ``e <= 0.5``. A
+    boundary voxel at p = 0.7 has entropy 0.88 but is wrong 30 % of the time (calibrated), one at p = 0.55
+    has entropy 0.99 and is wrong 45 % of the time: summing entropies would count the first almost as much
+    as the second, summing ``e`` counts the expected wrong voxels. Monotone, so it never reorders voxels;
+    near a boundary between two labels (where the errors are) the binary reading is exact for the mean
+    prediction's two leading classes.
+
+    Parameters
+    ----------
+    u : ndarray
+        Values in [0, 1] (clipped).
+
+    Returns
+    -------
+    ndarray
+        float32, same shape.
+    """
+    v = np.clip(np.asarray(u, dtype=np.float64), 0.0, 1.0)
+    return np.interp(v, _H_GRID, _P_GRID).astype(np.float32)
 
 
 def dilated_foreground(labels: np.ndarray, margin: int = FOREGROUND_MARGIN) -> np.ndarray:
@@ -270,6 +311,57 @@ def adaptive_threshold(u: np.ndarray, labels: np.ndarray | None = None) -> float
     return float(max(DEFAULT_MIN_THRESHOLD, np.percentile(values, DEFAULT_PERCENTILE)))
 
 
+def split_large_components(components: np.ndarray, n: int, max_extent: int) -> tuple[np.ndarray, int]:
+    """Cut every component whose bounding box is longer than ``max_extent`` along an axis on a cube grid.
+
+    The grid (cubes of ``max_extent`` voxels, anchored at the component's bounding-box corner) turns a
+    long shell of uncertainty into pieces one can view and rank separately; smaller components are kept
+    whole. Labels are renumbered 1..n' in order of (component, cube).
+
+    Parameters
+    ----------
+    components : ndarray
+        Integer label image (0 = none), e.g. from ``scipy.ndimage.label``.
+    n : int
+        Number of components.
+    max_extent : int
+        Cube side in voxels (>= 1).
+
+    Returns
+    -------
+    components : ndarray
+        int32 label image of the pieces.
+    n : int
+        Number of pieces.
+    """
+    if n == 0 or max_extent < 1:
+        return components, n
+    objects = ndimage.find_objects(components)
+    big = [i + 1 for i, sl in enumerate(objects) if sl and max(s.stop - s.start for s in sl) > max_extent]
+    if not big:
+        return components, n
+    mask = components > 0
+    comp = components[mask].astype(np.int64)
+    coords = np.nonzero(mask)
+    key = comp * 0
+    is_big = np.zeros(n + 1, dtype=bool)
+    is_big[big] = True
+    sel = is_big[comp]
+    starts = np.zeros((n + 1, components.ndim), dtype=np.int64)
+    for cid in big:
+        starts[cid] = [s.start for s in objects[cid - 1]]
+    # cube index inside the component's bounding box, mixed radix with a generous base
+    base = int(max(components.shape) // max_extent + 2)
+    for axis, c in enumerate(coords):
+        cube = (c[sel] - starts[comp[sel], axis]) // max_extent
+        key[sel] = key[sel] * base + cube
+    combined = comp * base ** components.ndim + key
+    _, new_ids = np.unique(combined, return_inverse=True)
+    out = np.zeros(components.shape, dtype=np.int32)
+    out[mask] = new_ids.reshape(-1).astype(np.int32) + 1
+    return out, int(new_ids.max()) + 1
+
+
 @dataclass
 class Region:
     """One connected region of high uncertainty.
@@ -291,8 +383,10 @@ class Region:
     classes : tuple of int
         Label values inside the region or touching it (26-neighbourhood), background 0 included.
     score : float
-        ``mean_uncertainty * log(1 + size_voxels)``: uncertain *and* large regions first, with a
-        logarithm so a huge faint region does not always beat a small very uncertain one.
+        Expected error held by the region: the number of wrong voxels it is expected to hold, the sum
+        over its voxels of :func:`error_probability` of ``u``. The region where a correction fixes most
+        comes first (neither the largest faint region nor the smallest very uncertain one by
+        construction).
     """
 
     id: int
@@ -316,9 +410,10 @@ def label_regions(
     kl: np.ndarray | None,
     labels: np.ndarray | None = None,
     spacing: tuple[float, ...] = (1.0, 1.0, 1.0),
-    threshold: float | None = None,
+    threshold: float | str | None = None,
     min_size: int = 10,
     max_regions: int | None = None,
+    max_extent: int | None = DEFAULT_MAX_EXTENT,
 ) -> tuple[np.ndarray, list[Region]]:
     """Like :func:`rank_regions`, also returning a label image of the kept regions (value = rank id).
 
@@ -339,17 +434,23 @@ def label_regions(
     if spacing_arr.shape != (u.ndim,):
         raise ValueError(f"spacing must have {u.ndim} values, got {spacing!r}")
     if threshold is None:
+        threshold = DEFAULT_THRESHOLD
+    elif threshold == "adaptive":
         threshold = adaptive_threshold(u, lab_map)
     mask = u >= threshold
     components, n = ndimage.label(mask, structure=np.ones((3,) * u.ndim, dtype=bool))
     if n == 0:
         return np.zeros(u.shape, np.int32), []
+    if max_extent:
+        components, n = split_large_components(components, n, int(max_extent))
+        mask = components > 0
 
     comp = components[mask]  # component id of every uncertain voxel (only these are visited)
     size = np.bincount(comp, minlength=n + 1).astype(np.int64)
     sum_h = np.bincount(comp, weights=h[mask], minlength=n + 1)
     sum_k = np.bincount(comp, weights=k[mask], minlength=n + 1) if k is not None else np.zeros(n + 1)
     sum_u = np.bincount(comp, weights=u[mask], minlength=n + 1)
+    sum_e = np.bincount(comp, weights=error_probability(u[mask]), minlength=n + 1)
     coords = np.nonzero(mask)
     sum_c = [np.bincount(comp, weights=c, minlength=n + 1) for c in coords]
     slices = ndimage.find_objects(components)
@@ -357,8 +458,7 @@ def label_regions(
     kept: list[tuple[float, int]] = []
     for cid in range(1, n + 1):
         if size[cid] >= max(int(min_size), 1):
-            mean_u = sum_u[cid] / size[cid]
-            kept.append((float(mean_u * np.log1p(size[cid])), cid))
+            kept.append((float(sum_e[cid]), cid))
     kept.sort(key=lambda t: (-t[0], t[1]))
     if max_regions is not None:
         kept = kept[: max(int(max_regions), 0)]
@@ -400,15 +500,20 @@ def rank_regions(
     kl: np.ndarray | None,
     labels: np.ndarray | None = None,
     spacing: tuple[float, ...] = (1.0, 1.0, 1.0),
-    threshold: float | None = None,
+    threshold: float | str | None = None,
     min_size: int = 10,
     max_regions: int | None = None,
+    max_extent: int | None = DEFAULT_MAX_EXTENT,
 ) -> list[Region]:
     """Connected regions of high uncertainty, most worth correcting first.
 
     Voxels with ``u = max(entropy, kl) >= threshold`` are grouped into 26-connected components
-    (``scipy.ndimage.label``); components smaller than ``min_size`` voxels are dropped; the rest are
-    sorted by ``score = mean_uncertainty * log(1 + size_voxels)``.
+    (``scipy.ndimage.label``). Uncertainty lines the whole boundary of a structure, so one component is
+    often a shell around all of it; a component longer than ``max_extent`` voxels along any axis is cut
+    by a grid of ``max_extent``-voxel cubes (:func:`split_large_components`) so that every region is a
+    place one can look at. Regions smaller than ``min_size`` voxels are dropped; the rest are sorted by the
+    number of wrong voxels they are expected to hold, ``score`` = sum of :func:`error_probability` of ``u``
+    over the region (see :class:`Region`).
 
     Parameters
     ----------
@@ -420,20 +525,25 @@ def rank_regions(
         Predicted label map; used for the adaptive threshold and :attr:`Region.classes`.
     spacing : tuple of float
         Voxel size (z, y, x) in millimetres, for :attr:`Region.volume_mm3`.
-    threshold : float, optional
-        Uncertainty threshold. Default: :func:`adaptive_threshold`, ``max(0.5, 95th percentile of u inside
-        the foreground dilated by 3 voxels)``.
+    threshold : float or "adaptive", optional
+        Uncertainty threshold. Default :data:`DEFAULT_THRESHOLD` (0.5: a voxel whose normalised uncertainty
+        implies at least an 11 % chance of being wrong). ``"adaptive"``: :func:`adaptive_threshold`,
+        ``max(0.5, 95th percentile of u inside the foreground dilated by 3 voxels)``, which keeps only the
+        most uncertain 5 % and measured too narrow (benchmarks/results/uncertainty.md).
     min_size : int
         Smallest region kept, in voxels.
     max_regions : int, optional
         Keep only the best ones.
+    max_extent : int, optional
+        Longest side, in voxels, of a region (default 24); larger components are split on a cube grid.
+        None or 0: no splitting.
 
     Returns
     -------
     list of Region
         Sorted by score, descending; ``id`` is the rank starting at 1.
     """
-    return label_regions(entropy, kl, labels, spacing, threshold, min_size, max_regions)[1]
+    return label_regions(entropy, kl, labels, spacing, threshold, min_size, max_regions, max_extent)[1]
 
 
 def volume_score(
@@ -477,3 +587,86 @@ def volume_score(
         if region.any():
             return float(u[region].mean(dtype=np.float64))
     return float(u.mean(dtype=np.float64))
+
+
+@dataclass
+class SliceScore:
+    """The expected error in one slice.
+
+    Attributes
+    ----------
+    index : int
+        Slice index along ``axis``.
+    axis : int
+        Array axis the slice is orthogonal to (0 = z: the slices napari shows by default).
+    score : float
+        Expected number of wrong voxels: the sum of :func:`error_probability` of ``u`` over the slice.
+    mean_uncertainty : float
+        Mean of ``u`` over the slice's uncertain part (``u >= 0.1``; 0 if none).
+    foreground_voxels : int
+        Predicted foreground voxels in the slice (0 without labels).
+    """
+
+    index: int
+    axis: int
+    score: float
+    mean_uncertainty: float
+    foreground_voxels: int = 0
+
+    def to_dict(self) -> dict[str, Any]:
+        """Plain JSON-able values."""
+        return asdict(self)
+
+
+def rank_slices(
+    entropy: np.ndarray,
+    kl: np.ndarray | None = None,
+    labels: np.ndarray | None = None,
+    axis: int = 0,
+    top: int | None = None,
+) -> list[SliceScore]:
+    """Slices ranked by the error they are expected to hold: the next ones to check or correct.
+
+    A slice's score is the number of wrong voxels it is expected to hold: the sum over it of
+    :func:`error_probability` of ``u = max(entropy, kl)``. Summing (not averaging) puts the slice where a
+    correction fixes most first; slices without uncertainty score 0.
+
+    Parameters
+    ----------
+    entropy : ndarray
+        Uncertainty map in [0, 1], (z, y, x).
+    kl : ndarray, optional
+        Second map, combined by the maximum.
+    labels : ndarray, optional
+        Predicted labels, for :attr:`SliceScore.foreground_voxels`.
+    axis : int
+        The slices are orthogonal to this axis.
+    top : int, optional
+        Return only the best ``top`` slices.
+
+    Returns
+    -------
+    list of SliceScore
+        Descending score; ties by index.
+    """
+    u = combined_uncertainty(entropy, kl)
+    ax = int(axis) % u.ndim
+    other = tuple(a for a in range(u.ndim) if a != ax)
+    sums = error_probability(u).sum(axis=other, dtype=np.float64)
+    busy = u >= 0.1
+    n_busy = busy.sum(axis=other)
+    busy_sum = np.where(busy, u, 0).sum(axis=other, dtype=np.float64)
+    fg = (np.asarray(labels) > 0).sum(axis=other) if labels is not None else np.zeros(u.shape[ax], int)
+    order = sorted(range(u.shape[ax]), key=lambda i: (-sums[i], i))
+    if top is not None:
+        order = order[: max(int(top), 0)]
+    return [
+        SliceScore(
+            index=int(i),
+            axis=ax,
+            score=float(sums[i]),
+            mean_uncertainty=float(busy_sum[i] / n_busy[i]) if n_busy[i] else 0.0,
+            foreground_voxels=int(fg[i]),
+        )
+        for i in order
+    ]

@@ -73,3 +73,17 @@ def test_new_results_refresh_the_lists(make_napari_viewer):
     show_prediction(viewer, image, _fake_prediction([(1, 4, 1, 9, 1, 9, 0.95)]))
     assert [name for name, _ in widget.volume_scores] == ["c"]
     assert len(widget.regions) == 1
+
+
+def test_slices_to_check_next_are_listed_and_navigated(viewer_with_results):
+    viewer = viewer_with_results
+    widget = UncertaintyWidget(viewer)
+    # "a": slices 10-12 hold the big region (equal, ties by index), 2-4 the small one
+    assert [s.index for s in widget.slices[:3]] == [10, 11, 12]
+    assert {s.index for s in widget.slices[3:6]} == {2, 3, 4}
+    assert widget.slice_table.rowCount() == len(widget.slices) <= 10
+    assert widget.region_table.item(0, 1).text() == f"{widget.regions[0].score:.0f}"
+    widget.select_slice(3)
+    assert viewer.dims.current_step[0] == widget.slices[3].index
+    widget.select_slice(0)
+    assert viewer.dims.current_step[0] == 10

@@ -72,6 +72,12 @@ class InferenceConfig:
         ``"error"`` (default) raises a ``VolumeError`` naming the file and the count; ``"zero"`` / ``"mean"``
         replace them by 0 / the mean of the finite voxels (raw intensities) and record the count in
         ``Prediction.info["nonfinite_voxels"]``.
+    temperature : float or None
+        Calibration of the mean probability: ``softmax(log p_mean / T)`` before the entropy map is computed
+        (``T > 1`` softens over-confident probabilities). The argmax, hence the segmentation, never changes,
+        nor does the KL map. ``None`` (default): the checkpoint's ``calibration.temperature`` metadata when
+        present (fitted on labeled cases by :func:`napari_sscce.metrics.calibration.fit_temperature`),
+        else 1 (no change).
     """
 
     patch_size: tuple[int, int, int] | None = None
@@ -87,6 +93,7 @@ class InferenceConfig:
     return_per_network: bool = False
     mc_dropout: int = 0
     nan_policy: str = "error"
+    temperature: float | None = None
 
     def __post_init__(self) -> None:
         self.patch_size = _triple(self.patch_size, "patch_size")  # type: ignore[assignment]
@@ -118,6 +125,8 @@ class InferenceConfig:
             )
         if int(self.mc_dropout) < 0:
             raise ValueError(f"mc_dropout must be >= 0, got {self.mc_dropout}")
+        if self.temperature is not None and not float(self.temperature) > 0:
+            raise ValueError(f"temperature must be positive, got {self.temperature}")
 
     @classmethod
     def literature(cls, **overrides: Any) -> InferenceConfig:

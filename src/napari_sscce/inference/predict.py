@@ -216,6 +216,22 @@ def tta_axes(requested: tuple[int, ...], meta: dict[str, Any]) -> tuple[int, ...
     return tuple(a for a in requested if a in trained)
 
 
+def resolve_temperature(requested: float | None, meta: dict[str, Any]) -> float:
+    """The calibration temperature to use: the requested one, else the checkpoint's, else 1.
+
+    The checkpoint records it as ``metadata["calibration"]["temperature"]`` (a value that is not a
+    positive number is ignored).
+    """
+    if requested is not None:
+        return float(requested)
+    value = (meta.get("calibration") or {}).get("temperature")
+    try:
+        t = float(value)
+    except (TypeError, ValueError):
+        return 1.0
+    return t if t > 0 and np.isfinite(t) else 1.0
+
+
 def predict_volume(
     checkpoint_or_model: Any,
     volume: Volume | np.ndarray,
@@ -321,6 +337,9 @@ def predict_volume(
         per_network = (prob_a.numpy().copy(), prob_b.numpy().copy()) if config.return_per_network else None
         mean = prob_a.add_(prob_b).mul_(0.5)
         del prob_b
+        temperature = resolve_temperature(config.temperature, meta)
+        if temperature != 1.0:
+            mean = mean.clamp_min_(1e-8).log_().div_(temperature).softmax(dim=0)
         entropy = entropy_torch(mean, dim=0).numpy()
         labels = mean.argmax(dim=0).to(torch.uint8).numpy()
     num_classes = mean.shape[0]
@@ -338,6 +357,7 @@ def predict_volume(
         "normalization": _normalization_mode(meta),
         "nonfinite_voxels": replaced,
         "nan_policy": config.nan_policy,
+        "temperature": temperature,
     }
     report(
         progress,

@@ -1,14 +1,16 @@
 """The Uncertainty dock widget: where to look first, and which scan to correct next.
 
-Two tables:
+Three tables:
 
 - *volumes*: every open image that has ``<image> entropy`` and ``<image> segmentation`` layers, ranked by
   :func:`napari_sscce.uncertainty.volume_score` (active learning: correct the most uncertain scan first);
-- *regions*: the connected uncertain regions of the chosen image from
-  :func:`napari_sscce.uncertainty.rank_regions` (rank, size, mean uncertainty, classes). Choosing a row (or
-  Next / Previous) moves the view there: the slider to the region's slice, the camera centre to its centre in
-  world coordinates (the layer's scale and translate applied) and a zoom that shows the region with room
-  around it.
+- *regions*: the uncertain regions of the chosen image from :func:`napari_sscce.uncertainty.rank_regions`,
+  ordered by the number of wrong voxels each is expected to hold (rank, expected errors, size, mean
+  uncertainty, classes). Choosing a row (or Next / Previous) moves the view there: the slider to the
+  region's slice, the camera centre to its centre in world coordinates (the layer's scale and translate
+  applied) and a zoom that shows the region with room around it;
+- *slices to check next*: the slices (along the first axis) that hold the most expected errors
+  (:func:`napari_sscce.uncertainty.rank_slices`); choosing one moves the slider there.
 """
 
 from __future__ import annotations
@@ -27,7 +29,7 @@ from qtpy.QtWidgets import (
     QWidget,
 )
 
-from napari_sscce.uncertainty import Region, rank_regions, volume_score
+from napari_sscce.uncertainty import Region, SliceScore, rank_regions, rank_slices, volume_score
 from napari_sscce.widgets._layers import (
     ENTROPY,
     KL,
@@ -39,6 +41,8 @@ from napari_sscce.widgets._layers import (
 #: a region fills about this fraction of the canvas after a jump
 REGION_FILL = 0.4
 MAX_REGIONS = 50
+#: rows of the "slices to check next" table
+MAX_SLICES = 10
 
 
 def region_world_box(layer: Any, region: Region) -> tuple[np.ndarray, np.ndarray]:
@@ -79,14 +83,19 @@ class UncertaintyWidget(QWidget):
         super().__init__(parent)
         self.viewer = napari_viewer
         self.regions: list[Region] = []
+        self.slices: list[SliceScore] = []
         self.image_name: str | None = None
         self._scores: list[tuple[str, float]] = []
 
         self.volume_table = QTableWidget(0, 2, self)
         self.volume_table.setHorizontalHeaderLabels(["image", "score"])
-        self.region_table = QTableWidget(0, 5, self)
-        self.region_table.setHorizontalHeaderLabels(["#", "voxels", "mm³", "uncertainty", "classes"])
-        for table in (self.volume_table, self.region_table):
+        self.region_table = QTableWidget(0, 6, self)
+        self.region_table.setHorizontalHeaderLabels(
+            ["#", "expected errors", "voxels", "mm³", "uncertainty", "classes"]
+        )
+        self.slice_table = QTableWidget(0, 2, self)
+        self.slice_table.setHorizontalHeaderLabels(["slice", "expected errors"])
+        for table in (self.volume_table, self.region_table, self.slice_table):
             table.setSelectionBehavior(QAbstractItemView.SelectionBehavior.SelectRows)
             table.setSelectionMode(QAbstractItemView.SelectionMode.SingleSelection)
             table.setEditTriggers(QAbstractItemView.EditTrigger.NoEditTriggers)
@@ -94,6 +103,7 @@ class UncertaintyWidget(QWidget):
             table.horizontalHeader().setStretchLastSection(True)
         self.volume_table.setMaximumHeight(120)
         self.region_table.setMinimumHeight(160)
+        self.slice_table.setMaximumHeight(160)
         self.refresh_button = QPushButton("Refresh", self)
         self.prev_button = QPushButton("◀ Previous", self)
         self.next_button = QPushButton("Next ▶", self)
@@ -103,8 +113,10 @@ class UncertaintyWidget(QWidget):
         layout = QVBoxLayout(self)
         layout.addWidget(QLabel("Correct next (most uncertain scan first):", self))
         layout.addWidget(self.volume_table)
-        layout.addWidget(QLabel("Uncertain regions (largest and most uncertain first):", self))
+        layout.addWidget(QLabel("Uncertain regions (most expected errors first):", self))
         layout.addWidget(self.region_table, 1)
+        layout.addWidget(QLabel("Slices to check next (most expected errors first):", self))
+        layout.addWidget(self.slice_table)
         nav = QHBoxLayout()
         nav.addWidget(self.prev_button)
         nav.addWidget(self.next_button)
@@ -117,6 +129,7 @@ class UncertaintyWidget(QWidget):
         self.prev_button.clicked.connect(lambda: self.step(-1))
         self.volume_table.itemSelectionChanged.connect(self._on_volume_selected)
         self.region_table.itemSelectionChanged.connect(self._on_region_selected)
+        self.slice_table.itemSelectionChanged.connect(self._on_slice_selected)
         napari_viewer.layers.events.inserted.connect(self._on_layers_changed)
         napari_viewer.layers.events.removed.connect(self._on_layers_changed)
         self.refresh()
@@ -171,6 +184,7 @@ class UncertaintyWidget(QWidget):
         """Rank and list the uncertain regions of ``image_name``."""
         self.image_name = image_name
         self.regions = []
+        self.slices = []
         if image_name is not None:
             ent_layer = find_result_layer(self.viewer, image_name, ENTROPY)
             kl_layer = find_result_layer(self.viewer, image_name, KL)
@@ -183,6 +197,13 @@ class UncertaintyWidget(QWidget):
                 spacing,
                 max_regions=MAX_REGIONS,
             )
+            self.slices = rank_slices(
+                np.asarray(ent_layer.data),
+                None if kl_layer is None else np.asarray(kl_layer.data),
+                np.asarray(seg_layer.data),
+                axis=0,
+                top=MAX_SLICES,
+            )
         self.region_table.blockSignals(True)
         self.region_table.clearSelection()
         self.region_table.setRowCount(len(self.regions))
@@ -190,6 +211,7 @@ class UncertaintyWidget(QWidget):
             classes = ", ".join(str(c) for c in region.classes if c != 0) or "background"
             values = (
                 str(region.id),
+                f"{region.score:.0f}",
                 str(region.size_voxels),
                 f"{region.volume_mm3:.1f}",
                 f"{region.mean_uncertainty:.2f}",
@@ -198,6 +220,7 @@ class UncertaintyWidget(QWidget):
             for col, text in enumerate(values):
                 self.region_table.setItem(row, col, QTableWidgetItem(text))
         self.region_table.blockSignals(False)
+        self._fill_slices()
         if image_name is None:
             self.status.setText("Segment an image to see its uncertain regions.")
         elif not self.regions:
@@ -242,3 +265,33 @@ class UncertaintyWidget(QWidget):
             f"region {region.id}: slice {z}, centre (y {y}, x {x}), {region.size_voxels} voxels, "
             f"mean uncertainty {region.mean_uncertainty:.2f}"
         )
+
+    # ----------------------------------------------------------------------------------------- slices
+    def _fill_slices(self) -> None:
+        self.slice_table.blockSignals(True)
+        self.slice_table.clearSelection()
+        self.slice_table.setRowCount(len(self.slices))
+        for row, item in enumerate(self.slices):
+            self.slice_table.setItem(row, 0, QTableWidgetItem(str(item.index)))
+            self.slice_table.setItem(row, 1, QTableWidgetItem(f"{item.score:.0f}"))
+        self.slice_table.blockSignals(False)
+
+    def select_slice(self, index: int) -> None:
+        """Select row ``index`` of the slice table and move the slider to that slice."""
+        if not self.slices:
+            return
+        index = int(np.clip(index, 0, len(self.slices) - 1))
+        self.slice_table.selectRow(index)  # triggers _on_slice_selected
+
+    def _on_slice_selected(self) -> None:
+        rows = {i.row() for i in self.slice_table.selectedIndexes()}
+        layer = find_result_layer(self.viewer, self.image_name, ENTROPY) if self.image_name else None
+        if not rows or layer is None:
+            return
+        item = self.slices[min(rows)]
+        centre = np.asarray(layer.data.shape, dtype=float) / 2.0
+        centre[item.axis] = item.index
+        world = np.asarray(layer.data_to_world(centre), dtype=float)
+        offset = self.viewer.dims.ndim - world.size
+        self.viewer.dims.set_point(offset + item.axis, world[item.axis])
+        self.status.setText(f"slice {item.index}: about {item.score:.0f} wrong voxels expected")

@@ -1,0 +1,116 @@
+"""The simulated annotator and the strategies of benchmarks/loop.py, on small generated volumes."""
+
+from __future__ import annotations
+
+import importlib.util
+import sys
+from pathlib import Path
+
+import numpy as np
+import pytest
+
+LOOP_PATH = Path(__file__).resolve().parents[1] / "benchmarks" / "loop.py"
+
+
+@pytest.fixture(scope="module")
+def loop():
+    spec = importlib.util.spec_from_file_location("sscce_loop_benchmark", LOOP_PATH)
+    module = importlib.util.module_from_spec(spec)
+    sys.modules[spec.name] = module  # dataclasses look their module up
+    spec.loader.exec_module(module)
+    return module
+
+
+def _case(error_slices: tuple[int, ...], shape=(12, 16, 16), uncertain=0.9):
+    """A cube segmentation whose errors (a missed row of voxels per slice) lie in ``error_slices``;
+    the entropy is high exactly there. Returns (Segmented, ground truth)."""
+    gt = np.zeros(shape, np.uint8)
+    gt[3:9, 4:12, 4:12] = 1
+    pred = gt.copy()
+    entropy = np.zeros(shape, np.float32)
+    for z in error_slices:
+        pred[z, 4, 4:12] = 0
+        entropy[z, 4, 4:12] = uncertain
+    return pred, entropy, gt
+
+
+def test_correct_replaces_only_the_chosen_slices(loop) -> None:
+    pred, _, gt = _case((4, 6))
+    fix = loop.correct(pred, gt, [4, 5])
+    assert np.array_equal(fix.labels[[4, 5]], gt[[4, 5]])
+    assert np.array_equal(fix.labels[6], pred[6])  # an uncorrected slice keeps its error
+    assert fix.mask.dtype == np.uint8 and fix.mask.sum() == 2 * 16 * 16
+    assert fix.mask[[4, 5]].all() and not fix.mask[6].any()
+    assert fix.edited_voxels == 8  # slice 4's missed row; slice 5 was right
+    whole = loop.correct(pred, gt, list(range(12)))
+    assert np.array_equal(whole.labels, gt) and whole.edited_voxels == int((pred != gt).sum()) == 16
+    along_x = loop.correct(pred, gt, [4], axis=2)
+    assert along_x.mask[:, :, 4].all() and along_x.mask.sum() == 12 * 16
+    with pytest.raises(ValueError, match="shape"):
+        loop.correct(pred, gt[:-1], [0])
+
+
+def test_ranked_slices_find_the_errors_random_ones_stay_on_the_organ(loop) -> None:
+    pred, entropy, _ = _case((4, 7))
+    seg = loop.Segmented(labels=pred, entropy=entropy)
+    rng = np.random.default_rng(0)
+    assert loop.choose_slices("ranked", seg, 2, rng) == [4, 7]
+    assert loop.choose_slices("all", seg, 2, rng) == list(range(12))
+    crossing = set(range(0, 12))  # the cube z 3..8 dilated by 3 voxels: every slice here
+    for seed in range(5):
+        picked = loop.choose_slices("random", seg, 4, np.random.default_rng(seed))
+        assert len(set(picked)) == 4 and set(picked) <= crossing
+    # slices away from the organ are drawn only to top up
+    padded = np.pad(pred[3:9], ((0, 20), (0, 0), (0, 0)))
+    small = loop.Segmented(labels=padded, entropy=np.zeros(padded.shape, np.float32))
+    picked = loop.choose_slices("random", small, 4, np.random.default_rng(1))
+    assert max(picked) <= 8  # z 0..5 labelled, dilated to 8
+    assert loop.choose_slices("random", seg, 4, np.random.default_rng(3)) == loop.choose_slices(
+        "random", seg, 4, np.random.default_rng(3)
+    )
+    with pytest.raises(ValueError, match="slice choice"):
+        loop.choose_slices("best", seg, 1, rng)
+
+
+def test_cases_by_volume_score_take_the_most_uncertain(loop) -> None:
+    calm_pred, calm_h, _ = _case((5,), uncertain=0.3)
+    busy_pred, busy_h, _ = _case((3, 4, 5, 6), uncertain=0.9)
+    mid_pred, mid_h, _ = _case((4, 5), uncertain=0.9)
+    cands = {
+        "calm": loop.Segmented(calm_pred, calm_h),
+        "busy": loop.Segmented(busy_pred, busy_h),
+        "mid": loop.Segmented(mid_pred, mid_h),
+    }
+    rng = np.random.default_rng(0)
+    assert loop.choose_cases("score", cands, 2, rng) == ["busy", "mid"]
+    random_pick = loop.choose_cases("random", cands, 2, np.random.default_rng(0))
+    assert len(set(random_pick)) == 2 and set(random_pick) <= set(cands)
+    assert loop.choose_cases("score", cands, 5, rng) == ["busy", "mid", "calm"]
+    with pytest.raises(ValueError, match="case choice"):
+        loop.choose_cases("best", cands, 1, rng)
+
+
+def test_budget_and_strategies(loop) -> None:
+    assert loop.rounds_needed(32, 2, 4) == 4
+    assert loop.rounds_needed(32, 3, 4) == 3
+    assert loop.rounds_needed(5, 2, 4) == 1
+    assert set(loop.STRATEGIES) == {"a_ranked", "b_random", "c_whole", "d_supervised"}
+    assert loop.STRATEGIES["a_ranked"].uses_unlabeled and not loop.STRATEGIES["d_supervised"].uses_unlabeled
+    assert loop.mean_dice(np.array([0, 1, 2]), np.array([0, 1, 1]), 3) == pytest.approx((2 / 3 + 0) / 2)
+
+
+def test_summary_table_and_plot(loop, tmp_path) -> None:
+    rec = loop.RoundRecord
+    runs = {
+        "a_ranked": {0: [rec(0, [], 0, 0, 0.5), rec(1, ["x"], 8, 100, 0.6, round_seconds=10.0)],
+                     1: [rec(0, [], 0, 0, 0.5), rec(1, ["y"], 8, 300, 0.7, round_seconds=30.0)]},
+    }
+    summary = loop.summarise(runs)
+    expected = {"round": 1, "slices": 8.0, "edited_voxels": 200.0, "dice": pytest.approx(0.65),
+                "round_seconds": 20.0}
+    assert summary["a_ranked"][1] == expected
+    meta = {"checkpoint": "m", "n_val": 2, "seeds": [0, 1], "cases_per_round": 2, "slices_per_case": 4,
+            "iterations": 5}
+    assert "| a_ranked | 1 | 8 | 200 | 0.6500 | 20 |" in loop.to_markdown(summary, meta)
+    loop.plot(summary, tmp_path / "loop.png")
+    assert (tmp_path / "loop.png").stat().st_size > 1000
