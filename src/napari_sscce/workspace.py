@@ -129,7 +129,7 @@ class Workspace:
             return {"format": FORMAT_VERSION, "created": _now(), "cases": {}, "models": [], "current": None}
         try:
             data = json.loads(self.manifest_path.read_text())
-        except (OSError, json.JSONDecodeError) as exc:
+        except (OSError, UnicodeDecodeError, json.JSONDecodeError) as exc:
             raise WorkspaceError(f"{self.manifest_path}: cannot read the workspace manifest ({exc})") from exc
         if not isinstance(data, dict) or not isinstance(data.get("cases"), dict):
             raise WorkspaceError(f"{self.manifest_path}: not a napari-sscce workspace manifest (no 'cases')")
