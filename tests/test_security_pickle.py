@@ -121,9 +121,9 @@ def test_training_refuses_a_pickle_resume_state_and_init_checkpoint(evil, tmp_pa
 
 
 def test_workspace_manifest_and_volume_readers_refuse_pickles(evil, tmp_path):
+    from napari_sscce.io.errors import VolumeError
     from napari_sscce.io.napari_io import get_reader
     from napari_sscce.io.readers import read_volume
-    from napari_sscce.io.errors import VolumeError
     from napari_sscce.workspace import Workspace, WorkspaceError
 
     marker, files = evil

@@ -124,7 +124,7 @@ class FixedDualTask(nn.Module):
 
 
 def test_whole_ugmcl_loss_by_hand():
-    """Unlabeled batch, supervised terms off: total = 0.1 ramp (intra + cross), masked by the teacher's entropy."""
+    """Unlabeled batch, supervised terms off: total = 0.1 ramp (intra + cross), intra masked by entropy."""
     step, length, iteration = 1, 4.0, 2
     config = TrainConfig(
         method="ugmcl", iterations=4, rampup_step=step, rampup_length=length,

@@ -115,8 +115,9 @@ def test_best_checkpoint_is_the_model_of_the_best_validation(run):
     assert best.keys() == snapshots[best_it].keys()
     for key, value in best.items():
         assert torch.equal(value, snapshots[best_it][key]), key
-    assert read_checkpoint_metadata(out / "best.safetensors")["train_summary"]["best_iteration"] == best_it
-    assert read_checkpoint_metadata(out / "best.safetensors")["val_metrics"]["dice"] == pytest.approx(max(scores))
+    meta = read_checkpoint_metadata(out / "best.safetensors")
+    assert meta["train_summary"]["best_iteration"] == best_it
+    assert meta["val_metrics"]["dice"] == pytest.approx(max(scores))
     if best_it != result.iterations:  # then best and last really are different models
         last = load_file(str(out / "last.safetensors"))
         assert any(not torch.equal(last[k], best[k]) for k in best)
