@@ -164,6 +164,8 @@ def test_sigmoid_rampup_formula(t):
 class FixedNet(nn.Module):
     """A 'network' whose logits are a parameter: returns ``(logits, features)`` for the first rows.
 
+    The features (zeros) differ from the logits, so a loss computed on the wrong output is noticed.
+
     The input's values are ignored; only its number of rows is used (the first ``x.shape[0]`` rows).
     """
 
@@ -173,7 +175,7 @@ class FixedNet(nn.Module):
 
     def forward(self, x: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
         out = self.logits[: x.shape[0]]
-        return out, out
+        return out, torch.zeros_like(out)
 
 
 def binary_logits(z: list[float]) -> torch.Tensor:
@@ -228,6 +230,14 @@ def cps_reference(z_learner, z_provider, temperature=None) -> float:
             w = math.exp(-binary_kl(sigmoid(zp / temperature), sigmoid(zl / temperature)))
         total += w * ce_binary(zl, int(zp > 0))
     return total / sum(keep)
+
+
+def test_pseudo_labels_default_to_foreground_first():
+    from napari_sscce.methods.cce import pseudo_labels
+
+    split = as_volume([[0.4, 0.35, 0.25]])  # foreground mass 0.6 split over two classes
+    assert int(pseudo_labels(split)) == 1  # the function's default: foreground first
+    assert int(pseudo_labels(split, foreground_first=False)) == 0
 
 
 def test_the_two_networks_drop_different_voxels():

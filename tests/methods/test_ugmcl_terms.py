@@ -157,6 +157,37 @@ def test_whole_ugmcl_loss_by_hand():
     assert float(total) == pytest.approx(lam * intra + lam * cross, rel=1e-5)
 
 
+class RecordingTeacher(FixedDualTask):
+    """Keeps the inputs it is given (the noisy copies of the image)."""
+
+    def __init__(self, *args):
+        super().__init__(*args)
+        self.inputs: list[torch.Tensor] = []
+
+    def forward(self, x: torch.Tensor):
+        self.inputs.append(x.detach().clone())
+        return super().forward(x)
+
+
+def test_teacher_input_noise_defaults_to_clamped_normal_01():
+    """Default options: 8 passes, input + clamp(N(0, 0.1^2), -0.2, 0.2)."""
+    config = TrainConfig(method="ugmcl", iterations=4, method_options={"supervised_seg": False,
+                                                                       "supervised_sdf": False})
+    teacher = RecordingTeacher(P_TEACHER, D_TEACHER)
+    model = SimpleNamespace(net_a=FixedDualTask(P_STUDENT, D_STUDENT), net_b=teacher)
+    image = torch.zeros(1, 1, 10, 10, 20)  # the stubs ignore the image: 2000 noise samples per pass
+    batch = Batch(image, torch.zeros(1, 1, 1, 2, dtype=torch.long), torch.zeros(1, 1, 1, 2), labeled_bs=0)
+    torch.manual_seed(0)
+    UGMCLMethod(config).losses(model, batch, 0)
+    noise = torch.cat([x.flatten() for x in teacher.inputs])
+    assert noise.numel() == 8 * 2000
+    assert float(noise.abs().max()) <= 0.2 + 1e-7
+    clipped = float((noise.abs() >= 0.2 - 1e-7).float().mean())
+    assert 0.03 < clipped < 0.065  # P(|Z| > 2) = 4.55 % for std 0.1
+    # std of clamp(N(0, 1), -2, 2) is 0.9594 (numerical integral): 0.096 for std 0.1
+    assert float(noise.std()) == pytest.approx(0.096, abs=0.004)
+
+
 def test_supervised_ugmcl_terms_by_hand():
     """Labeled voxels: 0.5 CE + 0.5 Dice + 0.3 MSE(d, T(y)) with T the normalised signed distance."""
     n = 6
