@@ -61,7 +61,10 @@ MODULES: dict[str, tuple[list[str] | None, list[list[str]]]] = {
     f"{PKG}/methods/supervised.py": (None, [[f"{M}/test_loss_values.py"], [f"{M}/test_cce.py"]]),
     f"{PKG}/training/loop.py": (
         ["validate", "run_validation", "save_all", "lr_factor"],
-        [["tests/training/test_validation_best.py"], ["tests/training/test_loop.py"]],
+        [
+            ["tests/training/test_lr_factor.py", "tests/training/test_validation_best.py"],
+            ["tests/training/test_loop.py"],
+        ],
     ),
     f"{PKG}/uncertainty.py": (None, [["tests/test_uncertainty.py"]]),
     f"{PKG}/workspace.py": (None, [["tests/test_workspace_atomic.py", "tests/test_workspace.py"]]),
