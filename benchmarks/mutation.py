@@ -66,7 +66,7 @@ MODULES: dict[str, tuple[list[str] | None, list[list[str]]]] = {
             ["tests/training/test_loop.py"],
         ],
     ),
-    f"{PKG}/uncertainty.py": (None, [["tests/test_uncertainty.py"]]),
+    f"{PKG}/uncertainty.py": (None, [["tests/test_uncertainty_regions.py", "tests/test_uncertainty.py"]]),
     f"{PKG}/workspace.py": (None, [["tests/test_workspace_atomic.py", "tests/test_workspace.py"]]),
 }
 
