@@ -6,12 +6,11 @@ import numpy as np
 import pytest
 import torch
 
+from napari_sscce.inference import config as inference_config
+from napari_sscce.inference import predict
 from napari_sscce.methods.ugmcl import UGMCLMethod
+from napari_sscce.models import checkpoint
 from napari_sscce.training.config import TrainConfig
-
-checkpoint = pytest.importorskip("napari_sscce.models.checkpoint", reason="models.checkpoint not written yet")
-predict = pytest.importorskip("napari_sscce.inference.predict", reason="inference.predict not written yet")
-inference_config = pytest.importorskip("napari_sscce.inference.config", reason="inference.config missing")
 
 SIZE = 16
 

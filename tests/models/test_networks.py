@@ -105,8 +105,12 @@ def test_resnet_vnet_layout_and_params_at_patch_size():
     assert [len(getattr(net, f"layer{i}")) for i in range(1, 5)] == [3, 4, 6, 3]
     assert net.stem[0].kernel_size == (7, 7, 7) and net.stem[0].out_channels == 16
     assert [getattr(net, f"layer{i}")[-1].conv2.out_channels for i in range(1, 5)] == [32, 64, 128, 256]
-    # the parameter count does not depend on the patch size; the LA patch 112x112x80 is a multiple of 16
-    assert all(s % 16 == 0 for s in (112, 112, 80))
+    # 4 stride-2 stages: a patch that is a multiple of 16 (as LA's 112x112x80) comes back at full size,
+    # with the 16-channel last decoder feature map the contrastive term uses
+    net.eval()
+    with torch.no_grad():
+        logits, features = net(torch.zeros(1, 1, 16, 32, 48))[:2]
+    assert logits.shape == (1, 2, 16, 32, 48) and features.shape == (1, 16, 16, 32, 48)
     n = count_parameters(net)
     print(f"ResNetVNet(1, 2) parameters: {n}")
     assert n > count_parameters(VNet(1, 2))

@@ -1,0 +1,93 @@
+"""Segment again: every result layer (labels, entropy, KL) shows the new prediction; a cancelled second
+run keeps the first one's layers."""
+
+from __future__ import annotations
+
+import numpy as np
+import pytest
+import torch
+
+from napari_sscce.models.checkpoint import save_checkpoint
+from napari_sscce.models.dual import build_dual_model
+from napari_sscce.widgets.segment import SegmentWidget
+
+SHAPE = (16, 32, 32)  # as the fixtures of conftest.py
+SPACING = (2.0, 1.0, 0.5)
+
+WAIT_MS = 60_000
+ROLES = {"segmentation": "labels", "entropy": "entropy", "KL": "kl"}
+
+
+@pytest.fixture(scope="module")
+def other_model_path(tmp_path_factory):
+    """A second tiny model (other seed): its labels, entropy and KL differ from the first one's."""
+    torch.manual_seed(1)
+    model = build_dual_model("cce", in_channels=1, num_classes=2, base_filters=4)
+    with torch.no_grad():  # make sure the prediction moves: shift the output bias of one network
+        model.net_a.out_conv.bias.add_(torch.tensor([0.0, 0.5]))
+    path = tmp_path_factory.mktemp("model2") / "other.safetensors"
+    meta = {
+        "method": "cce",
+        "patch_size": list(SHAPE),
+        "spacing": list(SPACING),
+        "normalization": {"mode": "zscore"},
+    }
+    save_checkpoint(path, model, meta)
+    return path
+
+
+def _segment(qtbot, widget):
+    widget.run()
+    qtbot.waitUntil(lambda: not widget.runner.running, timeout=WAIT_MS)
+    assert "done" in widget.status.text(), widget.status.text()
+
+
+def _layer_data(viewer):
+    return {role: np.array(viewer.layers[f"scan {role}"].data, copy=True) for role in ROLES}
+
+
+def test_all_three_layers_change_on_a_rerun(qtbot, viewer_with_scan, tiny_model_path, other_model_path):
+    viewer = viewer_with_scan
+    widget = SegmentWidget(viewer)
+    widget.set_model(tiny_model_path)
+    _segment(qtbot, widget)
+    first = _layer_data(viewer)
+    first_prediction = widget.last_prediction
+    for role, attr in ROLES.items():
+        np.testing.assert_allclose(first[role], getattr(first_prediction, attr), atol=1e-6)
+
+    widget.set_model(other_model_path)
+    _segment(qtbot, widget)
+    second = _layer_data(viewer)
+    for role, attr in ROLES.items():
+        new = getattr(widget.last_prediction, attr)
+        assert not np.allclose(new, getattr(first_prediction, attr)), f"{role}: the two models agree"
+        np.testing.assert_allclose(second[role], new, atol=1e-6, err_msg=f"{role} layer not updated")
+        assert not np.allclose(second[role], first[role]), f"{role} layer kept the first run's data"
+
+
+def test_cancel_after_a_first_segmentation_keeps_it(
+    qtbot, viewer_with_scan, tiny_model_path, other_model_path
+):
+    viewer = viewer_with_scan
+    widget = SegmentWidget(viewer)
+    widget.set_model(tiny_model_path)
+    _segment(qtbot, widget)
+    first = _layer_data(viewer)
+    first_prediction = widget.last_prediction
+    layers = {role: viewer.layers[f"scan {role}"] for role in ROLES}
+    n_layers = len(viewer.layers)
+
+    widget.set_model(other_model_path)  # a completed second run would change every layer
+    connection = widget.runner.progress.connect(lambda event: widget.runner.cancel())
+    with qtbot.waitSignal(widget.runner.cancelled, timeout=WAIT_MS):
+        widget.run()
+    widget.runner.progress.disconnect(connection)
+    qtbot.waitUntil(lambda: not widget.runner.running, timeout=WAIT_MS)
+    assert "cancelled" in widget.status.text()
+    assert len(viewer.layers) == n_layers
+    for role in ROLES:
+        assert viewer.layers[f"scan {role}"] is layers[role]
+        np.testing.assert_array_equal(viewer.layers[f"scan {role}"].data, first[role])
+    assert widget.last_prediction is first_prediction
+    assert widget.run_button.isEnabled() and not widget.cancel_button.isEnabled()
