@@ -83,8 +83,8 @@ RECIPES: dict[str, Recipe] = {
         dataset="la2018",
         class_names=("background", "left atrium"),
         downsample=3.0,
-        train_args=("--method", "cce", "--iterations", "2000", "--patch", "48", "48", "24", "--base-filters",
-                    "8", "--no-dropout", "--precision", "fp32", "--val-every", "500"),
+        train_args=("--method", "cce", "--iterations", "1000", "--patch", "48", "48", "24", "--base-filters",
+                    "8", "--no-dropout", "--precision", "fp32", "--val-every", "250"),
     ),
 }
 
