@@ -116,7 +116,7 @@ def test_training_refuses_a_pickle_resume_state_and_init_checkpoint(evil, tmp_pa
             train(config)
         assert not marker.exists()
     with pytest.raises(ValueError, match="evil.pt"):
-        train(config.replace(resume=False), init_checkpoint=str(files[0]))
+        train(config.replace(resume=False, out=str(tmp_path / "run2")), init_checkpoint=str(files[0]))
     assert not marker.exists()
 
 
