@@ -31,7 +31,8 @@ def script():
 @pytest.fixture
 def run_folder(tmp_path) -> Path:
     """A finished run as `sscce train` leaves it: config.json, splits.json, last.safetensors (tiny model)."""
-    data = make_synthetic_dataset(tmp_path / "data", 4, shape=(16, 24, 24), n_labeled=2, n_val=2, seed=3)
+    data = make_synthetic_dataset(tmp_path / "data", 4, shape=(16, 24, 24), n_labeled=2, n_val=2, seed=3,
+                                  num_classes=3)
     run = tmp_path / "run"
     run.mkdir()
     config = TrainConfig(data=str(data), split=str(data / "splits.json"), method="cce", iterations=7,
@@ -40,9 +41,9 @@ def run_folder(tmp_path) -> Path:
     config.save(run / "config.json")
     (run / "splits.json").write_text(json.dumps(json.loads((data / "splits.json").read_text())))
     torch.manual_seed(0)
-    model = build_dual_model("cce", in_channels=1, num_classes=2, base_filters=2, has_dropout=False).eval()
+    model = build_dual_model("cce", in_channels=1, num_classes=3, base_filters=2, has_dropout=False).eval()
     meta = {"method": "cce", "patch_size": [16, 24, 24], "spacing": [1.5, 1.0, 1.0],
-            "normalization": {"mode": "percentile_zscore"}, "class_names": ["background", "organ"]}
+            "normalization": {"mode": "percentile_zscore"}, "class_names": ["background", "head", "body"]}
     save_checkpoint(run / "last.safetensors", model, meta)
     os.utime(run / "config.json", (1000.0, 1000.0))
     os.utime(run / "last.safetensors", (1000.0 + 125 * 60, 1000.0 + 125 * 60))
@@ -73,7 +74,7 @@ def test_from_run_packages_evaluates_and_prints(script, run_folder, tmp_path, ca
 
     ckpt = load_checkpoint(out / "hippocampus-cce.safetensors")
     card = ckpt.metadata["model_card"]
-    assert card["validation"]["cases"] == 2 and set(card["validation"]["dice_per_class"]) == {"organ"}
+    assert card["validation"]["cases"] == 2 and set(card["validation"]["dice_per_class"]) == {"anterior", "posterior"}  # the recipe names the classes
     assert card["recipe"].startswith("sscce train --data ") and card["training_time"] == "125 min"
     assert card["training_data"]["cases"] == 2 and "CC-BY-SA 4.0" in card["license"]
     assert card["machine"] and card["date"] and card["val_cases"] == ["case_002", "case_003"]
