@@ -113,7 +113,7 @@ def _add_predict(sub: argparse._SubParsersAction) -> None:
 
 
 def _add_train(sub: argparse._SubParsersAction) -> None:
-    from napari_sscce.methods import METHOD_PATHS
+    from napari_sscce.methods import method_names
     from napari_sscce.training.config import PRECISIONS, TrainConfig, parse_method_options
 
     d = TrainConfig()
@@ -128,7 +128,7 @@ def _add_train(sub: argparse._SubParsersAction) -> None:
     which = p.add_mutually_exclusive_group()
     which.add_argument("--split", metavar="JSON", help="splits.json with labeled / unlabeled / val lists")
     which.add_argument("--labeled", type=int, metavar="N", help="use the first N labeled cases as labeled")
-    p.add_argument("--method", choices=sorted(METHOD_PATHS), help=f"default: {d.method}")
+    p.add_argument("--method", choices=method_names(), help=f"default: {d.method}")
     p.add_argument("--iterations", type=int, metavar="N", help=f"default: {d.iterations}")
     p.add_argument(
         "--patch",
