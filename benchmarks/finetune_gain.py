@@ -8,8 +8,9 @@ images into a workspace; fine-tune with :func:`napari_sscce.training.finetune.ru
 training (Dice, mean of the foreground classes). Conditions:
 
 ``replay``   the starting model's labeled set is found and replayed (a model trained by this project)
-``l2sp``     no labeled set available (a packaged model): L2-SP toward the starting weights, ``--l2sp``
-``plain``    no labeled set, no regularisation (what the loop did before)
+``plain``    no labeled set available (a packaged model), no regularisation (what the loop did before)
+``l2sp<W>``  no labeled set, L2-SP toward the starting weights with weight W
+a suffix ``_lr<X>`` sets the fine-tune's learning rate (default: the fine-tune default).
 
 Usage (the issue-17 setting; OMP_NUM_THREADS=1, fp32, ~3 min per fine-tune on a 2-core CPU)::
 
@@ -44,6 +45,21 @@ from napari_sscce.training.finetune import run_finetune  # noqa: E402
 from napari_sscce.workspace import Workspace  # noqa: E402
 
 RESULTS = Path(__file__).resolve().parent / "results"
+
+
+def condition_kwargs(name: str) -> dict[str, Any]:
+    """``run_finetune`` arguments of a condition name such as ``replay``, ``plain_lr0.001``, ``l2sp10``."""
+    base, _, lr = name.partition("_lr")
+    kwargs: dict[str, Any] = {"lr": float(lr)} if lr else {}
+    if base == "replay":
+        return {**kwargs, "replay": True}
+    if base == "plain":
+        return {**kwargs, "replay": False, "l2sp": 0.0}
+    if base.startswith("l2sp"):
+        return {**kwargs, "replay": False, "l2sp": float(base[4:])}
+    raise SystemExit(f"unknown condition {name!r}")
+
+
 ICFG = InferenceConfig(precision="fp32", device="cpu")
 
 
@@ -150,8 +166,7 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--n-val", type=int, default=30)
     p.add_argument("--iterations", type=int, default=100)
     p.add_argument("--seeds", type=int, nargs="+", default=[0])
-    p.add_argument("--conditions", nargs="+", default=["replay", "l2sp", "plain"])
-    p.add_argument("--l2sp", type=float, default=1.0)
+    p.add_argument("--conditions", nargs="+", default=["replay", "plain"])
     args = p.parse_args(argv)
     torch.set_num_threads(1)
 
@@ -168,9 +183,7 @@ def main(argv: list[str] | None = None) -> int:
         "model": str(args.model),
         "model_note": f"iteration {meta.get('train_summary', {}).get('iterations')}, "
         f"val Dice {(meta.get('val_metrics') or {}).get('dice')}",
-        **{
-            k: getattr(args, k) for k in ("n_cases", "n_slices", "n_unlabeled", "n_val", "iterations", "l2sp")
-        },
+        **{k: getattr(args, k) for k in ("n_cases", "n_slices", "n_unlabeled", "n_val", "iterations")},
         "runs": [],
     }
     out["start_dice"] = held_out_dice(model, val, num_classes)
@@ -194,9 +207,8 @@ def main(argv: list[str] | None = None) -> int:
                 seed=seed,
                 precision="fp32",
                 device="cpu",
-                replay=cond == "replay",
-                l2sp=args.l2sp if cond == "l2sp" else 0.0,
                 inference=ICFG,
+                **condition_kwargs(cond),
             )
             minutes = (time.perf_counter() - t0) / 60
             score = held_out_dice(result.model_path, val, num_classes)

@@ -53,7 +53,7 @@ def trained(tmp_path_factory):
     for seed in (1, 2, 3):
         image, gt = case(seed)
         ws.add_case(image, gt, None, name=f"o{seed}")
-    result = ft.run_finetune(ws, cold_start=True, iterations=60, **FAST)
+    result = ft.run_finetune(ws, cold_start=True, iterations=40, base_filters=4, **FAST)
     assert result.version == "v0001" and result.adopted
     return result.model_path
 
@@ -151,7 +151,7 @@ def test_biased_corrections_do_not_hurt_elsewhere(tmp_path, trained):
         ws.add_case(
             image, image.with_array(labels, is_label=True), image.with_array(mask, is_label=True), f"b{seed}"
         )
-    result = ft.run_finetune(ws, trained, iterations=30, **FAST)
+    result = ft.run_finetune(ws, trained, iterations=20, **FAST)
     assert result.replayed, "the starting model's labeled set (its cold-start workspace) is replayed"
 
     def elsewhere(model) -> float:

@@ -99,6 +99,7 @@ class FinetuneWidget(QWidget):
         self._target: Any = None
         self._keep: tuple[np.ndarray, np.ndarray] | None = None  # corrections to keep: (labels, mask)
         self._case_names: dict[str, str] = {}  # layer name -> workspace case name
+        self._message = ""  # what the last training or revert did, shown above the re-segmentation line
         defaults = TrainConfig()
 
         self.image_combo = ImageLayerCombo(napari_viewer, self)
@@ -434,7 +435,8 @@ class FinetuneWidget(QWidget):
             return
         self.session.set_model(path)
         self._refresh_versions()
-        self.status.setText(f"reverted to model {version}; segmenting again …")
+        self._message = f"reverted to model {version}"
+        self.status.setText(f"{self._message}; segmenting again …")
         self._keep = None
         self._resegment(path)
 
@@ -479,9 +481,7 @@ class FinetuneWidget(QWidget):
                 result = merge_prediction(result, keep[0], keep[1])
             show_prediction(self.viewer, layer, result)
             kept = f" (the {int(keep[1].sum())} confirmed voxels kept)" if keep is not None else ""
-            self.status.setText(
-                f"{self.status.text()}\n{layer.name} segmented again with the model in use{kept}."
-            )
+            self.status.setText(f"{self._message}\n{layer.name} segmented again with the model in use{kept}.")
         self._stage = ""
 
     def _train_finished(self, result: FinetuneResult) -> None:
@@ -499,6 +499,7 @@ class FinetuneWidget(QWidget):
             self._set_running(False)
             self._stage = ""
             return
+        self._message = result.message
         self.status.setText(f"{result.message}; segmenting again …")
         self._resegment(result.current_path)
 
