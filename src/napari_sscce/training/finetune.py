@@ -11,8 +11,9 @@
 3. **Keep what the model knew**: when the starting model records where its labeled set is (a model trained by
    this project stores its data folder and split in its metadata; a workspace version stores the set it
    replayed) that set is replayed beside the workspace's cases (:func:`find_replay_source`); a share
-   :data:`REPLAY_SHARE` of the labeled draws come from it. Otherwise the weights are pulled toward the
-   starting weights (L2-SP, method option ``l2sp_weight``, :data:`DEFAULT_L2SP`).
+   :data:`REPLAY_SHARE` of the labeled draws come from it. Otherwise the fine-tune runs at a tenth of the
+   learning rate (:data:`NO_REPLAY_LR`); a pull toward the starting weights (L2-SP, method option
+   ``l2sp_weight``) is available (``l2sp``) but off by default (:data:`DEFAULT_L2SP`: it measured worse).
 4. **Never adopt a worse model silently**: a fraction :data:`HOLDOUT_FRACTION` of the confirmed slices of
    every corrected case is held aside (not trained on); the starting and the fine-tuned model are scored on
    them (Dice on the held-aside voxels, :func:`held_aside_dice`); a fine-tune that scores worse is kept as a
@@ -53,9 +54,14 @@ from napari_sscce.workspace import Workspace
 FINETUNE_OVERRIDES: dict[str, Any] = {"iterations": 100, "val_every": 0, "schedule": "poly"}
 #: share of the confirmed slices of each corrected case held aside to score the models (not trained on)
 HOLDOUT_FRACTION = 0.25
-#: share of labeled draws that come from the starting model's replayed labeled set
-REPLAY_SHARE = 0.5
-#: L2-SP weight toward the starting weights when no labeled set can be replayed (0: off)
+#: share of labeled draws that come from the starting model's replayed labeled set (the corrected cases keep a
+#: quarter of the draws, and all their unconfirmed voxels feed the unsupervised terms); chosen by measurement,
+#: benchmarks/results/finetune_gain_synthetic.md
+REPLAY_SHARE = 0.6
+#: learning rate of a fine-tune that cannot replay the model's labeled set: a tenth of TrainConfig's, which
+#: forgot less than the full rate and than L2-SP in the same measurement (and in issue 17 on hippocampus)
+NO_REPLAY_LR = 0.001
+#: L2-SP weight toward the starting weights when no labeled set can be replayed (0: off; see NO_REPLAY_LR)
 DEFAULT_L2SP = 0.0
 #: a first model trained from scratch on a CPU: a narrow CCE dual network, no dropout, a few hundred steps
 COLD_START: dict[str, Any] = {
@@ -393,6 +399,16 @@ def _add_workspace_cases(view: DataView, ws: Workspace, holdout: float) -> None:
         view.labeled.append(case.name)
 
 
+def replay_copies(n_own: int, n_replay: int, share: float, most: int = 8) -> tuple[int, int]:
+    """How often to list each own and each replayed case so that replayed ones make ``share`` of the draws.
+
+    The labeled sampler draws cases uniformly; repeating a case in the labeled list weights it. Returns the
+    pair ``(own copies, replay copies)`` in ``1..most`` whose share is closest to ``share``.
+    """
+    pairs = [(o, r) for o in range(1, most + 1) for r in range(1, most + 1)]
+    return min(pairs, key=lambda p: (abs(p[1] * n_replay / (p[1] * n_replay + p[0] * n_own) - share), sum(p)))
+
+
 def _add_replay(view: DataView, replay: ReplaySource, share: float) -> None:
     from napari_sscce.io.datasets import open_dataset
 
@@ -404,15 +420,22 @@ def _add_replay(view: DataView, replay: ReplaySource, share: float) -> None:
         _link(case.image_path, view.folder / "images" / f"{alias}{_suffix(case.image_path)}")
         _link(case.label_path, view.folder / "labels" / f"{alias}{_suffix(case.label_path)}")
         view.replayed.append(alias)
-    # repeat the workspace's cases so that they make (1 - share) of the labeled draws
-    copies = max(1, round(len(view.replayed) * (1 - share) / max(share, 1e-6) / max(len(own), 1)))
+    own_copies, replay_copies_ = replay_copies(len(own), len(view.replayed), share)
+    view.labeled = _repeat(view.folder, own, own_copies) + _repeat(view.folder, view.replayed, replay_copies_)
+
+
+def _repeat(folder: Path, names: list[str], copies: int) -> list[str]:
+    """``names`` plus ``copies - 1`` linked aliases of each (``<name>__2`` ...)."""
+    out = list(names)
     for k in range(2, copies + 1):
-        for name in own:
+        for name in names:
             alias = f"{name}__{k}"
             for sub in ("images", "labels", "masks"):
-                _link(view.folder / sub / f"{name}.nii.gz", view.folder / sub / f"{alias}.nii.gz")
-            view.labeled.append(alias)
-    view.labeled += view.replayed
+                found = sorted((folder / sub).glob(f"{name}.*"))
+                if found:
+                    _link(found[0], folder / sub / f"{alias}{_suffix(found[0])}")
+            out.append(alias)
+    return out
 
 
 def build_view(
@@ -715,6 +738,8 @@ def _finetune(
     start, start_version = ensure_version(ws, start, meta)
     view = build_view(ws, run / "view", source, holdout, replay_share)
     weight = (0.0 if source else DEFAULT_L2SP) if l2sp is None else float(l2sp)
+    if source is None:
+        changes.setdefault("lr", NO_REPLAY_LR)
     options = {**changes.pop("method_options", {}), **({"l2sp_weight": weight} if weight > 0 else {})}
     config = build_finetune_config(
         ws,
