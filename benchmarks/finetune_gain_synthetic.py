@@ -20,10 +20,12 @@ import sys
 from pathlib import Path
 from typing import Any
 
-import numpy as np
-import torch
-
+# benchmarks/ssl.py would shadow the standard library's ssl module (imported by torch): drop this folder
+sys.path[:] = [p for p in sys.path if Path(p or ".").resolve() != Path(__file__).resolve().parent]
 sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "src"))
+
+import numpy as np  # noqa: E402
+import torch  # noqa: E402
 
 from napari_sscce.inference.config import InferenceConfig  # noqa: E402
 from napari_sscce.inference.predict import predict_volume  # noqa: E402
