@@ -56,7 +56,7 @@ from napari_sscce.inference.config import InferenceConfig  # noqa: E402
 from napari_sscce.inference.predict import predict_volume  # noqa: E402
 from napari_sscce.io.datasets import open_dataset  # noqa: E402
 from napari_sscce.io.sample_data import find_shared_data  # noqa: E402
-from napari_sscce.methods import METHOD_PATHS  # noqa: E402
+from napari_sscce.methods import METHODS  # noqa: E402
 from napari_sscce.metrics.evaluate import evaluate_case  # noqa: E402
 from napari_sscce.models.checkpoint import read_checkpoint_metadata  # noqa: E402
 from napari_sscce.training.config import TrainConfig, parse_method_options  # noqa: E402
@@ -75,9 +75,9 @@ def row_setup(row: str) -> tuple[str, str]:
     row = row.split(" [")[0]
     if row in SPECIAL_ROWS:
         return SPECIAL_ROWS[row]
-    if row in METHOD_PATHS:
+    if row in METHODS:
         return row, "semi"
-    raise SystemExit(f"unknown row {row!r}; choose from {sorted({*SPECIAL_ROWS, *METHOD_PATHS})}")
+    raise SystemExit(f"unknown row {row!r}; choose from {sorted({*SPECIAL_ROWS, *METHODS})}")
 
 
 def split_for(splits: dict[str, list[str]], labels: str) -> dict[str, list[str]]:
@@ -259,7 +259,7 @@ def markdown(report: dict) -> str:
 
 def parse_args(argv=None) -> argparse.Namespace:
     default_data = (find_shared_data() or Path("../shared/data")) / "hippocampus"
-    others = [m for m in METHOD_PATHS if m not in ("cce", "supervised")]
+    others = [m for m in METHODS if m not in ("cce", "supervised")]
     rows = ["supervised", "cce", "supervised_all", *others]
     p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     p.add_argument("--data", type=Path, default=default_data, help="hippocampus folder (default %(default)s)")

@@ -1,4 +1,5 @@
-"""The ``sscce`` command line: ``train``, ``predict``, ``models``, ``evaluate``, ``demo``, ``doctor``.
+"""The ``sscce`` command line: ``train``, ``finetune``, ``predict``, ``models``, ``evaluate``, ``demo``,
+``doctor``.
 
 Each subcommand is a thin shell over a headless core function; progress events become a tqdm bar.
 """
@@ -192,7 +193,7 @@ def _add_overwrite_flag(p: argparse.ArgumentParser) -> None:
 
 
 def _add_train(sub: argparse._SubParsersAction) -> None:
-    from napari_sscce.methods import METHOD_PATHS
+    from napari_sscce.methods import method_names
     from napari_sscce.training.config import PRECISIONS, TrainConfig, parse_method_options
 
     d = TrainConfig()
@@ -207,7 +208,7 @@ def _add_train(sub: argparse._SubParsersAction) -> None:
     which = p.add_mutually_exclusive_group()
     which.add_argument("--split", metavar="JSON", help="splits.json with labeled / unlabeled / val lists")
     which.add_argument("--labeled", type=int, metavar="N", help="use the first N labeled cases as labeled")
-    p.add_argument("--method", choices=sorted(METHOD_PATHS), help=f"default: {d.method}")
+    p.add_argument("--method", choices=method_names(), help=f"default: {d.method}")
     p.add_argument("--iterations", type=int, metavar="N", help=f"default: {d.iterations}")
     p.add_argument(
         "--patch",
@@ -308,6 +309,7 @@ def _add_train(sub: argparse._SubParsersAction) -> None:
         from napari_sscce.training.loop import TrainingError, train
 
         cfg = config_from_args(args)
+        _check_init_compatible(cfg.method, cfg.init_checkpoint)
         token = CancelToken()
         bar = tqdm(total=cfg.iterations, desc=f"train {cfg.method}", unit="it", disable=args.quiet)
         bar.update(0)
@@ -348,6 +350,87 @@ def _add_train(sub: argparse._SubParsersAction) -> None:
         state = "stopped (resume with --resume)" if result.cancelled else "done"
         best = f", best val Dice {result.best_metric:.4f}" if result.best_metric is not None else ""
         print(f"{state} at iteration {result.iterations}{best}; model: {result.best_path}")
+        return 0
+
+    p.set_defaults(func=run)
+
+
+def _check_init_compatible(method: str, init: str | None) -> None:
+    """``--init`` follows the fine-tune's compatibility rule (one message for CLI and widget)."""
+    if not init:
+        return
+    from napari_sscce.training.finetune import IncompatibleModelError, check_compatible
+
+    try:
+        check_compatible(method, init)
+    except IncompatibleModelError as exc:
+        raise UserError(str(exc)) from None
+
+
+def _add_finetune(sub: argparse._SubParsersAction) -> None:
+    from napari_sscce.methods import method_names
+    from napari_sscce.training import finetune as ft
+
+    p = sub.add_parser(
+        "finetune",
+        help="fine-tune a model on a workspace (or train a first one) and add it as a new version",
+        description="The fine-tune of the napari widget, headless: the model's patch, normalisation, classes "
+        "and flips are kept; its labeled set is replayed when it can be found (else L2-SP); part of the "
+        "confirmed slices is held aside to score the starting and the new model; a new model that scores "
+        "worse is kept as a version but not made current.",
+    )
+    p.add_argument("--workspace", required=True, metavar="DIR", help="workspace folder (from the widget)")
+    p.add_argument("--model", metavar="CKPT", help="starting model (default: the workspace's current model)")
+    p.add_argument("--new", action="store_true", help="train a first model from scratch (cold start)")
+    p.add_argument("--method", choices=method_names(), help="default: the model's own method")
+    p.add_argument(
+        "--iterations",
+        type=int,
+        metavar="N",
+        help=f"default: {ft.FINETUNE_OVERRIDES['iterations']} ({ft.COLD_START['iterations']} with --new)",
+    )
+    p.add_argument("--holdout", type=float, default=ft.HOLDOUT_FRACTION, metavar="F",
+                   help="share of confirmed slices held aside to score the models (default %(default)s)")
+    p.add_argument("--no-replay", action="store_true", help="do not replay the model's own labeled set")
+    p.add_argument("--l2sp", type=float, default=None, metavar="W",
+                   help=f"L2-SP weight toward the starting weights (default {ft.DEFAULT_L2SP} without "
+                   "replay, 0 with it)")
+    p.add_argument("--seed", type=int, default=0)
+    p.add_argument("--device", default="auto", help="auto, cpu, cuda, cuda:N (default: %(default)s)")
+    p.add_argument("--precision", default=None, help="auto, bf16, fp16, fp32 (default: the training default)")
+    p.add_argument("--quiet", action="store_true", help="no progress bar")
+
+    def run(args: argparse.Namespace) -> int:
+        from tqdm import tqdm
+
+        changes = {"seed": args.seed, "device": args.device}
+        if args.precision:
+            changes["precision"] = args.precision
+        bar = tqdm(total=0, unit="it", disable=args.quiet, dynamic_ncols=True)
+
+        def progress(event) -> None:
+            if event.stage == "train" and "loss" in event.values:
+                if bar.total != event.total:
+                    bar.reset(total=event.total)
+                bar.n = event.step
+                bar.set_postfix(loss=f"{event.values['loss']:.4f}", refresh=False)
+                bar.refresh()
+            elif event.message and not event.values:
+                bar.write(event.message)
+
+        try:
+            result = ft.run_finetune(
+                args.workspace, args.model, args.method, args.iterations, progress=progress,
+                cold_start=args.new, holdout=args.holdout, replay=not args.no_replay, l2sp=args.l2sp,
+                **changes,
+            )
+        except ft.IncompatibleModelError as exc:
+            raise UserError(str(exc)) from None
+        finally:
+            bar.close()
+        print(result.message)
+        if result.current_path is not None:
+            print(f"model in use: {result.current_path}")
         return 0
 
     p.set_defaults(func=run)
@@ -435,6 +518,7 @@ def build_parser() -> argparse.ArgumentParser:
     _add_predict(sub)
     _add_models(sub)
     _add_train(sub)
+    _add_finetune(sub)
     _add_evaluate(sub)
     _add_demo(sub)
     _add_doctor(sub)

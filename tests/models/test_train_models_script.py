@@ -74,7 +74,9 @@ def test_from_run_packages_evaluates_and_prints(script, run_folder, tmp_path, ca
 
     ckpt = load_checkpoint(out / "hippocampus-cce.safetensors")
     card = ckpt.metadata["model_card"]
-    assert card["validation"]["cases"] == 2 and set(card["validation"]["dice_per_class"]) == {"anterior", "posterior"}  # the recipe names the classes
+    # the recipe names the classes
+    assert card["validation"]["cases"] == 2
+    assert set(card["validation"]["dice_per_class"]) == {"anterior", "posterior"}
     assert card["recipe"].startswith("sscce train --data ") and card["training_time"] == "125 min"
     assert card["training_data"]["cases"] == 2 and "CC-BY-SA 4.0" in card["license"]
     assert card["machine"] and card["date"] and card["val_cases"] == ["case_002", "case_003"]

@@ -4,7 +4,9 @@ The loop (``napari_sscce.training.loop``) owns everything generic: autocast, bac
 scaling, optimiser steps, learning-rate schedules, DDP wrapping, validation, checkpoints, resume and
 cancel. A method owns what is specific to it: which two networks it builds, its per-term losses, the
 extra per-case targets it needs (e.g. signed distance maps) and any post-step update (e.g. an EMA
-teacher). Methods register in :mod:`napari_sscce.methods` (``METHODS``, ``get_method``).
+teacher). A method class is the one description of a method (name, label, networks, model kind, options);
+it registers with :func:`napari_sscce.methods.registry.register_method` and everything else (CLI choices,
+the fine-tune widget, which methods may continue which model) is derived from the registry.
 """
 
 from __future__ import annotations
@@ -75,13 +77,16 @@ class Batch:
 class TrainingMethod:
     """Base class of a semi-supervised training method.
 
-    Subclasses set ``name``, ``default_networks`` and ``default_options`` and implement
-    :meth:`losses`. ``self.options`` is ``default_options`` updated with ``config.method_options``
-    (unknown keys raise a ``ValueError`` naming them), so every loss term has a switch and a weight
-    that a run's ``config.json`` records.
+    Subclasses set ``name``, ``label``, ``default_networks``, ``model_kind`` and ``default_options``,
+    implement :meth:`losses` and register with ``register_method``. ``self.options`` is
+    :data:`common_options` and ``default_options`` updated with ``config.method_options`` (unknown keys raise
+    a ``ValueError`` naming them), so every loss term has a switch and a weight that a run's ``config.json``
+    records.
     """
 
     name: ClassVar[str] = "base"
+    #: what the widget shows
+    label: ClassVar[str] = "base"
     #: network registry names for ``(net_a, net_b)`` when ``config.networks`` is not given
     default_networks: ClassVar[tuple[str, str]] = ("vnet", "resnet_vnet")
     #: ``"dual"`` (two independently trained networks) or ``"mean_teacher"`` (net_b = EMA of net_a)
@@ -89,17 +94,73 @@ class TrainingMethod:
     #: False: the loop sets ``unlabeled_bs = 0`` (supervised baselines)
     uses_unlabeled: ClassVar[bool] = True
     default_options: ClassVar[dict[str, Any]] = {}
+    #: options every method has: ``l2sp_weight`` > 0 pulls the trainable weights toward the weights the run
+    #: started from (L2-SP, Li et al. 2018), applied after each optimiser step as ``w -= lr * l2sp_weight *
+    #: (w - w_start)``; fine-tuning uses it to keep what the starting model knew
+    common_options: ClassVar[dict[str, Any]] = {"l2sp_weight": 0.0}
 
     def __init__(self, config: TrainConfig):
         self.config = config
         given = dict(getattr(config, "method_options", None) or {})
-        unknown = sorted(set(given) - set(self.default_options))
+        known = {**self.common_options, **self.default_options}
+        unknown = sorted(set(given) - set(known))
         if unknown:
             raise ValueError(
                 f"unknown option(s) {', '.join(unknown)} for method {self.name!r}; "
-                f"known: {', '.join(sorted(self.default_options)) or 'none'}"
+                f"known: {', '.join(sorted(known)) or 'none'}"
             )
-        self.options: dict[str, Any] = {**self.default_options, **given}
+        self.options: dict[str, Any] = {**known, **given}
+        self._anchor: list[tuple[torch.nn.Parameter, torch.Tensor]] = []
+        self._optimizers: list[torch.optim.Optimizer] = []
+
+    # ------------------------------------------------------------------ what the class describes
+    @classmethod
+    def accepts_networks(cls, names: tuple[str, ...]) -> bool:
+        """Whether the method can train networks of these registry names (default: any)."""
+        return True
+
+    @classmethod
+    def can_continue(cls, arch: dict[str, Any]) -> bool:
+        """Whether the method can continue training a model of architecture ``arch`` (``DualModel.arch``).
+
+        The model must be of the method's ``model_kind`` and its networks acceptable to the method.
+        """
+        try:
+            names = (str(arch["a"]["name"]), str(arch["b"]["name"]))
+        except (KeyError, TypeError):
+            return False
+        return arch.get("kind", "dual") == cls.model_kind and cls.accepts_networks(names)
+
+    @classmethod
+    def new_model(
+        cls,
+        in_channels: int = 1,
+        num_classes: int = 2,
+        networks: tuple[str, str] | None = None,
+        **net_kwargs: Any,
+    ) -> DualModel:
+        """A freshly initialised model of this method: its two networks, related as ``model_kind`` says.
+
+        Parameters
+        ----------
+        in_channels, num_classes : int
+            Input channels and classes (background included).
+        networks : tuple of str, optional
+            Registry names of ``(net_a, net_b)``; default ``default_networks``.
+        **net_kwargs
+            Further ``build_network`` arguments for both (``base_filters``, ``normalization``, ...).
+            For ``"mean_teacher"`` net_b starts as a copy of net_a (without gradients).
+        """
+        from napari_sscce.models.dual import DualModel
+        from napari_sscce.models.registry import build_network
+
+        name_a, name_b = networks or cls.default_networks
+        kwargs = {"in_channels": in_channels, "num_classes": num_classes, **net_kwargs}
+        net_a = build_network(name_a, **kwargs)
+        net_b = build_network(name_b, **kwargs)
+        if cls.model_kind == "mean_teacher":
+            net_b.load_state_dict(net_a.state_dict())
+        return DualModel(net_a, net_b, kind=cls.model_kind)
 
     # ------------------------------------------------------------------ model and optimisers
     def network_names(self) -> tuple[str, str]:
@@ -118,19 +179,9 @@ class TrainingMethod:
         }
 
     def build_model(self, in_channels: int, num_classes: int) -> DualModel:
-        """Build the two networks (independently initialised) wrapped in a ``DualModel``."""
-        from napari_sscce.models.dual import DualModel
-        from napari_sscce.models.registry import build_network
-
-        name_a, name_b = self.network_names()
+        """The model of this run: :meth:`new_model` with the config's networks and network arguments."""
         kwargs = self.network_kwargs(in_channels, num_classes)
-        net_a = build_network(name_a, **kwargs)
-        net_b = build_network(name_b, **kwargs)
-        if self.model_kind == "mean_teacher":
-            net_b.load_state_dict(net_a.state_dict())
-            for p in net_b.parameters():
-                p.requires_grad_(False)
-        return DualModel(net_a, net_b, kind=self.model_kind)
+        return self.new_model(networks=self.network_names(), **kwargs)
 
     def trainable_networks(self, model: DualModel) -> list[torch.nn.Module]:
         """Networks that receive gradient: both for ``"dual"``, the student only for ``"mean_teacher"``."""
@@ -139,9 +190,20 @@ class TrainingMethod:
         return [model.net_a, model.net_b]
 
     def optimizers(self, model: DualModel) -> list[torch.optim.Optimizer]:
-        """One SGD optimiser per trainable network (``config.lr``, ``momentum``, ``weight_decay``)."""
+        """One SGD optimiser per trainable network (``config.lr``, ``momentum``, ``weight_decay``).
+
+        Called once, on the model the run starts from; with ``l2sp_weight`` > 0 its trainable weights are
+        kept as the anchor of the L2-SP pull (see :meth:`after_step`).
+        """
         cfg = self.config
-        return [
+        if float(self.options["l2sp_weight"]) > 0:
+            self._anchor = [
+                (p, p.detach().clone())
+                for net in self.trainable_networks(model)
+                for p in net.parameters()
+                if p.requires_grad
+            ]
+        self._optimizers = [
             torch.optim.SGD(
                 [p for p in net.parameters() if p.requires_grad],
                 lr=cfg.lr,
@@ -151,6 +213,7 @@ class TrainingMethod:
             )
             for net in self.trainable_networks(model)
         ]
+        return self._optimizers
 
     # ------------------------------------------------------------------ data and losses
     def extra_targets(
@@ -171,7 +234,29 @@ class TrainingMethod:
         raise NotImplementedError
 
     def after_step(self, model: DualModel, iteration: int) -> None:
-        """Hook called after the optimiser steps (e.g. EMA update of a teacher)."""
+        """Hook called after the optimiser steps (e.g. EMA update of a teacher); subclasses call ``super()``.
+
+        Applies the L2-SP pull toward the starting weights when ``l2sp_weight`` > 0.
+        """
+        self.pull_to_anchor()
+
+    @torch.no_grad()
+    def pull_to_anchor(self) -> None:
+        """``w -= lr * l2sp_weight * (w - w_start)``: one step on ``l2sp_weight / 2 * |w - w_start|^2``."""
+        weight = float(self.options["l2sp_weight"])
+        if weight <= 0 or not self._anchor or not self._optimizers:
+            return
+        rate = min(1.0, float(self._optimizers[0].param_groups[0]["lr"]) * weight)
+        for param, start in self._anchor:
+            param.sub_(rate * (param - start))
+
+    # ------------------------------------------------------------------ resume
+    def state_dict(self) -> dict[str, Any]:
+        """JSON-ready state the method keeps between steps (saved in ``train_state.pt``; default none)."""
+        return {}
+
+    def load_state_dict(self, state: dict[str, Any]) -> None:
+        """Restore what :meth:`state_dict` returned (resume)."""
 
     # ------------------------------------------------------------------ helpers
     def rampup_weight(self, iteration: int, base: float = 1.0) -> float:

@@ -62,6 +62,7 @@ import torch.nn.functional as F
 
 from napari_sscce.methods.base import Batch, TrainingMethod
 from napari_sscce.methods.losses import entropy_map, kl_map, masked_cross_entropy, supervised_loss
+from napari_sscce.methods.registry import register_method
 
 
 def entropy_keep_mask(entropy: torch.Tensor, valid: torch.Tensor, percent: float) -> torch.Tensor:
@@ -243,10 +244,12 @@ def _embedding(net: torch.nn.Module, features: torch.Tensor) -> torch.Tensor:
     return features if project is None else project(features)
 
 
+@register_method
 class CCEMethod(TrainingMethod):
     """Dual-network CCE training (see the module docstring for every term)."""
 
     name: ClassVar[str] = "cce"
+    label: ClassVar[str] = "CCE (dual network)"
     default_networks: ClassVar[tuple[str, str]] = ("vnet", "resnet_vnet")
     model_kind: ClassVar[str] = "dual"
     default_options: ClassVar[dict[str, Any]] = {

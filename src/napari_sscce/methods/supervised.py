@@ -13,12 +13,15 @@ import torch
 
 from napari_sscce.methods.base import Batch, TrainingMethod
 from napari_sscce.methods.losses import supervised_loss
+from napari_sscce.methods.registry import register_method
 
 
+@register_method
 class SupervisedMethod(TrainingMethod):
     """Supervised-only training of the dual networks."""
 
     name: ClassVar[str] = "supervised"
+    label: ClassVar[str] = "Supervised (labeled voxels only)"
     default_networks: ClassVar[tuple[str, str]] = ("vnet", "resnet_vnet")
     model_kind: ClassVar[str] = "dual"
     uses_unlabeled: ClassVar[bool] = False

@@ -59,6 +59,7 @@ from napari_sscce.methods.losses import (
     one_hot,
     sigmoid_rampup,
 )
+from napari_sscce.methods.registry import register_method
 from napari_sscce.methods.sdf import compute_sdf
 
 if TYPE_CHECKING:  # pragma: no cover
@@ -198,6 +199,7 @@ def _patch_sdf(label: torch.Tensor, mask: torch.Tensor, num_classes: int) -> tor
     return torch.from_numpy(np.stack(maps)).to(label.device)
 
 
+@register_method
 class UGMCLMethod(TrainingMethod):
     """UG-MCL mean teacher with a dual-task (segmentation + signed distance) VNet; see the module docstring.
 
@@ -215,6 +217,7 @@ class UGMCLMethod(TrainingMethod):
     """
 
     name: ClassVar[str] = "ugmcl"
+    label: ClassVar[str] = "UG-MCL (mean teacher, dual task)"
     default_networks: ClassVar[tuple[str, str]] = (UGMCL_NETWORK, UGMCL_NETWORK)
     model_kind: ClassVar[str] = "mean_teacher"
     default_options: ClassVar[dict[str, Any]] = {
@@ -251,12 +254,10 @@ class UGMCLMethod(TrainingMethod):
         self._teacher_ran = False
 
     # ------------------------------------------------------------------ model
-    def build_model(self, in_channels: int, num_classes: int) -> DualModel:
-        """Student (``net_a``) and EMA teacher (``net_b``) dual-task VNets, the teacher a frozen copy."""
-        from napari_sscce.models.dual import build_dual_model
-
-        kwargs = self.network_kwargs(in_channels, num_classes)
-        return build_dual_model(self.name, **kwargs)
+    @classmethod
+    def accepts_networks(cls, names: tuple[str, ...]) -> bool:
+        """Only dual-task VNets (segmentation + distance heads): student net_a, EMA teacher net_b."""
+        return all(n == UGMCL_NETWORK for n in names)
 
     # ------------------------------------------------------------------ targets
     def extra_targets(
@@ -348,3 +349,4 @@ class UGMCLMethod(TrainingMethod):
         """EMA of the student into the teacher (BatchNorm statistics too when the teacher did not run)."""
         decay = float(self.options["ema_decay"])
         ema_update(model.net_b, model.net_a, decay, iteration, buffers=not self._teacher_ran)
+        super().after_step(model, iteration)

@@ -14,14 +14,6 @@ from napari_sscce.models.registry import build_network
 #: teacher of net_a (UG-MCL), without gradients; ``"single"``: one network in both places (imported weights).
 KINDS = ("dual", "mean_teacher", "single")
 
-#: The two networks each training method uses (``build_dual_model``).
-METHOD_NETWORKS = {
-    "cce": ("vnet", "resnet_vnet", "dual"),
-    "supervised": ("vnet", "resnet_vnet", "dual"),
-    "ugmcl": ("dualtask_vnet", "dualtask_vnet", "mean_teacher"),
-}
-
-
 class DualModel(nn.Module):
     """Two segmentation networks with the same input channels and classes.
 
@@ -110,27 +102,17 @@ class DualModel(nn.Module):
 
 
 def build_dual_model(method: str, in_channels: int = 1, num_classes: int = 2, **net_kwargs: Any) -> DualModel:
-    """The model a training method uses, freshly initialised.
+    """The model a training method uses, freshly initialised: the method class decides (``new_model``).
 
     Parameters
     ----------
-    method : {"cce", "supervised", "ugmcl"}
-        ``"cce"`` / ``"supervised"``: VNet (net_a) + ResNetVNet (net_b), initialised independently.
-        ``"ugmcl"``: DualTaskVNet student (net_a) + a DualTaskVNet teacher (net_b) starting as a copy of the
-        student (the EMA with UA-MT's warm-up ``alpha = min(1 - 1 / (step + 1), decay)`` makes it one at
-        the first update anyway), with ``requires_grad=False``.
+    method : str
+        A registered training method (``napari_sscce.methods``), e.g. ``"cce"``.
     in_channels, num_classes : int
         Input channels and classes (background included).
     **net_kwargs
         Further network arguments for both nets (``base_filters``, ``normalization``, ``has_dropout``).
     """
-    try:
-        name_a, name_b, kind = METHOD_NETWORKS[method]
-    except KeyError:
-        raise ValueError(f"unknown method {method!r}; known methods: {', '.join(METHOD_NETWORKS)}") from None
-    kwargs = {"in_channels": in_channels, "num_classes": num_classes, **net_kwargs}
-    net_a = build_network(name_a, **kwargs)
-    net_b = build_network(name_b, **kwargs)
-    if kind == "mean_teacher":
-        net_b.load_state_dict(net_a.state_dict())
-    return DualModel(net_a, net_b, kind=kind)
+    from napari_sscce.methods import get_method  # methods build models; models do not know methods
+
+    return get_method(method).new_model(in_channels, num_classes, **net_kwargs)

@@ -56,7 +56,7 @@ class TrainConfig:
         Use only the first N labeled cases as labeled; the remaining labeled cases (not in val)
         become unlabeled (their labels are ignored). Applied after ``split``.
     method : str
-        ``"cce"``, ``"supervised"`` or ``"ugmcl"`` (``napari_sscce.methods.METHODS``).
+        a registered method (``napari_sscce.methods.METHODS``): ``"cce"``, ``"supervised"``, ``"ugmcl"``.
     method_options : dict
         Per-method switches and weights of every loss term (see each method's ``default_options``).
     networks : list of str or None

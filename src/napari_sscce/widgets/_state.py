@@ -12,6 +12,7 @@ from __future__ import annotations
 import json
 import os
 import weakref
+from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
@@ -64,10 +65,14 @@ def remember_model(path: str | Path) -> None:
 
 
 def model_label(path: Path) -> str:
-    """A short name for a model file: ``"<workspace> v0003"`` for workspace versions, else the file name."""
-    if path.name.startswith("model.") and path.parent.parent.name == "models":
-        return f"{path.parent.parent.parent.name} {path.parent.name}"
-    return path.name
+    """A short name for a model file: ``"<workspace> v0003"`` for workspace versions, else the file name.
+
+    Whether a file is a workspace version is read from the workspace manifest
+    (:func:`napari_sscce.training.finetune.version_label`), not guessed from the folder layout.
+    """
+    from napari_sscce.training.finetune import version_label
+
+    return version_label(path) or Path(path).name
 
 
 def packaged_models() -> list[tuple[str, Path]]:
@@ -95,13 +100,15 @@ def known_models() -> list[tuple[str, Path]]:
 
 
 class Session(QObject):
-    """The model in use by a viewer's widgets; ``model_changed(path)`` tells the others."""
+    """The model in use by a viewer's widgets (``model_changed(path)`` tells the others); Segment settings."""
 
     model_changed = Signal(str)
 
     def __init__(self) -> None:
         super().__init__()
         self.model_path: Path | None = None
+        #: the Segment widget's settings (its ``config`` method), used to re-segment after a fine-tune
+        self.inference_config: Callable[[], Any] | None = None
 
     def set_model(self, path: str | Path | None) -> None:
         """Use ``path`` from now on (announces it when it changed)."""

@@ -7,22 +7,26 @@ The loop it closes:
    the current slice as checked without an edit;
 2. "Add to labeled set" writes the image, the corrected labels and the annotation mask to a workspace folder
    (:class:`napari_sscce.workspace.Workspace`, atomic writes);
-3. "Fine-tune" trains (:func:`napari_sscce.training.loop.train`) from the model in use on the workspace's
-   labeled set plus the other open images as unlabeled data, with a progress bar, a live loss / Dice curve and
-   Cancel (a cancelled run adds nothing: the model in use stays);
-4. the new model becomes a new workspace version (older ones are kept; "Revert" goes back) and the image is
-   segmented again so that the change shows.
+3. "Fine-tune" runs the headless fine-tune (:func:`napari_sscce.training.finetune.run_finetune`: the model's
+   own settings, replay of its labeled set or L2-SP, held-aside scoring) from the model in use on the
+   workspace's labeled set plus the other open images as unlabeled data, with a progress bar, a live loss
+   curve and Cancel (a cancelled run adds nothing: the model in use stays); "Train new model" trains a first
+   model from scratch the same way (cold start);
+4. the new model becomes a new workspace version (older ones are kept; "Revert" goes back); it is made current
+   only when it scores at least as well as the starting model on the held-aside slices (both figures are
+   shown), and the image is segmented again with the Segment widget's settings, keeping every confirmed
+   voxel of the corrections (:func:`~napari_sscce.training.finetune.merge_prediction`).
 
-Settings come from :class:`~napari_sscce.training.config.TrainConfig` (one source of truth) except the few
-that only make sense for a short interactive fine-tune, listed in :data:`FINETUNE_OVERRIDES`.
+The rules (settings inherited from the model, compatible methods, versions) live in
+:mod:`napari_sscce.training.finetune`; this widget only gathers the inputs and shows the outcome.
 """
 
 from __future__ import annotations
 
-from datetime import datetime
 from pathlib import Path
 from typing import Any
 
+import numpy as np
 from qtpy.QtWidgets import (
     QComboBox,
     QFileDialog,
@@ -39,10 +43,18 @@ from qtpy.QtWidgets import (
 
 from napari_sscce.inference.config import InferenceConfig
 from napari_sscce.inference.predict import predict_volume
-from napari_sscce.models.dual import METHOD_NETWORKS
+from napari_sscce.methods import method_label, method_names
 from napari_sscce.progress import ProgressEvent
 from napari_sscce.training.config import TrainConfig
-from napari_sscce.training.loop import TrainResult, train
+from napari_sscce.training.finetune import (
+    COLD_START,
+    FINETUNE_OVERRIDES,
+    FinetuneResult,
+    build_finetune_config,
+    check_compatible,
+    merge_prediction,
+    run_finetune,
+)
 from napari_sscce.widgets._annotation import DEFAULT_MODE, MODES, AnnotationTracker
 from napari_sscce.widgets._layers import (
     CASE_KEY,
@@ -53,64 +65,20 @@ from napari_sscce.widgets._layers import (
     volume_from_layer,
 )
 from napari_sscce.widgets._plot import CurvePlot
-from napari_sscce.widgets._state import load_settings, session_for, update_settings
+from napari_sscce.widgets._state import load_settings, model_label, session_for, update_settings
 from napari_sscce.widgets._worker import WorkRunner, describe_event
 from napari_sscce.widgets.segment import ImageLayerCombo, image_layers
 from napari_sscce.workspace import Workspace, safe_case_name
 
-#: TrainConfig fields a short interactive fine-tune sets differently from a full training run: a few hundred
-#: steps instead of 6000 (minutes on a CPU, not hours) and no periodic validation (the workspace has no
-#: validation split while a person builds it; the last model is kept).
-#: a short fine-tune: the step schedule scaled to 100 iterations would cut the rate tenfold at iteration 42
-FINETUNE_OVERRIDES: dict[str, Any] = {"iterations": 100, "val_every": 0, "schedule": "poly"}
-METHOD_CHOICES = ("cce", "ugmcl", "supervised")
+__all__ = ["FINETUNE_OVERRIDES", "FinetuneWidget", "build_finetune_config", "method_choices"]
+
 DEFAULT_WORKSPACE = Path.home() / "napari-sscce-workspace"
 MODE_LABELS = {"slices": "edited slices", "voxels": "edited voxels", "volume": "whole volume"}
 
 
-def compatible_methods(checkpoint_method: str | None) -> list[str]:
-    """Methods that can continue training a model made by ``checkpoint_method`` (same pair of networks)."""
-    if checkpoint_method not in METHOD_NETWORKS:
-        return list(METHOD_CHOICES)
-    nets = METHOD_NETWORKS[checkpoint_method]
-    return [m for m in METHOD_CHOICES if METHOD_NETWORKS.get(m) == nets]
-
-
-def build_finetune_config(
-    workspace: Workspace,
-    model_metadata: dict[str, Any],
-    method: str,
-    iterations: int,
-    out: str | Path,
-    **changes: Any,
-) -> TrainConfig:
-    """The :class:`TrainConfig` of a fine-tune on a workspace, starting from a model with ``model_metadata``.
-
-    TrainConfig defaults, then :data:`FINETUNE_OVERRIDES`, then what the model fixes (patch size,
-    intensity normalisation, classes), then ``method`` / ``iterations`` / ``out`` and ``changes``. Without
-    unlabeled cases the batches hold labeled rows only.
-    """
-    data = workspace.dataset_folder()
-    values: dict[str, Any] = {
-        **FINETUNE_OVERRIDES,
-        "data": str(data),
-        "method": method,
-        "iterations": int(iterations),
-        "out": str(out),
-    }
-    if model_metadata.get("patch_size"):
-        values["patch_size"] = tuple(int(v) for v in model_metadata["patch_size"])
-    norm = model_metadata.get("normalization")
-    if isinstance(norm, dict) and norm.get("mode"):
-        values["normalization"] = norm["mode"]
-    if model_metadata.get("num_classes"):
-        values["num_classes"] = int(model_metadata["num_classes"])
-    if model_metadata.get("class_names"):
-        values["class_names"] = list(model_metadata["class_names"])
-    if not any(not c.labeled for c in workspace.cases):
-        values["unlabeled_bs"] = 0
-    values.update(changes)
-    return TrainConfig(**values)
+def method_choices() -> list[tuple[str, str]]:
+    """``(label, name)`` of every registered training method, for the method list."""
+    return [(method_label(name), name) for name in method_names()]
 
 
 class FinetuneWidget(QWidget):
@@ -127,9 +95,12 @@ class FinetuneWidget(QWidget):
         self.session = session_for(napari_viewer)
         self.runner = WorkRunner(self)
         self.tracker: AnnotationTracker | None = None
-        self.last_result: TrainResult | None = None
+        self.last_result: FinetuneResult | None = None
         self._stage = ""
         self._target: Any = None
+        self._keep: tuple[np.ndarray, np.ndarray] | None = None  # corrections to keep: (labels, mask)
+        self._case_names: dict[str, str] = {}  # layer name -> workspace case name
+        self._message = ""  # what the last training or revert did, shown above the re-segmentation line
         defaults = TrainConfig()
 
         self.image_combo = ImageLayerCombo(napari_viewer, self)
@@ -148,12 +119,21 @@ class FinetuneWidget(QWidget):
         self.workspace_button.setMaximumWidth(32)
         self.add_button = QPushButton("Add to labeled set", self)
         self.method_combo = QComboBox(self)
-        self.method_combo.addItems(list(METHOD_CHOICES))
-        self.method_combo.setCurrentText(defaults.method)
+        for label, name in method_choices():
+            self.method_combo.addItem(label, name)
+        self.method_combo.setCurrentIndex(max(0, self.method_combo.findData(defaults.method)))
         self.iterations_spin = QSpinBox(self)
         self.iterations_spin.setRange(1, 100_000)
         self.iterations_spin.setValue(int(FINETUNE_OVERRIDES["iterations"]))
         self.finetune_button = QPushButton("Fine-tune", self)
+        self.new_button = QPushButton("Train new model", self)
+        self.new_button.setToolTip(
+            f"Train a first model from scratch on the workspace's labeled cases: {COLD_START['method']}, "
+            f"{COLD_START['base_filters']} filters, patch from the data, {COLD_START['iterations']} "
+            "iterations"
+        )
+        self.score_label = QLabel("", self)
+        self.score_label.setWordWrap(True)
         self.cancel_button = QPushButton("Cancel", self)
         self.cancel_button.setEnabled(False)
         self.progress_bar = QProgressBar(self)
@@ -175,6 +155,7 @@ class FinetuneWidget(QWidget):
         form.addRow("iterations", self.iterations_spin)
         run_row = QHBoxLayout()
         run_row.addWidget(self.finetune_button)
+        run_row.addWidget(self.new_button)
         run_row.addWidget(self.cancel_button)
         version_row = QHBoxLayout()
         version_row.addWidget(QLabel("model version", self))
@@ -188,6 +169,7 @@ class FinetuneWidget(QWidget):
         layout.addLayout(run_row)
         layout.addWidget(self.progress_bar)
         layout.addWidget(self.plot)
+        layout.addWidget(self.score_label)
         layout.addLayout(version_row)
         layout.addWidget(self.status)
         layout.addStretch(1)
@@ -201,6 +183,7 @@ class FinetuneWidget(QWidget):
         self.workspace_edit.editingFinished.connect(self._workspace_edited)
         self.add_button.clicked.connect(lambda: self.add_to_labeled_set())
         self.finetune_button.clicked.connect(lambda: self.finetune())
+        self.new_button.clicked.connect(lambda: self.train_new_model())
         self.cancel_button.clicked.connect(self.runner.cancel)
         self.revert_button.clicked.connect(lambda: self.revert())
         self.runner.progress.connect(self._on_progress)
@@ -213,6 +196,11 @@ class FinetuneWidget(QWidget):
         self._refresh_versions()
 
     # ------------------------------------------------------------------------------------- annotation
+    @property
+    def method(self) -> str:
+        """The training method chosen (registry name)."""
+        return str(self.method_combo.currentData())
+
     @property
     def mode(self) -> str:
         """The annotation mode (``"slices"``, ``"voxels"`` or ``"volume"``)."""
@@ -313,26 +301,64 @@ class FinetuneWidget(QWidget):
         try:
             image = volume_from_layer(layer)
             labels = image.with_array(seg.data, is_label=True)
-            mask = image.with_array(self.tracker.mask(self.mode), is_label=True)
             ws = self.workspace()
-            case = layer.metadata.get(CASE_KEY)  # set when this layer was added before: update that case
-            known = case in {c.name for c in ws.cases}
+            case = layer.metadata.get(CASE_KEY) or self._case_names.get(layer.name)
+            known = case in {c.name for c in ws.cases}  # added before: update that case explicitly
+            confirmed = self.tracker.mask(self.mode) > 0
+            earlier = ws.load_case(case)[2] if known else None
+            if earlier is not None and earlier.shape == confirmed.shape:
+                confirmed |= np.asarray(earlier.array) > 0  # corrections of earlier rounds stay confirmed
+            mask = image.with_array(confirmed.astype(np.uint8), is_label=True)
             name = ws.add_case(image, labels, mask, name=case if known else layer.name, update=known)
             layer.metadata[CASE_KEY] = name
         except (ValueError, OSError) as exc:
             self.status.setText(f"could not add to the labeled set: {exc}")
             return None
+        self._case_names[layer.name] = name
         self.status.setText(
             f"added {name} to {ws.folder} ({len(ws.labeled_cases)} labeled case(s); "
             f"{100 * ws.case(name).confirmed_fraction:.1f} % of its voxels confirmed)"
         )
         return name
 
-    # --------------------------------------------------------------------------------------- fine-tune
-    def _model_metadata(self, path: Path) -> dict[str, Any]:
-        from napari_sscce.models.checkpoint import read_checkpoint_metadata
+    def _stored_mask(self, ws: Workspace, layer_name: str) -> np.ndarray | None:
+        """The annotation mask the workspace holds for the case of ``layer_name`` (None when none)."""
+        name = self._case_names.get(layer_name)
+        try:
+            entry = ws.case(name) if name else next(c for c in ws.cases if c.name == layer_name)
+        except (KeyError, StopIteration):
+            return None
+        if not entry.labeled:
+            return None
+        mask = ws.load_case(entry.name)[2]
+        return None if mask is None else np.asarray(mask.array) > 0
 
-        return read_checkpoint_metadata(path)
+    # --------------------------------------------------------------------------------------- fine-tune
+    def _prepare(self) -> Workspace | None:
+        """Add the corrections and the other open images to the workspace; None (with a message) on error."""
+        try:
+            ws = self.workspace()
+        except (ValueError, OSError) as exc:
+            self.status.setText(str(exc))
+            return None
+        if self.tracker is not None and self.tracker.has_edits:
+            if self.add_to_labeled_set() is None:
+                return None
+            ws.reload()
+        if not ws.labeled_cases:
+            self.status.setText("The labeled set is empty: correct a segmentation and add it first.")
+            return None
+        self._add_unlabeled(ws)
+        self._target = self.image_combo.layer()
+        seg = self.segmentation_layer()
+        mask = self._stored_mask(ws, self._target.name) if self._target is not None else None
+        self._keep = (np.array(seg.data), mask) if seg is not None and mask is not None else None
+        return ws
+
+    def inference_config(self) -> InferenceConfig:
+        """The Segment widget's settings (overlap, TTA, largest component, device), or the defaults."""
+        provider = getattr(self.session, "inference_config", None)
+        return provider() if callable(provider) else InferenceConfig()
 
     def finetune(self) -> None:
         """Fine-tune the model in use on the workspace, in the background; segments again at the end."""
@@ -343,44 +369,40 @@ class FinetuneWidget(QWidget):
             return
         model = self.session.model_path or ws.current_model_path
         if model is None:
-            self.status.setText("Choose a model in the Segment widget first.")
-            return
-        if self.tracker is not None and self.tracker.has_edits:
-            if self.add_to_labeled_set() is None:
-                return
-            ws.reload()
-        if not ws.labeled_cases:
-            self.status.setText("The labeled set is empty: correct a segmentation and add it first.")
+            self.status.setText(
+                "Choose a model in the Segment widget first, or train a new model on the labeled set."
+            )
             return
         try:
-            meta = self._model_metadata(model)
+            check_compatible(self.method, model)
         except (ValueError, OSError) as exc:
             self.status.setText(str(exc))
             return
-        method = self.method_combo.currentText()
-        if method not in compatible_methods(meta.get("method")):
-            self.status.setText(
-                f"a {meta.get('method')} model cannot be fine-tuned with {method}; choose one of "
-                f"{', '.join(compatible_methods(meta.get('method')))}"
-            )
+        if self._prepare() is None:
             return
-        if (
-            ws.current_model_path is None
-            or Path(model).resolve().parent.parent != (ws.folder / "models").resolve()
-        ):
-            ws.add_model_version(model, {"note": "model before fine-tuning"}, meta.get("val_metrics") or {})
-            model = ws.current_model_path
-        self._add_unlabeled(ws)
-        out = ws.folder / "runs" / datetime.now().strftime("%Y%m%d-%H%M%S")
-        config = build_finetune_config(ws, meta, method, self.iterations_spin.value(), out)
-        self._target = self.image_combo.layer()
+        self._start_training(
+            f"fine-tuning {model_label(Path(model))} with {self.method} for {self.iterations_spin.value()} "
+            "iterations …",
+            ws.folder, model, self.method, self.iterations_spin.value(),
+        )
+
+    def train_new_model(self, iterations: int | None = None) -> None:
+        """Train a first model from scratch on the workspace (cold start), in the background; then segment."""
+        if self._prepare() is None:
+            return
+        ws = self.workspace()
+        self._start_training(
+            f"training a new model on {len(ws.labeled_cases)} labeled case(s) …",
+            ws.folder, None, self.method, iterations, cold_start=True,
+        )
+
+    def _start_training(self, text: str, *args: Any, **kwargs: Any) -> None:
         self._stage = "train"
         self._set_running(True)
         self.plot.clear()
-        self.status.setText(
-            f"fine-tuning {model.parent.name} with {method} for {config.iterations} iterations …"
-        )
-        self.runner.start(train, config, init_checkpoint=str(model))
+        self.score_label.setText("")
+        self.status.setText(text)
+        self.runner.start(run_finetune, *args, inference=self.inference_config(), **kwargs)
 
     def _add_unlabeled(self, ws: Workspace) -> None:
         """Other open images join the workspace as unlabeled data (once; by layer name)."""
@@ -404,7 +426,7 @@ class FinetuneWidget(QWidget):
         self._target = layer
         self._stage = "segment"
         self._set_running(True)
-        self.runner.start(predict_volume, str(model), volume_from_layer(layer), InferenceConfig())
+        self.runner.start(predict_volume, str(model), volume_from_layer(layer), self.inference_config())
 
     def revert(self, version: str | None = None) -> None:
         """Make ``version`` (default: the one chosen in the list) the model in use and segment again."""
@@ -419,7 +441,9 @@ class FinetuneWidget(QWidget):
             return
         self.session.set_model(path)
         self._refresh_versions()
-        self.status.setText(f"reverted to model {version}; segmenting again …")
+        self._message = f"reverted to model {version}"
+        self.status.setText(f"{self._message}; segmenting again …")
+        self._keep = None
         self._resegment(path)
 
     def _refresh_versions(self) -> None:
@@ -429,7 +453,7 @@ class FinetuneWidget(QWidget):
         except (ValueError, OSError):
             return
         for v in reversed(ws.versions):
-            dice = v.metrics.get("best_val_dice") or v.metrics.get("dice")
+            dice = v.metrics.get("held_aside_dice") or v.metrics.get("best_val_dice") or v.metrics.get("dice")
             text = f"{v.version}  {v.info.get('method', '')}  {v.created[:16]}"
             if isinstance(dice, (int, float)):
                 text += f"  Dice {dice:.3f}"
@@ -439,7 +463,7 @@ class FinetuneWidget(QWidget):
 
     # ----------------------------------------------------------------------------------------- worker
     def _set_running(self, running: bool) -> None:
-        for button in (self.finetune_button, self.add_button, self.revert_button):
+        for button in (self.finetune_button, self.new_button, self.add_button, self.revert_button):
             button.setEnabled(not running)
         self.cancel_button.setEnabled(running)
 
@@ -454,40 +478,45 @@ class FinetuneWidget(QWidget):
     def _on_finished(self, result: Any) -> None:
         if self._stage == "train":
             self._train_finished(result)
-        else:
-            self._set_running(False)
-            layer = self._target
-            if layer is not None and layer in self.viewer.layers:
-                show_prediction(self.viewer, layer, result)
-                self.status.setText(
-                    f"{self.status.text()}\n{layer.name} segmented again with the model in use."
-                )
-            self._stage = ""
+            return
+        self._set_running(False)
+        layer = self._target
+        if layer is not None and layer in self.viewer.layers:
+            keep = self._keep
+            if keep is not None and keep[0].shape == result.labels.shape == keep[1].shape:
+                result = merge_prediction(result, keep[0], keep[1])
+            show_prediction(self.viewer, layer, result)
+            kept = f" (the {int(keep[1].sum())} confirmed voxels kept)" if keep is not None else ""
+            self.status.setText(f"{self._message}\n{layer.name} segmented again with the model in use{kept}.")
+        self._stage = ""
 
-    def _train_finished(self, result: TrainResult) -> None:
+    def _train_finished(self, result: FinetuneResult) -> None:
         self.last_result = result
         if result.cancelled:
             self._set_running(False)
             self._stage = ""
-            self.status.setText(
-                f"cancelled after {result.iterations} iterations; the model in use is unchanged "
-                f"(the partial run is in {result.last_path.parent if result.last_path else 'the run folder'})"
-            )
+            self.status.setText(result.message)
             return
-        ws = self.workspace()
-        path = result.best_path or result.last_path
-        info = {
-            "method": self.method_combo.currentText(),
-            "iterations": result.iterations,
-            "run": str(path.parent),
-            "labeled_cases": [c.name for c in ws.labeled_cases],
-        }
-        metrics = {"best_val_dice": result.best_metric} if result.best_metric is not None else {}
-        version = ws.add_model_version(path, info, metrics)
-        self.session.set_model(ws.current_model_path)
+        self.session.set_model(result.current_path)
         self._refresh_versions()
-        self.status.setText(f"new model {version} ({result.iterations} iterations); segmenting again …")
-        self._resegment(ws.current_model_path)
+        self.score_label.setText(self._score_text(result))
+        self.status.setText(result.message)
+        if not result.adopted:
+            self._set_running(False)
+            self._stage = ""
+            return
+        self._message = result.message
+        self.status.setText(f"{result.message}; segmenting again …")
+        self._resegment(result.current_path)
+
+    @staticmethod
+    def _score_text(result: FinetuneResult) -> str:
+        if result.before is None or result.after is None:
+            return ""
+        return (
+            f"held-aside Dice ({result.held_aside_voxels} confirmed voxels not trained on): "
+            f"{result.start_version} {result.before:.3f} → {result.version} {result.after:.3f}"
+        )
 
     def _on_cancelled(self) -> None:
         self._set_running(False)

@@ -185,6 +185,7 @@ class SegmentWidget(QWidget):
         self.runner.cancelled.connect(self._on_cancelled)
         self.runner.failed.connect(self._on_failed)
         self.session.model_changed.connect(self._on_session_model)
+        self.session.inference_config = self.config  # a re-segmentation after a fine-tune uses these settings
 
         self._fill_models()
         self._update_device_label(self.device_combo.currentText())
