@@ -1,4 +1,4 @@
-"""Uncertain regions by hand: sizes, means, score = mean u x log(1 + size), order, min_size, centroid."""
+"""Uncertain regions by hand: sizes, means, score = expected wrong voxels, order, min_size, centroid."""
 
 from __future__ import annotations
 
@@ -8,6 +8,18 @@ import numpy as np
 import pytest
 
 from napari_sscce.uncertainty import label_regions
+
+
+def _error_of_entropy(h: float) -> float:
+    """The e in [0, 0.5] whose normalised binary entropy is ``h`` (bisection; the contract's reading of u)."""
+    lo, hi = 0.0, 0.5
+    for _ in range(60):
+        mid = (lo + hi) / 2
+        if -(mid * math.log(mid) + (1 - mid) * math.log(1 - mid)) / math.log(2) < h:
+            lo = mid
+        else:
+            hi = mid
+    return (lo + hi) / 2
 
 
 def _maps():
@@ -26,8 +38,9 @@ def test_label_regions_by_hand():
     image, regions = label_regions(entropy, kl, spacing=(2.0, 1.0, 0.5), threshold=0.5, min_size=10)
     assert [r.size_voxels for r in regions] == [12, 10]
     a, b = regions
-    assert a.score == pytest.approx(0.9 * math.log1p(12), rel=1e-5)
-    assert b.score == pytest.approx(0.8 * math.log1p(10), rel=1e-5)
+    # score = expected wrong voxels = sum of the error probability that u implies
+    assert a.score == pytest.approx(12 * _error_of_entropy(0.9), rel=1e-4)
+    assert b.score == pytest.approx(10 * _error_of_entropy(0.8), rel=1e-4)
     assert (a.mean_entropy, a.mean_kl, a.mean_uncertainty) == pytest.approx((0.9, 0.2, 0.9), rel=1e-5)
     assert (b.mean_entropy, b.mean_kl, b.mean_uncertainty) == pytest.approx((0.3, 0.8, 0.8), rel=1e-5)
     assert a.volume_mm3 == pytest.approx(12 * 2.0 * 1.0 * 0.5)
