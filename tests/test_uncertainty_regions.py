@@ -7,7 +7,7 @@ import math
 import numpy as np
 import pytest
 
-from napari_sscce.uncertainty import label_regions
+from napari_sscce.uncertainty import label_regions, rank_slices, volume_score
 
 
 def _error_of_entropy(h: float) -> float:
@@ -54,3 +54,26 @@ def test_label_regions_by_hand():
     # without the KL map, B (entropy 0.3) is not uncertain
     assert [r.size_voxels for r in label_regions(entropy, None, threshold=0.5, min_size=10)[1]] == [12]
     assert label_regions(entropy, kl, threshold=0.5, min_size=10, max_regions=1)[1][0].size_voxels == 12
+
+
+def test_rank_slices_by_hand():
+    u = np.zeros((3, 2, 2), np.float32)
+    u[1] = [[0.6, 0.2], [0.05, 0.0]]  # busy (u >= 0.1): 0.6 and 0.2
+    u[2] = [[0.3, 0.0], [0.0, 0.0]]
+    labels = np.zeros(u.shape, np.uint8)
+    labels[1, 0, :] = 1
+    labels[2] = 2
+    slices = rank_slices(u, labels=labels)
+    assert [s.index for s in slices] == [1, 2, 0]
+    one, two, zero = slices
+    assert one.score == pytest.approx(sum(_error_of_entropy(v) for v in (0.6, 0.2, 0.05)), rel=1e-4)
+    assert one.mean_uncertainty == pytest.approx(0.4, rel=1e-6)  # (0.6 + 0.2) / 2, 0.05 is not busy
+    assert two.mean_uncertainty == pytest.approx(0.3, rel=1e-6)
+    assert (zero.score, zero.mean_uncertainty) == (0.0, 0.0)
+    assert [s.foreground_voxels for s in slices] == [2, 4, 0]
+
+
+def test_volume_score_of_a_single_voxel_is_its_uncertainty():
+    assert volume_score(np.full((1, 1, 1), 0.7, np.float32)) == pytest.approx(0.7)
+    assert volume_score(np.full((1, 1, 1), 0.7, np.float32), labels=np.ones((1, 1, 1), np.uint8)) == \
+        pytest.approx(0.7)
