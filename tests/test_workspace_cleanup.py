@@ -1,5 +1,6 @@
 """Workspace contract details (docs/contracts.md): opening removes orphans and counts them in ``.cleaned``;
-an update deletes the replaced case files after the commit; the summary counts unlabeled cases."""
+an update deletes the replaced case files after the commit; the summary counts unlabeled cases;
+labels and masks are stored as integer label maps."""
 
 from __future__ import annotations
 
@@ -67,3 +68,20 @@ def test_summary_counts_labeled_and_unlabeled_cases(tmp_path):
     ws.add_unlabeled(_volumes(2, "b")[0])
     ws.add_unlabeled(_volumes(3, "d")[0])
     assert "1 labeled / 2 unlabeled cases" in repr(ws)
+
+
+def test_labels_and_masks_are_stored_as_integer_label_maps(tmp_path):
+    import nibabel as nib
+
+    folder = tmp_path / "ws"
+    ws = Workspace(folder)
+    image, labels = _volumes(1)
+    mask = image.with_array(np.zeros(SHAPE, np.uint8), is_label=True)
+    mask.array[0] = 1
+    ws.add_case(image, labels, mask, name="c")
+    entry = ws.case("c")
+    for rel in (entry.label, entry.mask):
+        assert np.issubdtype(nib.load(folder / rel).get_data_dtype(), np.integer), rel
+    assert nib.load(folder / entry.image).get_data_dtype() == np.float32
+    back = ws.load_case("c")[2]
+    assert back.is_label and np.array_equal(back.array, mask.array)
