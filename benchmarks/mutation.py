@@ -62,12 +62,19 @@ MODULES: dict[str, tuple[list[str] | None, list[list[str]]]] = {
     f"{PKG}/training/loop.py": (
         ["validate", "run_validation", "save_all", "lr_factor"],
         [
-            ["tests/training/test_lr_factor.py", "tests/training/test_validation_best.py"],
+            ["tests/training/test_lr_factor.py", "tests/training/test_validation_best.py",
+             "tests/training/test_save_all.py"],
             ["tests/training/test_loop.py"],
         ],
     ),
     f"{PKG}/uncertainty.py": (None, [["tests/test_uncertainty_regions.py", "tests/test_uncertainty.py"]]),
-    f"{PKG}/workspace.py": (None, [["tests/test_workspace_atomic.py", "tests/test_workspace.py"]]),
+    f"{PKG}/workspace.py": (
+        None,
+        [
+            ["tests/test_workspace_atomic.py", "tests/test_workspace.py", "tests/test_workspace_cleanup.py"],
+            ["tests/test_workspace_reliability.py"],
+        ],
+    ),
 }
 
 GUI = "gui"  # marker in a test list: run under scripts/with_display.sh
@@ -382,10 +389,9 @@ def run_mutant(mutant: Mutant, workdir: Path, timeout: float) -> Mutant:
     return mutant
 
 
-def baseline(workdir: Path, timeout: float) -> dict[str, str]:
-    """Every test list must pass unmutated, else its mutants would be 'killed' for nothing."""
-    lists = {tuple(t) for _, tiers in MODULES.values() for t in tiers}
-    lists |= {tuple(t) for m in NAMED for t in m.tests}
+def baseline(workdir: Path, timeout: float, mutants: list[Mutant]) -> dict[str, str]:
+    """Every test list the mutants use must pass unmutated, else they would be 'killed' for nothing."""
+    lists = {tuple(t) for m in mutants for t in m.tests}
     result = {}
     for tests in sorted(lists):
         status, failed, tail = run_tests(workdir, list(tests), timeout)
@@ -480,7 +486,7 @@ def main(argv: list[str] | None = None) -> int:
         return 0
     with tempfile.TemporaryDirectory(prefix="mutation-") as tmp:
         copies = [make_copy(Path(tmp) / f"w{i}") for i in range(max(1, args.jobs))]
-        base = {} if args.skip_baseline else baseline(copies[0], args.timeout)
+        base = {} if args.skip_baseline else baseline(copies[0], args.timeout, mutants)
         for key, value in base.items():
             print(f"baseline {key}: {value.splitlines()[0]}", flush=True)
         free = list(copies)
