@@ -1,6 +1,6 @@
 """Workspace contract details (docs/contracts.md): opening removes orphans and counts them in ``.cleaned``;
 an update deletes the replaced case files after the commit; the summary counts unlabeled cases;
-labels and masks are stored as integer label maps."""
+labels and masks are stored as integer label maps; a case with a vanished file can still be removed."""
 
 from __future__ import annotations
 
@@ -85,3 +85,15 @@ def test_labels_and_masks_are_stored_as_integer_label_maps(tmp_path):
     assert nib.load(folder / entry.image).get_data_dtype() == np.float32
     back = ws.load_case("c")[2]
     assert back.is_label and np.array_equal(back.array, mask.array)
+
+
+def test_a_case_whose_file_vanished_can_still_be_removed_completely(tmp_path):
+    folder = tmp_path / "ws"
+    ws = Workspace(folder)
+    ws.add_case(*_volumes(1), name="c")
+    ws.add_case(*_volumes(2), name="other")
+    other = set(ws.case("other").files)
+    (folder / ws.case("c").image).unlink()  # e.g. deleted by hand
+    ws.remove_case("c")
+    assert [c.name for c in Workspace(folder).cases] == ["other"]
+    assert _case_files(folder) == other  # the label and mask of "c" are gone too
