@@ -77,3 +77,24 @@ def test_volume_score_of_a_single_voxel_is_its_uncertainty():
     assert volume_score(np.full((1, 1, 1), 0.7, np.float32)) == pytest.approx(0.7)
     assert volume_score(np.full((1, 1, 1), 0.7, np.float32), labels=np.ones((1, 1, 1), np.uint8)) == \
         pytest.approx(0.7)
+
+
+def test_a_single_uncertain_voxel_is_a_region_when_min_size_allows_it():
+    u = np.zeros((5, 5, 5), np.float32)
+    u[2, 2, 2] = 0.9
+    for min_size in (0, 1):
+        regions = label_regions(u, None, threshold=0.5, min_size=min_size)[1]
+        assert [r.size_voxels for r in regions] == [1], min_size
+    assert label_regions(u, None, threshold=0.5, min_size=2)[1] == []
+
+
+def test_region_classes_are_the_labels_inside_or_touching_in_26_neighbourhood():
+    u = np.zeros((7, 7, 7), np.float32)
+    u[3, 3, 3] = 0.9
+    labels = np.zeros(u.shape, np.uint8)
+    labels[3, 3, 3] = 1  # inside
+    labels[4, 4, 4] = 2  # corner neighbour: touching in the 26-neighbourhood only
+    labels[3, 3, 5] = 3  # two voxels away: not touching
+    labels[1:, 0, 0] = 4  # far away
+    (region,) = label_regions(u, None, labels, threshold=0.5, min_size=1)[1]
+    assert region.classes == (0, 1, 2)
