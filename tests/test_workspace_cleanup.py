@@ -95,5 +95,6 @@ def test_a_case_whose_file_vanished_can_still_be_removed_completely(tmp_path):
     other = set(ws.case("other").files)
     (folder / ws.case("c").image).unlink()  # e.g. deleted by hand
     ws.remove_case("c")
+    assert _case_files(folder) == other  # the label and mask of "c" are gone too (not left for a cleanup)
+    assert [c.name for c in ws.cases] == ["other"]
     assert [c.name for c in Workspace(folder).cases] == ["other"]
-    assert _case_files(folder) == other  # the label and mask of "c" are gone too
