@@ -479,13 +479,14 @@ def write_report(out: Path, mutants: list[Mutant], summary: dict, base: dict, ar
         "mutants": [asdict(m) for m in mutants],
     }
     out.with_suffix(".json").write_text(json.dumps(payload, indent=2) + "\n")
+    n_named = sum(m.kind == "named" for m in mutants)
     lines = [
         "# Mutation testing (benchmarks/mutation.py)",
         "",
         f"{summary['killed']} killed and {summary['timeout']} timed out of {summary['total']} mutants: "
         f"**{100 * (summary['score'] or 0):.1f} %** with timeouts counted as killed, "
         f"{100 * (summary['score_without_timeouts'] or 0):.1f} % without ("
-        f"{args.per_module} generated mutants per module, seed {args.seed}, plus the {len(NAMED)} named "
+        f"{args.per_module} generated mutants per module, seed {args.seed}, plus {n_named} named "
         "bugs of issue 16).",
         "",
         f"Excluding the {summary['equivalent_survivors']} survivors judged equivalent below: "
