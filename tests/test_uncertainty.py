@@ -253,3 +253,18 @@ def test_error_probability_inverts_binary_entropy() -> None:
     # monotone: never reorders voxels
     u = np.linspace(0, 1, 101)
     assert (np.diff(error_probability(u)) >= 0).all()
+
+
+def test_torch_twin_defaults_are_the_documented_ones() -> None:
+    """Defaults by hand: entropy normalised by ln C; KL symmetric, in nats, mapped by 1 - exp(-kl)."""
+    uniform = torch.full((4, 1), 0.25)
+    assert entropy_torch(uniform).item() == pytest.approx(1.0, abs=1e-6)  # ln 4 / ln 4
+    p = torch.tensor([[0.9], [0.1]])
+    q = torch.tensor([[0.5], [0.5]])
+    kl_pq = 0.9 * math.log(0.9 / 0.5) + 0.1 * math.log(0.1 / 0.5)
+    kl_qp = 0.5 * math.log(0.5 / 0.9) + 0.5 * math.log(0.5 / 0.1)
+    assert kl_pq != pytest.approx(kl_qp, rel=1e-2)  # asymmetric inputs: the direction matters
+    expected = 1.0 - math.exp(-0.5 * (kl_pq + kl_qp))
+    assert kl_divergence_torch(p, q).item() == pytest.approx(expected, abs=1e-5)
+    assert kl_divergence(p.numpy(), q.numpy()).item() == pytest.approx(expected, abs=1e-5)
+    assert entropy(uniform.numpy()).item() == pytest.approx(1.0, abs=1e-6)

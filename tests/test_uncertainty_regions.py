@@ -1,4 +1,4 @@
-"""Uncertain regions by hand: sizes, means, score = mean u x log(1 + size), order, min_size, centroid."""
+"""Uncertain regions by hand: sizes, means, score = expected wrong voxels, order, min_size, centroid."""
 
 from __future__ import annotations
 
@@ -7,7 +7,19 @@ import math
 import numpy as np
 import pytest
 
-from napari_sscce.uncertainty import label_regions
+from napari_sscce.uncertainty import label_regions, rank_slices, volume_score
+
+
+def _error_of_entropy(h: float) -> float:
+    """The e in [0, 0.5] whose normalised binary entropy is ``h`` (bisection; the contract's reading of u)."""
+    lo, hi = 0.0, 0.5
+    for _ in range(60):
+        mid = (lo + hi) / 2
+        if -(mid * math.log(mid) + (1 - mid) * math.log(1 - mid)) / math.log(2) < h:
+            lo = mid
+        else:
+            hi = mid
+    return (lo + hi) / 2
 
 
 def _maps():
@@ -21,23 +33,14 @@ def _maps():
     return entropy, kl
 
 
-def _inverse_binary_entropy(u: float) -> float:
-    lo, hi = 1e-12, 0.5
-    for _ in range(100):
-        mid = (lo + hi) / 2
-        h = -(mid * math.log2(mid) + (1 - mid) * math.log2(1 - mid))
-        lo, hi = (mid, hi) if h < u else (lo, mid)
-    return (lo + hi) / 2
-
-
 def test_label_regions_by_hand():
     entropy, kl = _maps()
     image, regions = label_regions(entropy, kl, spacing=(2.0, 1.0, 0.5), threshold=0.5, min_size=10)
     assert [r.size_voxels for r in regions] == [12, 10]
     a, b = regions
-    # score = expected wrong voxels: the sum of e with H2(e) = u, e <= 0.5 (binary entropy in bits)
-    assert a.score == pytest.approx(12 * _inverse_binary_entropy(0.9), rel=1e-3)
-    assert b.score == pytest.approx(10 * _inverse_binary_entropy(0.8), rel=1e-3)
+    # score = expected wrong voxels = sum of the error probability that u implies
+    assert a.score == pytest.approx(12 * _error_of_entropy(0.9), rel=1e-4)
+    assert b.score == pytest.approx(10 * _error_of_entropy(0.8), rel=1e-4)
     assert (a.mean_entropy, a.mean_kl, a.mean_uncertainty) == pytest.approx((0.9, 0.2, 0.9), rel=1e-5)
     assert (b.mean_entropy, b.mean_kl, b.mean_uncertainty) == pytest.approx((0.3, 0.8, 0.8), rel=1e-5)
     assert a.volume_mm3 == pytest.approx(12 * 2.0 * 1.0 * 0.5)
@@ -51,3 +54,47 @@ def test_label_regions_by_hand():
     # without the KL map, B (entropy 0.3) is not uncertain
     assert [r.size_voxels for r in label_regions(entropy, None, threshold=0.5, min_size=10)[1]] == [12]
     assert label_regions(entropy, kl, threshold=0.5, min_size=10, max_regions=1)[1][0].size_voxels == 12
+
+
+def test_rank_slices_by_hand():
+    u = np.zeros((3, 2, 2), np.float32)
+    u[1] = [[0.6, 0.2], [0.05, 0.0]]  # busy (u >= 0.1): 0.6 and 0.2
+    u[2] = [[0.3, 0.0], [0.0, 0.0]]
+    labels = np.zeros(u.shape, np.uint8)
+    labels[1, 0, :] = 1
+    labels[2] = 2
+    slices = rank_slices(u, labels=labels)
+    assert [s.index for s in slices] == [1, 2, 0]
+    one, two, zero = slices
+    assert one.score == pytest.approx(sum(_error_of_entropy(v) for v in (0.6, 0.2, 0.05)), rel=1e-4)
+    assert one.mean_uncertainty == pytest.approx(0.4, rel=1e-6)  # (0.6 + 0.2) / 2, 0.05 is not busy
+    assert two.mean_uncertainty == pytest.approx(0.3, rel=1e-6)
+    assert (zero.score, zero.mean_uncertainty) == (0.0, 0.0)
+    assert [s.foreground_voxels for s in slices] == [2, 4, 0]
+
+
+def test_volume_score_of_a_single_voxel_is_its_uncertainty():
+    assert volume_score(np.full((1, 1, 1), 0.7, np.float32)) == pytest.approx(0.7)
+    assert volume_score(np.full((1, 1, 1), 0.7, np.float32), labels=np.ones((1, 1, 1), np.uint8)) == \
+        pytest.approx(0.7)
+
+
+def test_a_single_uncertain_voxel_is_a_region_when_min_size_allows_it():
+    u = np.zeros((5, 5, 5), np.float32)
+    u[2, 2, 2] = 0.9
+    for min_size in (0, 1):
+        regions = label_regions(u, None, threshold=0.5, min_size=min_size)[1]
+        assert [r.size_voxels for r in regions] == [1], min_size
+    assert label_regions(u, None, threshold=0.5, min_size=2)[1] == []
+
+
+def test_region_classes_are_the_labels_inside_or_touching_in_26_neighbourhood():
+    u = np.zeros((7, 7, 7), np.float32)
+    u[3, 3, 3] = 0.9
+    labels = np.zeros(u.shape, np.uint8)
+    labels[3, 3, 3] = 1  # inside
+    labels[4, 4, 4] = 2  # corner neighbour: touching in the 26-neighbourhood only
+    labels[3, 3, 5] = 3  # two voxels away: not touching
+    labels[1:, 0, 0] = 4  # far away
+    (region,) = label_regions(u, None, labels, threshold=0.5, min_size=1)[1]
+    assert region.classes == (0, 1, 2)

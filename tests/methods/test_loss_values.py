@@ -350,3 +350,15 @@ def test_confident_mse_only_where_exactly_one_net_is_confident_foreground():
     terms = cce(cps=False, kl=False, conf_mse=True, conf_threshold=0.6).terms(model, batch, 0)
     assert float(terms["conf_mse_a"]) == pytest.approx((0.9 - 0.0) ** 2, rel=1e-5)
     assert float(terms["conf_mse_b"]) == pytest.approx((sigmoid(3.0) - 1.0) ** 2, rel=1e-5)
+
+
+def test_confident_mse_ignores_unconfirmed_voxels():
+    # voxel 3 is voxel 0 again (only A confident fg) but labeled 1 and not confirmed (mask 0): left out
+    z_a, z_b = [math.log(9.0), 3.0, 0.0, math.log(9.0)], [0.0, 3.0, 3.0, 0.0]
+    model = SimpleNamespace(net_a=FixedNet(binary_logits(z_a)), net_b=FixedNet(binary_logits(z_b)))
+    label = torch.tensor([0, 1, 1, 1]).reshape(1, 1, 1, 4)
+    mask = torch.tensor([1.0, 1.0, 1.0, 0.0]).reshape(1, 1, 1, 4)
+    batch = Batch(torch.zeros(1, 1, 1, 1, 4), label, mask, labeled_bs=1)
+    terms = cce(cps=False, kl=False, conf_mse=True, conf_threshold=0.6).terms(model, batch, 0)
+    assert float(terms["conf_mse_a"]) == pytest.approx((0.9 - 0.0) ** 2, rel=1e-5)
+    assert float(terms["conf_mse_b"]) == pytest.approx((sigmoid(3.0) - 1.0) ** 2, rel=1e-5)
