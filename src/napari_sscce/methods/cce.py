@@ -60,8 +60,9 @@ from typing import Any, ClassVar
 import torch
 import torch.nn.functional as F
 
+from napari_sscce.divergence import entropy, kl
 from napari_sscce.methods.base import Batch, TrainingMethod
-from napari_sscce.methods.losses import entropy_map, kl_map, masked_cross_entropy, supervised_loss
+from napari_sscce.methods.losses import masked_cross_entropy, supervised_loss
 from napari_sscce.methods.registry import register_method
 
 
@@ -115,7 +116,7 @@ def pseudo_labels(prob: torch.Tensor, foreground_first: bool = True) -> torch.Te
 def kl_weights(p_provider: torch.Tensor, p_learner: torch.Tensor) -> torch.Tensor:
     """``exp(-KL(p_provider || p_learner))`` per voxel (detached): 1 where the two agree, toward 0 apart."""
     with torch.no_grad():
-        return torch.exp(-kl_map(p_provider, p_learner))
+        return torch.exp(-kl(p_provider, p_learner))
 
 
 def prototype_contrastive_loss(
@@ -317,8 +318,8 @@ class CCEMethod(TrainingMethod):
             fg_first = bool(o["foreground_first"])
             pseudo_a, pseudo_b = pseudo_labels(pa_d, fg_first), pseudo_labels(pb_d, fg_first)
             if o["entropy_filter"]:
-                keep_a = entropy_keep_mask(entropy_map(pa_d), unl, o["entropy_percentile"])
-                keep_b = entropy_keep_mask(entropy_map(pb_d), unl, o["entropy_percentile"])
+                keep_a = entropy_keep_mask(entropy(pa_d), unl, o["entropy_percentile"])
+                keep_b = entropy_keep_mask(entropy(pb_d), unl, o["entropy_percentile"])
             else:
                 keep_a = keep_b = unl
         temp = float(o["kl_temperature"])
@@ -334,7 +335,7 @@ class CCEMethod(TrainingMethod):
             terms["cps_b"] = masked_cross_entropy(logits_b, pseudo_a, keep_a.float() * w_b, keep_a.sum())
         if o["kl"]:
             ta, tb = torch.softmax(logits_a / temp, 1), torch.softmax(logits_b / temp, 1)
-            sym = 0.5 * (kl_map(ta, tb) + kl_map(tb, ta))
+            sym = kl(ta, tb, symmetric=True)
             u = unl.float()
             terms["kl"] = (sym * u).sum() / u.sum()
         if o["contrast"]:
