@@ -2,7 +2,8 @@
 
 Defaults follow the semi-supervised literature on LA (UA-MT, Yu et al., arXiv:1907.07034, and the
 methods compared with it): SGD lr 0.01, momentum 0.9, weight decay 1e-4, 6000 iterations, x0.1 at 2500
-and 5000, batch 2 labeled + 2 unlabeled, patch 112x112x80 (x, y, z), i.e. ``patch_size = (80, 112, 112)`` in our (z, y, x) order.
+and 5000, batch 2 labeled + 2 unlabeled, patch 112x112x80 (x, y, z), i.e. ``patch_size = (80, 112, 112)``
+in our (z, y, x) order.
 """
 
 from __future__ import annotations
