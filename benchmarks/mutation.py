@@ -116,8 +116,8 @@ NAMED: list[Named] = [
     Named(
         "kl_weights: KL direction swapped",
         f"{PKG}/methods/cce.py",
-        "return torch.exp(-kl_map(p_provider, p_learner))",
-        "return torch.exp(-kl_map(p_learner, p_provider))",
+        "return torch.exp(-kl(p_provider, p_learner))",
+        "return torch.exp(-kl(p_learner, p_provider))",
         [["tests/methods/test_loss_values.py"]],
     ),
     Named(

@@ -79,6 +79,14 @@ def _add_predict(sub: argparse._SubParsersAction) -> None:
         "--tta", action="store_true", default=defaults.tta, help="mirroring test-time augmentation"
     )
     p.add_argument(
+        "--mc-dropout",
+        type=int,
+        default=defaults.mc_dropout,
+        metavar="N",
+        help="N Monte-Carlo dropout passes per network for the disagreement map (models with dropout "
+        "layers only; default: %(default)s, off)",
+    )
+    p.add_argument(
         "--largest-component",
         action="store_true",
         default=defaults.largest_component,
@@ -117,6 +125,7 @@ def _add_predict(sub: argparse._SubParsersAction) -> None:
             overlap=args.overlap,
             batch_size=args.batch_size,
             tta=args.tta,
+            mc_dropout=args.mc_dropout,
             largest_component=args.largest_component,
             device=args.device,
             precision=args.precision,
@@ -504,10 +513,6 @@ def _add_doctor(sub: argparse._SubParsersAction) -> None:
         return 0
 
     p.set_defaults(func=run)
-
-
-def _not_ready(name: str) -> int:
-    raise UserError(f"`sscce {name}` is not available in this build")
 
 
 def build_parser() -> argparse.ArgumentParser:

@@ -64,15 +64,11 @@ class LoopResult:
 
 
 def add_dock_widgets(viewer: Any) -> dict[str, Any]:
-    """Dock the plugin's widgets that can be imported; return name -> widget for those added."""
+    """Dock every widget of the plugin; return name -> widget."""
     added = {}
     for name in DOCK_WIDGETS:
-        try:
-            _, widget = viewer.window.add_plugin_dock_widget(PLUGIN, name)
-        except Exception as exc:  # noqa: BLE001 - a widget that is not ready must not stop the viewer
-            print(f"demo: skipping the {name!r} widget ({type(exc).__name__}: {exc})", file=sys.stderr)
-        else:
-            added[name] = widget
+        _, widget = viewer.window.add_plugin_dock_widget(PLUGIN, name)
+        added[name] = widget
     return added
 
 

@@ -6,8 +6,9 @@ Two maps describe how much to trust a segmentation:
 - :func:`kl_divergence` between the two networks' distributions: high where they disagree.
 
 Both are mapped to [0, 1] so that one colour map and one threshold fit every volume. Numpy versions work on
-arrays of any layout (``axis`` is the class axis); the torch twins (:func:`entropy_torch`,
-:func:`kl_divergence_torch`) are for the inference engine and keep memory low (float32, in-place steps).
+arrays of any layout (``axis`` is the class axis); for tensors, :data:`entropy_torch` and
+:data:`kl_divergence_torch` are the training losses' functions (:mod:`napari_sscce.divergence`) with these
+maps' defaults (class dimension 0, normalised, symmetric KL).
 :func:`rank_regions` turns the maps into a ranked list of uncertain regions and :func:`rank_slices` into a
 ranked list of slices, both ordered by the error they are expected to hold (the sum of the map over them);
 :func:`volume_score` gives one active-learning score per volume.
@@ -15,13 +16,15 @@ ranked list of slices, both ordered by the error they are expected to hold (the 
 
 from __future__ import annotations
 
+import functools
 import math
 from dataclasses import asdict, dataclass, field
 from typing import Any
 
 import numpy as np
-import torch
 from scipy import ndimage
+
+from napari_sscce import divergence
 
 __all__ = [
     "entropy",
@@ -41,7 +44,7 @@ __all__ = [
     "volume_score",
 ]
 
-EPS = 1e-8
+EPS = divergence.EPS
 
 
 # ----------------------------------------------------------------------------------------------- numpy maps
@@ -136,79 +139,13 @@ def kl_divergence(
     return kl
 
 
-# ----------------------------------------------------------------------------------------------- torch twins
-def entropy_torch(prob: torch.Tensor, dim: int = 0, normalize: bool = True, eps: float = EPS) -> torch.Tensor:
-    """Torch twin of :func:`entropy` (same definition and scaling), computed in float32.
-
-    Parameters
-    ----------
-    prob : Tensor
-        Class probabilities with class dimension ``dim`` (``[C, Z, Y, X]``, or ``[B, C, Z, Y, X]`` and dim=1).
-    dim : int
-        Class dimension.
-    normalize : bool
-        Divide by ``ln C`` and clamp to [0, 1].
-    eps : float
-        Clamp inside the logarithm.
-
-    Returns
-    -------
-    Tensor
-        float32 tensor with ``dim`` removed, on the input's device.
-    """
-    p = prob.float()
-    num_classes = p.shape[dim]
-    h = p.clamp_min(eps).log_().mul_(p).sum(dim=dim).neg_()
-    if normalize:
-        if num_classes > 1:
-            h.div_(math.log(num_classes))
-        return h.clamp_(0.0, 1.0)
-    return h.clamp_min_(0.0)
-
-
-def kl_divergence_torch(
-    p: torch.Tensor,
-    q: torch.Tensor,
-    dim: int = 0,
-    symmetric: bool = True,
-    normalize: bool = True,
-    eps: float = EPS,
-) -> torch.Tensor:
-    """Torch twin of :func:`kl_divergence` (same definition and scaling), computed in float32.
-
-    Parameters
-    ----------
-    p, q : Tensor
-        Probability tensors of the same shape; class dimension ``dim``.
-    dim : int
-        Class dimension.
-    symmetric : bool
-        ``0.5 (KL(p||q) + KL(q||p))`` (default) or ``KL(p||q)``.
-    normalize : bool
-        Map nats to [0, 1) with ``1 - exp(-kl)``.
-    eps : float
-        Clamp inside the logarithms.
-
-    Returns
-    -------
-    Tensor
-        float32 tensor with ``dim`` removed, >= 0.
-    """
-    if p.shape != q.shape:
-        raise ValueError(
-            f"kl_divergence_torch: p and q differ in shape: {tuple(p.shape)} vs {tuple(q.shape)}"
-        )
-    p = p.float()
-    q = q.float()
-    log_ratio = p.clamp_min(eps).log_().sub_(q.clamp_min(eps).log_())
-    if symmetric:
-        kl = log_ratio.mul_(p - q).sum(dim=dim).mul_(0.5)
-    else:
-        kl = log_ratio.mul_(p).sum(dim=dim)
-    kl.clamp_min_(0.0)
-    if normalize:
-        kl = kl.neg_().exp_().neg_().add_(1.0)
-    return kl
+# ----------------------------------------------------------------------------------------------- torch
+#: :func:`napari_sscce.divergence.entropy` (the one used by the losses) with the map defaults:
+#: class dimension 0, normalised to [0, 1]
+entropy_torch = functools.partial(divergence.entropy, dim=0, normalize=True)
+#: :func:`napari_sscce.divergence.kl` (the one used by the losses) with the map defaults:
+#: class dimension 0, symmetric, normalised to [0, 1)
+kl_divergence_torch = functools.partial(divergence.kl, dim=0, symmetric=True, normalize=True)
 
 
 # ----------------------------------------------------------------------------------------------- regions

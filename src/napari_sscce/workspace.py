@@ -489,8 +489,6 @@ class Workspace:
         """Every model version, oldest first."""
         return [ModelVersion(**v) for v in self._manifest["models"]]
 
-    model_versions = versions
-
     @property
     def current_version(self) -> str | None:
         """The version in use (``None`` before the first model was added)."""

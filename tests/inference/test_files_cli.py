@@ -128,6 +128,23 @@ def test_cli_patch_is_x_y_z_like_sscce_train(checkpoint, nifti_input, tmp_path, 
     assert tuple(seen["patch"]) == (16, 24, 32)  # (z, y, x) inside
 
 
+def test_cli_mc_dropout_reaches_the_inference_config(checkpoint, nifti_input, tmp_path, monkeypatch):
+    import napari_sscce.inference.files as files
+
+    seen = {}
+
+    def fake_predict_files(model, inputs, out, config, progress=None, cancel=None):
+        seen["mc_dropout"] = config.mc_dropout
+        return []
+
+    monkeypatch.setattr(files, "predict_files", fake_predict_files)
+    base = ["predict", "--model", str(checkpoint), str(nifti_input), "--out", str(tmp_path / "o")]
+    assert main([*base, "--mc-dropout", "3"]) == 0
+    assert seen["mc_dropout"] == 3
+    assert main(base) == 0
+    assert seen["mc_dropout"] == InferenceConfig().mc_dropout == 0
+
+
 def _scan_with_bad_voxels(tmp_path, n_nan=3, n_inf=1):
     data = np.random.default_rng(2).normal(100, 20, (18, 14, 16)).astype(np.float32)
     data.flat[[5, 700, 2000][:n_nan]] = np.nan

@@ -2,9 +2,6 @@
 
 from __future__ import annotations
 
-import contextlib
-from collections.abc import Iterator
-
 import torch
 from torch import nn
 
@@ -83,10 +80,3 @@ def prepare_model(model: nn.Module, device: torch.device, precision: str) -> nn.
         )
         model = model.to(memory_format=memory_format)
     return model
-
-
-@contextlib.contextmanager
-def no_grad_inference() -> Iterator[None]:
-    """``torch.inference_mode`` (no autograd bookkeeping, no version counters)."""
-    with torch.inference_mode():
-        yield

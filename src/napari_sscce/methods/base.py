@@ -79,9 +79,9 @@ class TrainingMethod:
 
     Subclasses set ``name``, ``label``, ``default_networks``, ``model_kind`` and ``default_options``,
     implement :meth:`losses` and register with ``register_method``. ``self.options`` is
-    :data:`common_options` and ``default_options`` updated with ``config.method_options`` (unknown keys raise
-    a ``ValueError`` naming them), so every loss term has a switch and a weight that a run's ``config.json``
-    records.
+    :data:`common_options`, ``default_options`` and ``experimental_options`` (ablation variants kept apart
+    from the documented method) updated with ``config.method_options`` (unknown keys raise a ``ValueError``
+    naming them), so every loss term has a switch and a weight that a run's ``config.json`` records.
     """
 
     name: ClassVar[str] = "base"
@@ -94,6 +94,8 @@ class TrainingMethod:
     #: False: the loop sets ``unlabeled_bs = 0`` (supervised baselines)
     uses_unlabeled: ClassVar[bool] = True
     default_options: ClassVar[dict[str, Any]] = {}
+    #: ablation variants kept apart from the method's documented options (same ``--option`` switches)
+    experimental_options: ClassVar[dict[str, Any]] = {}
     #: options every method has: ``l2sp_weight`` > 0 pulls the trainable weights toward the weights the run
     #: started from (L2-SP, Li et al. 2018), applied after each optimiser step as ``w -= lr * l2sp_weight *
     #: (w - w_start)``; fine-tuning uses it to keep what the starting model knew
@@ -102,7 +104,7 @@ class TrainingMethod:
     def __init__(self, config: TrainConfig):
         self.config = config
         given = dict(getattr(config, "method_options", None) or {})
-        known = {**self.common_options, **self.default_options}
+        known = {**self.common_options, **self.default_options, **self.experimental_options}
         unknown = sorted(set(given) - set(known))
         if unknown:
             raise ValueError(

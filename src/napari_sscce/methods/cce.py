@@ -1,67 +1,65 @@
-"""CCE: the dual-network method (Lu et al., arXiv 2509.13084; science.md, Method 1).
+"""CCE: the dual-network method (Lu et al., arXiv:2509.13084).
 
 Two different networks (VNet and ResNet-34 VNet), independently initialised, each with its own SGD
-optimiser. Every loss term has a switch and a weight in ``default_options`` (``config.method_options``):
+optimiser. The paper's method, as trained by default (``CCEMethod.default_options``, set with
+``--option KEY=VALUE``):
 
-* ``sup``: per network, ``0.5 CE + 0.5 Dice`` on confirmed labeled voxels (SSL4MIS CPS-3D weighting);
-  optional ``conf_mse``: where exactly one net is confident (max prob >= 0.6) about foreground, the MSE
-  between its foreground probability and the label (weight 0.5).
-* ``cps``: cross pseudo supervision on unlabeled voxels: each net learns the other's argmax (no gradient
-  through the label) on the voxels the *provider's* percentile entropy mask keeps (entropy of its
-  probabilities; the top ``entropy_percentile`` % of the batch's unlabeled voxels are dropped).
+* ``sup``: per network, ``0.5 CE + 0.5 Dice`` on confirmed labeled voxels (the CPS-3D weighting of
+  SSL4MIS, github.com/HiLab-git/SSL4MIS).
+* ``cps``: cross pseudo supervision (Chen et al., arXiv:2106.01226) on unlabeled voxels: each net learns
+  the other's argmax (no gradient through the label) on the voxels the *provider's* percentile entropy
+  mask keeps (entropy of its probabilities; the top ``entropy_percentile`` % of the batch's unlabeled
+  voxels are dropped).
 * ``kl_weighting``: the pseudo-label CE of each voxel is multiplied by ``exp(-KL)`` (detached; KL between
   the two nets' probabilities at temperature ``kl_temperature``, ``KL(p_provider || p_learner)``), and the
   weighted sum is divided by the number of kept voxels so that disagreement lowers the term.
   ``kl``: the mean symmetric KL over unlabeled voxels is added as a regulariser (gradient to both nets).
-* ``contrast`` (**off by default**, see "Measured" below): prototype InfoNCE. Per net, prototypes = mean of
-  that net's L2-normalised embeddings over reliable voxels of each class (labeled voxels with their label,
-  and unlabeled voxels both entropy masks keep and both nets agree on, with the agreed class), detached.
+* ``contrast`` (**off by default**): prototype InfoNCE. Per net, prototypes = mean of that net's
+  L2-normalised embeddings over reliable voxels of each class (labeled voxels with their label, and
+  unlabeled voxels both entropy masks keep and both nets agree on, with the agreed class), detached.
   Uncertain voxels (unlabeled voxels an entropy mask dropped; at most ``contrast_max_anchors`` at random)
   are pulled toward the prototype of their pseudo-class (argmax of the mean prediction) and pushed from
   the others: cross-entropy over cosine similarities / ``contrast_temperature`` (0.1). Classes without a
   prototype in the batch are left out. The embeddings come from a projection head
-  (``contrast_projection_dim = 32``: 1x1x1 conv, norm, ReLU, 1x1x1 conv, as SimCLR / ReCo), built only
-  when the term is on, saved with the networks and never used for prediction; ``contrast_projection_dim=0``
-  puts the term on the last decoder features themselves, as science.md words it. Two more variants for
-  ablation: ``contrast_balanced`` (at most ``contrast_max_anchors // k`` anchors of each of the ``k``
-  anchor classes, loss averaged per class, as ReCo / U2PL sample anchors) and ``contrast_soft_targets``
-  (the mean probabilities as targets instead of the hard pseudo-class).
-* ``cosine``: optional consistency, mean over unlabeled voxels of ``1 - cos(p_A, p_B)``.
-* ``foreground_first`` (off by default, as the paper): hard pseudo-labels and anchor classes take
-  "foreground if background < 0.5, then the best foreground class" instead of a plain argmax, so an
-  object whose probability is split between several foreground classes is not pseudo-labeled background
-  (:func:`pseudo_labels`). Identical for two classes.
+  (``contrast_projection_dim = 32``: 1x1x1 conv, norm, ReLU, 1x1x1 conv, as SimCLR, arXiv:2002.05709, and
+  ReCo, arXiv:2104.04465), built only when the term is on, saved with the networks and never used for
+  prediction; ``contrast_projection_dim=0`` puts the term on the last decoder features, as the paper
+  words it. It is off because it lowered the validation Dice in our measurements (README, "Semi-supervised
+  learning"; ``benchmarks/results/``), and in the released code it sent no gradient, so the published
+  numbers were obtained without it acting.
 
-Unsupervised terms ramp with ``sigmoid_rampup(t // rampup_step, rampup_length)`` (``TrainConfig``);
-each term's base weight is 0.1 (science.md gives ``0.1 * ramp`` for the contrastive term; SSL4MIS uses
-0.1 for CPS; the same is used for the others). "Unlabeled voxels" are the voxels with ``mask == 0``: the
-unlabeled rows and the unannotated part of partially labeled rows (``Batch.unlabeled_weight``).
+Unsupervised terms ramp with ``sigmoid_rampup(t // rampup_step, rampup_length)`` (``TrainConfig``); each
+term's base weight is 0.1 (the paper's weight of the contrastive term; SSL4MIS's for CPS). "Unlabeled
+voxels" are the voxels with ``mask == 0``: the unlabeled rows and the unannotated part of partially
+labeled rows (``Batch.unlabeled_weight``).
+
+Ablation variants, not part of the method (``CCEMethod.experimental_options``, all off; switched on with
+``--option`` like the others, computed by ``CCEMethod.experimental_*_terms``):
+
+* ``conf_mse``: where exactly one net is confident (max prob >= ``conf_threshold``) about foreground, the
+  MSE between its foreground probability and the label (weight ``conf_mse_weight``).
+* ``cosine``: consistency, mean over unlabeled voxels of ``1 - cos(p_A, p_B)``.
+* ``contrast_balanced``: at most ``contrast_max_anchors // k`` anchors of each of the ``k`` anchor classes,
+  loss averaged per class (as ReCo and U2PL, arXiv:2203.03884, sample anchors);
+  ``contrast_soft_targets``: the mean probabilities as contrastive targets instead of the hard class.
+* ``foreground_first``: hard pseudo-labels and anchor classes take "foreground if background < 0.5, then
+  the best foreground class" instead of a plain argmax (:func:`pseudo_labels`); identical for two classes.
 
 Bugs of the released code that are *not* reproduced: entropy is taken on probabilities (not logits), the
 pseudo-label and prototype terms carry gradient to the learner, and each net's uncertain features are
 pulled to its own (detached) prototypes instead of pulling the two nets' prototypes together.
-
-Measured (README, "Semi-supervised learning"; 2-core CPU, 8 base filters, 1000 iterations), and why the
-contrastive term is off by default: with the term on the decoder features (as written), the validation
-Dice peaks mid-run and falls as the term ramps up: hippocampus 78.2 % (16 labels) against 83.3 % with the
-term off; LA (down-sampled, 8 labels) 54.05 % against 81.42 %. The uncertain voxels it pulls are mostly
-pseudo-labeled background and about a fifth of those are object (LA, measured against the hidden
-labels), so it shrinks the object. Class-balanced anchors (69.8 %) and soft targets (62.8 %) did not cure
-it on LA; the projection head did there (82.84 %), but not elsewhere: hippocampus 16 labels 82.64 % (term
-off 83.31 %), 4 labels 67.6 % (term off 80.6 %). In the released code the term sent no gradient, so
-the published numbers were obtained without it acting: the default (``contrast=False``) reproduces that
-behaviour; ``--option contrast=true`` switches the paper's term on, on the projection head.
 """
 
 from __future__ import annotations
 
-from typing import Any, ClassVar
+from typing import Any, ClassVar, NamedTuple
 
 import torch
 import torch.nn.functional as F
 
+from napari_sscce.divergence import entropy, kl
 from napari_sscce.methods.base import Batch, TrainingMethod
-from napari_sscce.methods.losses import entropy_map, kl_map, masked_cross_entropy, supervised_loss
+from napari_sscce.methods.losses import masked_cross_entropy, supervised_loss
 from napari_sscce.methods.registry import register_method
 
 
@@ -115,7 +113,7 @@ def pseudo_labels(prob: torch.Tensor, foreground_first: bool = True) -> torch.Te
 def kl_weights(p_provider: torch.Tensor, p_learner: torch.Tensor) -> torch.Tensor:
     """``exp(-KL(p_provider || p_learner))`` per voxel (detached): 1 where the two agree, toward 0 apart."""
     with torch.no_grad():
-        return torch.exp(-kl_map(p_provider, p_learner))
+        return torch.exp(-kl(p_provider, p_learner))
 
 
 def prototype_contrastive_loss(
@@ -244,6 +242,18 @@ def _embedding(net: torch.nn.Module, features: torch.Tensor) -> torch.Tensor:
     return features if project is None else project(features)
 
 
+class _Targets(NamedTuple):
+    """What the unlabeled terms share: detached probabilities, pseudo-labels, entropy keep masks."""
+
+    pa: torch.Tensor
+    pb: torch.Tensor
+    pseudo_a: torch.Tensor
+    pseudo_b: torch.Tensor
+    keep_a: torch.Tensor
+    keep_b: torch.Tensor
+    unl: torch.Tensor
+
+
 @register_method
 class CCEMethod(TrainingMethod):
     """Dual-network CCE training (see the module docstring for every term)."""
@@ -252,13 +262,11 @@ class CCEMethod(TrainingMethod):
     label: ClassVar[str] = "CCE (dual network)"
     default_networks: ClassVar[tuple[str, str]] = ("vnet", "resnet_vnet")
     model_kind: ClassVar[str] = "dual"
+    #: the paper's method (module docstring)
     default_options: ClassVar[dict[str, Any]] = {
         "sup": True,
         "sup_ce_weight": 0.5,
         "sup_dice_weight": 0.5,
-        "conf_mse": False,
-        "conf_mse_weight": 0.5,
-        "conf_threshold": 0.6,
         "cps": True,
         "cps_weight": 0.1,
         "entropy_filter": True,
@@ -271,11 +279,17 @@ class CCEMethod(TrainingMethod):
         "contrast_weight": 0.1,
         "contrast_temperature": 0.1,
         "contrast_max_anchors": 4096,
-        "contrast_balanced": False,
-        "contrast_soft_targets": False,
         "contrast_projection_dim": 32,
+    }
+    #: ablation variants, not part of the method (module docstring); all off
+    experimental_options: ClassVar[dict[str, Any]] = {
+        "conf_mse": False,
+        "conf_mse_weight": 0.5,
+        "conf_threshold": 0.6,
         "cosine": False,
         "cosine_weight": 0.1,
+        "contrast_balanced": False,
+        "contrast_soft_targets": False,
         "foreground_first": False,
     }
 
@@ -291,79 +305,113 @@ class CCEMethod(TrainingMethod):
         """Every switched-on term, unweighted (``sup_a``, ``cps_b``, ``kl``, ``contrast_a`` ...)."""
         o = self.options
         out_a, out_b = model.net_a(batch.image), model.net_b(batch.image)
-        logits_a, feat_a = out_a[0].float(), out_a[1]
-        logits_b, feat_b = out_b[0].float(), out_b[1]
-        num_classes = logits_a.shape[1]
+        logits_a, logits_b = out_a[0].float(), out_b[0].float()
         p_a, p_b = torch.softmax(logits_a, 1), torch.softmax(logits_b, 1)
         lb = batch.labeled_bs
-        label, mask = batch.label, batch.mask
         terms: dict[str, torch.Tensor] = {}
-
         if o["sup"] and lb > 0:
             for key, logits in (("a", logits_a), ("b", logits_b)):
                 terms[f"sup_{key}"] = supervised_loss(
-                    logits[:lb], label[:lb], mask[:lb], o["sup_ce_weight"], o["sup_dice_weight"]
+                    logits[:lb], batch.label[:lb], batch.mask[:lb], o["sup_ce_weight"], o["sup_dice_weight"]
                 )
-        if o["conf_mse"] and lb > 0:
-            thr = o["conf_threshold"]
-            terms["conf_mse_a"] = confident_mse(p_a[:lb], p_b[:lb].detach(), label[:lb], mask[:lb], thr)
-            terms["conf_mse_b"] = confident_mse(p_b[:lb], p_a[:lb].detach(), label[:lb], mask[:lb], thr)
-
+        terms.update(self.experimental_labeled_terms(p_a, p_b, batch))
         unl = batch.unlabeled_weight() > 0
         if not bool(unl.any()):
             return terms
+        targets = self._targets(p_a, p_b, unl)
+        if o["cps"]:
+            terms.update(self._cps_terms(logits_a, logits_b, targets))
+        if o["kl"]:
+            terms["kl"] = self._kl_term(logits_a, logits_b, unl)
+        if o["contrast"]:
+            terms.update(self._contrast_terms(model, (out_a[1], out_b[1]), batch, targets))
+        terms.update(self.experimental_unlabeled_terms(p_a, p_b, unl))
+        return terms
+
+    def _targets(self, p_a: torch.Tensor, p_b: torch.Tensor, unl: torch.Tensor) -> _Targets:
+        """Detached probabilities, hard pseudo-labels and each net's entropy keep mask."""
+        o = self.options
         with torch.no_grad():
             pa_d, pb_d = p_a.detach(), p_b.detach()
             fg_first = bool(o["foreground_first"])
             pseudo_a, pseudo_b = pseudo_labels(pa_d, fg_first), pseudo_labels(pb_d, fg_first)
             if o["entropy_filter"]:
-                keep_a = entropy_keep_mask(entropy_map(pa_d), unl, o["entropy_percentile"])
-                keep_b = entropy_keep_mask(entropy_map(pb_d), unl, o["entropy_percentile"])
+                keep_a = entropy_keep_mask(entropy(pa_d), unl, o["entropy_percentile"])
+                keep_b = entropy_keep_mask(entropy(pb_d), unl, o["entropy_percentile"])
             else:
                 keep_a = keep_b = unl
-        temp = float(o["kl_temperature"])
-        if o["cps"]:
-            if o["kl_weighting"]:
-                ta = torch.softmax(logits_a.detach() / temp, 1)
-                tb = torch.softmax(logits_b.detach() / temp, 1)
-                w_a = kl_weights(tb, ta)  # net A learns B's labels
-                w_b = kl_weights(ta, tb)
-            else:
-                w_a = w_b = torch.ones_like(unl, dtype=torch.float32)
-            terms["cps_a"] = masked_cross_entropy(logits_a, pseudo_b, keep_b.float() * w_a, keep_b.sum())
-            terms["cps_b"] = masked_cross_entropy(logits_b, pseudo_a, keep_a.float() * w_b, keep_a.sum())
-        if o["kl"]:
-            ta, tb = torch.softmax(logits_a / temp, 1), torch.softmax(logits_b / temp, 1)
-            sym = 0.5 * (kl_map(ta, tb) + kl_map(tb, ta))
-            u = unl.float()
-            terms["kl"] = (sym * u).sum() / u.sum()
-        if o["contrast"]:
-            with torch.no_grad():
-                confirmed = mask > 0
-                agree = keep_a & keep_b & (pseudo_a == pseudo_b)
-                proto_class = torch.full_like(label, -1)
-                proto_class[agree] = pseudo_a[agree]
-                proto_class[confirmed] = label[confirmed]
-                uncertain = unl & ~(keep_a & keep_b)
-                p_mean = 0.5 * (pa_d + pb_d)
-                anchor_class = pseudo_labels(p_mean, fg_first)
-            for key, net, feat in (("a", model.net_a, feat_a), ("b", model.net_b, feat_b)):
-                terms[f"contrast_{key}"] = prototype_contrastive_loss(
-                    _embedding(net, feat),
-                    proto_class,
-                    uncertain,
-                    anchor_class,
-                    num_classes,
-                    o["contrast_temperature"],
-                    int(o["contrast_max_anchors"]),
-                    balanced=bool(o["contrast_balanced"]),
-                    anchor_prob=p_mean if o["contrast_soft_targets"] else None,
-                )
-        if o["cosine"]:
-            cos = F.cosine_similarity(p_a, p_b, dim=1, eps=1e-8)
-            u = unl.float()
-            terms["cosine"] = ((1.0 - cos) * u).sum() / u.sum()
+        return _Targets(pa_d, pb_d, pseudo_a, pseudo_b, keep_a, keep_b, unl)
+
+    def _cps_terms(self, logits_a, logits_b, t: _Targets) -> dict[str, torch.Tensor]:
+        """Cross pseudo supervision, each voxel weighted by ``exp(-KL)`` when ``kl_weighting``."""
+        if self.options["kl_weighting"]:
+            temp = float(self.options["kl_temperature"])
+            ta = torch.softmax(logits_a.detach() / temp, 1)
+            tb = torch.softmax(logits_b.detach() / temp, 1)
+            w_a = kl_weights(tb, ta)  # net A learns B's labels
+            w_b = kl_weights(ta, tb)
+        else:
+            w_a = w_b = torch.ones_like(t.unl, dtype=torch.float32)
+        return {
+            "cps_a": masked_cross_entropy(logits_a, t.pseudo_b, t.keep_b.float() * w_a, t.keep_b.sum()),
+            "cps_b": masked_cross_entropy(logits_b, t.pseudo_a, t.keep_a.float() * w_b, t.keep_a.sum()),
+        }
+
+    def _kl_term(self, logits_a: torch.Tensor, logits_b: torch.Tensor, unl: torch.Tensor) -> torch.Tensor:
+        """Mean symmetric KL over unlabeled voxels at temperature ``kl_temperature`` (gradient to both)."""
+        temp = float(self.options["kl_temperature"])
+        ta, tb = torch.softmax(logits_a / temp, 1), torch.softmax(logits_b / temp, 1)
+        sym = kl(ta, tb, symmetric=True)
+        u = unl.float()
+        return (sym * u).sum() / u.sum()
+
+    def _contrast_terms(self, model, features: tuple, batch: Batch, t: _Targets) -> dict[str, torch.Tensor]:
+        """Prototype InfoNCE of each net's uncertain voxels (:func:`prototype_contrastive_loss`)."""
+        o = self.options
+        label, mask = batch.label, batch.mask
+        with torch.no_grad():
+            confirmed = mask > 0
+            agree = t.keep_a & t.keep_b & (t.pseudo_a == t.pseudo_b)
+            proto_class = torch.full_like(label, -1)
+            proto_class[agree] = t.pseudo_a[agree]
+            proto_class[confirmed] = label[confirmed]
+            uncertain = t.unl & ~(t.keep_a & t.keep_b)
+            p_mean = 0.5 * (t.pa + t.pb)
+            anchor_class = pseudo_labels(p_mean, bool(o["foreground_first"]))
+        terms = {}
+        for key, net, feat in (("a", model.net_a, features[0]), ("b", model.net_b, features[1])):
+            terms[f"contrast_{key}"] = prototype_contrastive_loss(
+                _embedding(net, feat),
+                proto_class,
+                uncertain,
+                anchor_class,
+                t.pa.shape[1],
+                o["contrast_temperature"],
+                int(o["contrast_max_anchors"]),
+                balanced=bool(o["contrast_balanced"]),
+                anchor_prob=p_mean if o["contrast_soft_targets"] else None,
+            )
         return terms
+
+    # ------------------------------------------------------------------ ablation variants
+    def experimental_labeled_terms(self, p_a, p_b, batch: Batch) -> dict[str, torch.Tensor]:
+        """``conf_mse_a/_b`` when the ``conf_mse`` ablation is on (module docstring)."""
+        o, lb = self.options, batch.labeled_bs
+        if not (o["conf_mse"] and lb > 0):
+            return {}
+        thr, label, mask = o["conf_threshold"], batch.label[:lb], batch.mask[:lb]
+        return {
+            "conf_mse_a": confident_mse(p_a[:lb], p_b[:lb].detach(), label, mask, thr),
+            "conf_mse_b": confident_mse(p_b[:lb], p_a[:lb].detach(), label, mask, thr),
+        }
+
+    def experimental_unlabeled_terms(self, p_a, p_b, unl: torch.Tensor) -> dict[str, torch.Tensor]:
+        """``cosine`` when the ``cosine`` ablation is on (module docstring)."""
+        if not self.options["cosine"]:
+            return {}
+        cos = F.cosine_similarity(p_a, p_b, dim=1, eps=1e-8)
+        u = unl.float()
+        return {"cosine": ((1.0 - cos) * u).sum() / u.sum()}
 
     def term_weights(self, iteration: int) -> dict[str, float]:
         """Weight of each term at ``iteration`` (unsupervised terms ramped)."""

@@ -7,6 +7,8 @@ import math
 import torch
 import torch.nn.functional as F
 
+from napari_sscce.divergence import entropy, kl
+
 EPS = 1e-5
 
 
@@ -108,23 +110,11 @@ def masked_mse(a: torch.Tensor, b: torch.Tensor, mask: torch.Tensor | None = Non
     return (diff * m).sum() / m.sum().clamp_min(1e-6)
 
 
-def entropy_map(probs: torch.Tensor, normalize: bool = False) -> torch.Tensor:
-    """Voxel entropy ``-sum_c p_c log p_c`` of probabilities ``[B, C, ...]`` -> ``[B, ...]``.
-
-    Computed on probabilities (never logits); ``normalize`` divides by ``log C`` to give [0, 1].
-    """
-    p = probs.float().clamp_min(1e-8)
-    h = -(p * p.log()).sum(1)
-    if normalize:
-        h = h / math.log(max(probs.shape[1], 2))
-    return h
-
-
-def kl_map(p: torch.Tensor, q: torch.Tensor) -> torch.Tensor:
-    """Voxel KL ``sum_c p_c (log p_c - log q_c)`` of ``[B, C, ...]`` probabilities -> ``[B, ...]``."""
-    p = p.float().clamp_min(1e-8)
-    q = q.float().clamp_min(1e-8)
-    return (p * (p.log() - q.log())).sum(1)
+#: voxel entropy of ``[B, C, ...]`` probabilities -> ``[B, ...]`` (:func:`napari_sscce.divergence.entropy`,
+#: the function the inference maps use too)
+entropy_map = entropy
+#: voxel ``KL(p||q)`` of ``[B, C, ...]`` probabilities -> ``[B, ...]`` (:func:`napari_sscce.divergence.kl`)
+kl_map = kl
 
 
 def supervised_loss(

@@ -1,8 +1,9 @@
 """``TrainConfig``: every setting of a training run, saved as ``out/config.json`` and inside each checkpoint.
 
-Defaults follow the semi-supervised literature on LA (science.md): SGD lr 0.01, momentum 0.9, weight
-decay 1e-4, 6000 iterations, x0.1 at 2500 and 5000, batch 2 labeled + 2 unlabeled, patch 112x112x80
-(x, y, z), i.e. ``patch_size = (80, 112, 112)`` in our (z, y, x) order.
+Defaults follow the semi-supervised literature on LA (UA-MT, Yu et al., arXiv:1907.07034, and the
+methods compared with it): SGD lr 0.01, momentum 0.9, weight decay 1e-4, 6000 iterations, x0.1 at 2500
+and 5000, batch 2 labeled + 2 unlabeled, patch 112x112x80 (x, y, z), i.e. ``patch_size = (80, 112, 112)``
+in our (z, y, x) order.
 """
 
 from __future__ import annotations
@@ -58,15 +59,16 @@ class TrainConfig:
     method : str
         a registered method (``napari_sscce.methods.METHODS``): ``"cce"``, ``"supervised"``, ``"ugmcl"``.
     method_options : dict
-        Per-method switches and weights of every loss term (see each method's ``default_options``).
+        Per-method switches and weights of every loss term (see each method's ``default_options``
+        and, for ablation variants, ``experimental_options``).
     networks : list of str or None
         Registry names of (net_a, net_b); None = the method's default.
     base_filters, network_normalization : int, str
         Width (16 as the papers) and normalisation of the networks.
     has_dropout : bool
         ``Dropout3d(0.5)`` on the bottleneck and the last decoder features (UA-MT layout). It drops whole
-        channels: below 16 base filters switch it off (8 filters, hippocampus: one seed of supervised-16
-        never separated the two classes with it, 28.75 % Dice, against 83.04 % without).
+        channels: below 16 base filters switch it off (with 8 filters a run can fail to separate the
+        classes; README, "Semi-supervised learning").
     patch_size : tuple of int
         Training patch (z, y, x). The command line takes X Y Z like the papers.
     labeled_bs, unlabeled_bs : int

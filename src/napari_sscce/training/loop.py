@@ -29,10 +29,16 @@ import numpy as np
 import torch
 
 from napari_sscce.atomic import atomic_path, atomic_write_json
+from napari_sscce.inference.config import InferenceConfig
+from napari_sscce.inference.device import resolve_device
+from napari_sscce.inference.predict import predict_volume
+from napari_sscce.io.datasets import open_dataset
 from napari_sscce.io.geometry import axes_text, parse_axes
 from napari_sscce.methods import get_method
 from napari_sscce.methods.base import TrainingMethod
-from napari_sscce.precision import precision_label, uses_channels_last
+from napari_sscce.metrics.surface import dice
+from napari_sscce.models.checkpoint import load_checkpoint, read_checkpoint_metadata, save_checkpoint
+from napari_sscce.precision import choose_training_precision, precision_label, uses_channels_last
 from napari_sscce.progress import Cancelled, CancelToken, ProgressCallback, ProgressEvent, check, report
 from napari_sscce.training import distributed
 from napari_sscce.training.augment import AugmentConfig, resolve_flip_axes
@@ -101,12 +107,6 @@ def lr_factor(config: TrainConfig, iteration: int) -> float:
     return 1.0
 
 
-def _device(name: str) -> torch.device:
-    from napari_sscce.inference.device import resolve_device
-
-    return resolve_device(name)
-
-
 class MetricsLog:
     """Appends JSON lines to ``metrics.jsonl`` (main rank only); on resume drops lines past the restart."""
 
@@ -136,10 +136,6 @@ def validate(
     Sliding-window inference (``inference.predict.predict_volume``) with the training patch, the
     config's ``val_overlap`` and normalisation, mean of both networks' softmax, argmax.
     """
-    from napari_sscce.inference.config import InferenceConfig
-    from napari_sscce.inference.predict import predict_volume
-    from napari_sscce.metrics.surface import dice
-
     icfg = InferenceConfig(
         patch_size=tuple(config.patch_size),
         overlap=config.val_overlap,
@@ -322,8 +318,6 @@ def _choose_precision(config: TrainConfig, model, sampler, device, progress):
     The self-check batch is drawn from ``sampler`` and the sampler put back where it was, so the run's
     batches (and exact resume) do not depend on whether a check ran.
     """
-    from napari_sscce.precision import choose_training_precision
-
     def check_batch():
         state = copy.deepcopy(sampler.state_dict())
         batch = sampler.next_batch().to(device)
@@ -338,8 +332,6 @@ def _choose_precision(config: TrainConfig, model, sampler, device, progress):
 # ---------------------------------------------------------------------------- the loop
 def _build_model(method: TrainingMethod, num_classes: int, init_checkpoint: str | None):
     if init_checkpoint:
-        from napari_sscce.models.checkpoint import load_checkpoint
-
         ckpt = load_checkpoint(init_checkpoint)
         model = ckpt.model
         if model.num_classes != num_classes:
@@ -359,8 +351,6 @@ def _inherit_flip_axes(
     always lies before its body (``orientation_axes`` needs three); the model it starts from knows it
     (its ``augmentation`` metadata), so ``"auto"`` flips only axes both allow.
     """
-    from napari_sscce.models.checkpoint import read_checkpoint_metadata
-
     record = (read_checkpoint_metadata(init_checkpoint).get("augmentation") or {}).get("flip_axes")
     if record is None:
         return axes, info
@@ -393,247 +383,271 @@ def train(
     -------
     TrainResult
     """
-    from napari_sscce.io.datasets import open_dataset
-
     start_time = time.perf_counter()
-    device = _device(config.device)
-    ctx = distributed.setup(device)
-    device = ctx.device
+    ctx = distributed.setup(resolve_device(config.device))
     try:
         init = init_checkpoint or config.init_checkpoint
         with claim_run_folder(config.out, resume=config.resume, overwrite=config.overwrite, main=ctx.is_main):
-            return _train(config, progress, cancel, init, ctx, open_dataset, start_time)
+            return Trainer(config, progress, cancel, init, ctx, start_time).run()
     finally:
         distributed.cleanup(ctx)
 
 
-def _train(config, progress, cancel, init_checkpoint, ctx, open_dataset, start_time) -> TrainResult:
-    device = ctx.device
-    out = Path(config.out)
-    state_path = out / STATE_FILE
-    method_cls = get_method(config.method)
-    if not method_cls.uses_unlabeled and config.unlabeled_bs:
-        config = config.replace(unlabeled_bs=0)
-    method = method_cls(config)
+class Trainer:
+    """One training run, in named steps: set up (:meth:`__init__`), :meth:`step`, :meth:`validate`,
+    :meth:`save`; :meth:`run` strings them together. Used by :func:`train`, which owns the distributed
+    context and the run folder.
+    """
 
-    dataset = open_dataset(config.data)
-    splits: Splits = resolve_splits(dataset, config.split, config.labeled)
+    def __init__(self, config: TrainConfig, progress, cancel, init_checkpoint, ctx, start_time: float):
+        self.progress, self.cancel, self.ctx, self.start_time = progress, cancel, ctx, start_time
+        self.device, self.main = ctx.device, ctx.is_main
+        self.out = Path(config.out)
+        self.state_path = self.out / STATE_FILE
+        self.last_path, self.best_path = self.out / "last.safetensors", self.out / "best.safetensors"
+        method_cls = get_method(config.method)
+        if not method_cls.uses_unlabeled and config.unlabeled_bs:
+            config = config.replace(unlabeled_bs=0)
+        self.config = config
+        self.method = method_cls(config)
+        self.dataset = open_dataset(config.data)
+        self.splits: Splits = resolve_splits(self.dataset, config.split, config.labeled)
+        self._read_labeled(init_checkpoint)
+        self._build(init_checkpoint)
+        self.start_it, self.best_metric, self.best_iteration, resumed_counts = 0, None, None, None
+        if config.resume:
+            resumed_counts = self._resume()
+        self._open_outputs()
+        self.guard = StepGuard(self.model, self.optimizers, self.choice.precision, resumed_counts)
 
-    # labels of the labeled cases: number of classes and the training spacing
-    report(progress, ProgressEvent("train", 0, config.iterations, "reading labeled cases"))
-    labels, spacings = [], []
-    for name in splits.labeled:
-        image, label, _ = dataset.load_case(name)
-        labels.append(np.asarray(label.array) if label is not None else np.zeros(1))
-        spacings.append(image.spacing)
-    num_classes = config.num_classes or infer_num_classes(labels)
-    spacing = [float(v) for v in np.median(np.array(spacings), axis=0)]
-    flip_axes, augmentation = resolve_flip_axes(config.flip_axes, labels, num_classes)
-    if init_checkpoint and config.flip_axes == "auto":
-        flip_axes, augmentation = _inherit_flip_axes(init_checkpoint, flip_axes, augmentation)
-    augment_config = AugmentConfig.from_train_config(config, flip_axes)
-    augmentation["rot90"] = augment_config.rot90
-    if augmentation["orientation_axes"]:
-        report(progress, ProgressEvent(
-            "train", 0, config.iterations,
-            f"classes ordered along {', '.join(augmentation['orientation_axes'])}: flipping only "
-            f"{augmentation['flip_axes']}, in-plane rotations {'on' if augment_config.rot90 else 'off'}",
-        ))
-    del labels
+    # ------------------------------------------------------------------ setup
+    def _event(self, message: str, iteration: int = 0, **kw) -> None:
+        report(self.progress, ProgressEvent("train", iteration, self.config.iterations, message, **kw))
 
-    seed_everything(config.seed, config.deterministic)
-    model = _build_model(method, num_classes, init_checkpoint).to(device)
-    torch.manual_seed(config.seed * 1000 + 1 + ctx.rank)  # dropout etc. differ per rank
-    store = CaseStore(
-        dataset.load_case, num_classes, config.normalization, method.extra_targets, config.cache_mb
-    )
-    sampler = PatchSampler(
-        store,
-        splits.labeled,
-        splits.unlabeled,
-        config.patch_size,
-        config.labeled_bs,
-        config.unlabeled_bs,
-        config.foreground_fraction,
-        augment_config,
-        seed=config.seed,
-        rank=ctx.rank,
-        world_size=ctx.world_size,
-    )
-    choice = _choose_precision(config, model, sampler, device, progress)
-    autocast_dtype = choice.dtype
-    channels_last = uses_channels_last(device, choice.precision)
-    if channels_last:
-        model = model.to(memory_format=torch.channels_last_3d)
-    train_model = distributed.wrap_model(model, ctx)
-    optimizers = method.optimizers(model)
-    scaler = torch.amp.GradScaler(device.type) if autocast_dtype == torch.float16 else None
+    def _read_labeled(self, init_checkpoint: str | None) -> None:
+        """Labels of the labeled cases: number of classes, training spacing, flip axes and augmentation."""
+        config = self.config
+        self._event("reading labeled cases")
+        labels, spacings = [], []
+        for name in self.splits.labeled:
+            image, label, _ = self.dataset.load_case(name)
+            labels.append(np.asarray(label.array) if label is not None else np.zeros(1))
+            spacings.append(image.spacing)
+        self.num_classes = config.num_classes or infer_num_classes(labels)
+        self.spacing = [float(v) for v in np.median(np.array(spacings), axis=0)]
+        flip_axes, augmentation = resolve_flip_axes(config.flip_axes, labels, self.num_classes)
+        if init_checkpoint and config.flip_axes == "auto":
+            flip_axes, augmentation = _inherit_flip_axes(init_checkpoint, flip_axes, augmentation)
+        self.augment_config = AugmentConfig.from_train_config(config, flip_axes)
+        augmentation["rot90"] = self.augment_config.rot90
+        self.augmentation = augmentation
+        if augmentation["orientation_axes"]:
+            self._event(
+                f"classes ordered along {', '.join(augmentation['orientation_axes'])}: flipping only "
+                f"{augmentation['flip_axes']}, in-plane rotations "
+                f"{'on' if self.augment_config.rot90 else 'off'}"
+            )
 
-    start_it, best_metric, best_iteration, resumed_counts = 0, None, None, None
-    if config.resume:
-        state = _load_state(state_path)
-        model.load_state_dict(state["model"])
-        for opt, s in zip(optimizers, state["optimizers"], strict=True):
+    def _build(self, init_checkpoint: str | None) -> None:
+        """Model, sampler, precision, optimisers and scaler (in this order: it fixes the random streams)."""
+        config, ctx, device = self.config, self.ctx, self.device
+        seed_everything(config.seed, config.deterministic)
+        model = _build_model(self.method, self.num_classes, init_checkpoint).to(device)
+        torch.manual_seed(config.seed * 1000 + 1 + ctx.rank)  # dropout etc. differ per rank
+        store = CaseStore(
+            self.dataset.load_case, self.num_classes, config.normalization, self.method.extra_targets,
+            config.cache_mb,
+        )
+        self.sampler = PatchSampler(
+            store, self.splits.labeled, self.splits.unlabeled, config.patch_size, config.labeled_bs,
+            config.unlabeled_bs, config.foreground_fraction, self.augment_config,
+            seed=config.seed, rank=ctx.rank, world_size=ctx.world_size,
+        )
+        self.choice = _choose_precision(config, model, self.sampler, device, self.progress)
+        self.channels_last = uses_channels_last(device, self.choice.precision)
+        if self.channels_last:
+            model = model.to(memory_format=torch.channels_last_3d)
+        self.model = model
+        self.train_model = distributed.wrap_model(model, ctx)
+        self.optimizers = self.method.optimizers(model)
+        use_scaler = self.choice.dtype == torch.float16
+        self.scaler = torch.amp.GradScaler(device.type) if use_scaler else None
+
+    def _resume(self) -> dict | None:
+        """Restore ``train_state.pt``; returns the saved numeric-guard counts."""
+        state, ctx = _load_state(self.state_path), self.ctx
+        self.model.load_state_dict(state["model"])
+        for opt, s in zip(self.optimizers, state["optimizers"], strict=True):
             opt.load_state_dict(s)
-        if scaler is not None and state["scaler"]:
-            scaler.load_state_dict(state["scaler"])
+        if self.scaler is not None and state["scaler"]:
+            self.scaler.load_state_dict(state["scaler"])
         if len(state["rank_sampler"]) != ctx.world_size:
             raise ValueError(
-                f"{state_path}: saved by {len(state['rank_sampler'])} process(es), "
+                f"{self.state_path}: saved by {len(state['rank_sampler'])} process(es), "
                 f"resumed with {ctx.world_size}"
             )
-        sampler.load_state_dict(json.loads(state["rank_sampler"][ctx.rank]))
+        self.sampler.load_state_dict(json.loads(state["rank_sampler"][ctx.rank]))
         torch.set_rng_state(state["rank_torch_rng"][ctx.rank])
-        if device.type == "cuda" and state["rank_cuda_rng"][ctx.rank].numel():
-            torch.cuda.set_rng_state(state["rank_cuda_rng"][ctx.rank], device)
-        start_it = int(state["iteration"])
+        if self.device.type == "cuda" and state["rank_cuda_rng"][ctx.rank].numel():
+            torch.cuda.set_rng_state(state["rank_cuda_rng"][ctx.rank], self.device)
+        self.start_it = int(state["iteration"])
         extra = json.loads(state["extra"])
-        best_metric, best_iteration = extra.get("best_metric"), extra.get("best_iteration")
-        resumed_counts = extra.get("numerics")
-        if hasattr(method, "load_state_dict") and extra.get("method_state") is not None:
-            method.load_state_dict(extra["method_state"])
+        self.best_metric, self.best_iteration = extra.get("best_metric"), extra.get("best_iteration")
+        if extra.get("method_state") is not None:
+            self.method.load_state_dict(extra["method_state"])
+        return extra.get("numerics")
 
-    main = ctx.is_main
-    if main:
-        out.mkdir(parents=True, exist_ok=True)
-        config.save(out / "config.json")
-        atomic_write_json(out / "splits.json", splits.to_dict())
-    log = MetricsLog(out / "metrics.jsonl" if main else None, start_it if config.resume else None)
-    history: list[dict[str, Any]] = []
-    val_cases: list[tuple[str, Any, Any]] | None = None
-    last_path, best_path = out / "last.safetensors", out / "best.safetensors"
-    sampler_state = sampler.state_dict()
-    last_val: dict[str, Any] | None = None
-    summary: dict[str, Any] = {}
-
-    def metadata(val_metrics: dict | None) -> dict[str, Any]:
-        return {
-            "method": config.method,
-            "patch_size": list(config.patch_size),
-            "spacing": spacing,
-            "normalization": {"mode": config.normalization},
-            "class_names": config.class_names,
-            "config": config.to_dict(),
-            "train_summary": summary,
-            "val_metrics": val_metrics,
-            "augmentation": augmentation,
-        }
-
-    def save_all(iteration: int, val_metrics: dict | None) -> None:
-        """Checkpoints and training state (state gathered from every rank, written by rank 0)."""
-        from napari_sscce.models.checkpoint import save_checkpoint
-
-        distributed.sync_state(model, ctx)
-        rank_states = distributed.all_gather(_rank_state(sampler_state, device), ctx)
-        if not main:
-            return
-        summary.update(
-            iterations=iteration,
-            seconds=round(time.perf_counter() - start_time, 2),
-            device=str(device),
-            precision=precision_label(choice.precision),
-            precision_reason=choice.reason,
-            precision_check=choice.check,
-            **guard.counts(),
-            world_size=ctx.world_size,
-            cases={k: len(v) for k, v in splits.to_dict().items()},
-            best_iteration=best_iteration,
+    def _open_outputs(self) -> None:
+        """``config.json``, ``splits.json`` and the metrics log (main rank), and the run's bookkeeping."""
+        config = self.config
+        if self.main:
+            self.out.mkdir(parents=True, exist_ok=True)
+            config.save(self.out / "config.json")
+            atomic_write_json(self.out / "splits.json", self.splits.to_dict())
+        self.log = MetricsLog(
+            self.out / "metrics.jsonl" if self.main else None, self.start_it if config.resume else None
         )
-        save_checkpoint(last_path, model, metadata(val_metrics))
-        if not splits.val or best_iteration == iteration or not best_path.exists():
-            save_checkpoint(best_path, model, metadata(val_metrics))
-        guard.checkpoint()
-        extra = {"best_metric": best_metric, "best_iteration": best_iteration, "numerics": guard.counts()}
-        if hasattr(method, "state_dict"):
-            extra["method_state"] = method.state_dict()
-        _save_state(state_path, iteration, model, optimizers, scaler, rank_states, extra)
+        self.history: list[dict[str, Any]] = []
+        self.val_cases: list[tuple[str, Any, Any]] | None = None
+        self.sampler_state = self.sampler.state_dict()
+        self.summary: dict[str, Any] = {}
 
-    def run_validation(iteration: int) -> dict | None:
-        nonlocal val_cases, best_metric, best_iteration
-        if not main or not splits.val:
+    # ------------------------------------------------------------------ step
+    def step(self, iteration: int, batch) -> dict[str, Any]:
+        """One optimiser step at ``iteration`` (0-based); returns its metrics line."""
+        config, device = self.config, self.device
+        batch = batch.to(device, non_blocking=True)
+        if self.channels_last:
+            batch.image = batch.image.contiguous(memory_format=torch.channels_last_3d)
+        lr = config.lr * lr_factor(config, iteration)
+        for opt in self.optimizers:
+            for group in opt.param_groups:
+                group["lr"] = lr
+        dtype = self.choice.dtype
+        with torch.autocast(device.type, dtype=dtype or torch.float32, enabled=dtype is not None):
+            loss, terms = self.method.losses(self.train_model, batch, iteration)
+        for opt in self.optimizers:
+            opt.zero_grad(set_to_none=True)
+        stepped = optimizer_step(loss, self.optimizers, self.scaler)
+        if stepped:
+            self.method.after_step(self.model, iteration)
+        self.guard.after_step(stepped, loss, terms)
+        record = {"iteration": iteration + 1, "loss": float(loss.detach()), "lr": lr, **terms}
+        record.update(self.guard.counts())
+        return record
+
+    def _log(self, record: dict[str, Any]) -> None:
+        self.log.write(record)
+        self.history.append(record)
+
+    # ------------------------------------------------------------------ validate
+    def validate(self, iteration: int) -> dict | None:
+        """Validation Dice on the val split (main rank; None without one); tracks the best."""
+        config = self.config
+        if not self.main or not self.splits.val:
             return None
-        if val_cases is None:
-            chosen = splits.val[: config.val_max_cases] if config.val_max_cases else splits.val
-            val_cases = [(n, *dataset.load_case(n)[:2]) for n in chosen]
-        report(progress, ProgressEvent("validate", iteration, config.iterations, "validating"))
-        metrics = validate(model, val_cases, config, device, num_classes, cancel)
-        record = {
+        if self.val_cases is None:
+            chosen = self.splits.val[: config.val_max_cases] if config.val_max_cases else self.splits.val
+            self.val_cases = [(n, *self.dataset.load_case(n)[:2]) for n in chosen]
+        report(self.progress, ProgressEvent("validate", iteration, config.iterations, "validating"))
+        metrics = validate(self.model, self.val_cases, config, self.device, self.num_classes, self.cancel)
+        if self.best_metric is None or metrics["dice"] > self.best_metric:
+            self.best_metric, self.best_iteration = metrics["dice"], iteration
+        self._log({
             "iteration": iteration,
             "val_dice": metrics["dice"],
             "val_dice_per_class": metrics["dice_per_class"],
-        }
-        if best_metric is None or metrics["dice"] > best_metric:
-            best_metric, best_iteration = metrics["dice"], iteration
-        record["best_val_dice"] = best_metric
-        log.write(record)
-        history.append(record)
-        report(
-            progress,
-            ProgressEvent(
-                "validate",
-                iteration,
-                config.iterations,
-                f"val Dice {metrics['dice']:.4f} (best {best_metric:.4f})",
-                values={"val_dice": metrics["dice"], "best_val_dice": best_metric},
-            ),
-        )
+            "best_val_dice": self.best_metric,
+        })
+        report(self.progress, ProgressEvent(
+            "validate", iteration, config.iterations,
+            f"val Dice {metrics['dice']:.4f} (best {self.best_metric:.4f})",
+            values={"val_dice": metrics["dice"], "best_val_dice": self.best_metric},
+        ))
         return metrics
 
-    stream = BatchStream(sampler, config.num_workers)
-    batches = iter(stream)
-    iteration = start_it
-    guard = StepGuard(model, optimizers, choice.precision, resumed_counts)
-    cancelled = False
-    model.train()
-    try:
-        while iteration < config.iterations:
-            check(cancel)
-            batch, next_state = next(batches)
-            batch = batch.to(device, non_blocking=True)
-            if channels_last:
-                batch.image = batch.image.contiguous(memory_format=torch.channels_last_3d)
-            lr = config.lr * lr_factor(config, iteration)
-            for opt in optimizers:
-                for group in opt.param_groups:
-                    group["lr"] = lr
-            amp = autocast_dtype is not None
-            with torch.autocast(device.type, dtype=autocast_dtype or torch.float32, enabled=amp):
-                loss, terms = method.losses(train_model, batch, iteration)
-            for opt in optimizers:
-                opt.zero_grad(set_to_none=True)
-            stepped = optimizer_step(loss, optimizers, scaler)
-            if stepped:
-                method.after_step(model, iteration)
-            guard.after_step(stepped, loss, terms)
-            sampler_state = next_state
-            iteration += 1
-            record = {"iteration": iteration, "loss": float(loss.detach()), "lr": lr, **terms}
-            record.update(guard.counts())
-            log.write(record)
-            history.append(record)
-            message = f"loss {record['loss']:.4f}"
-            event = ProgressEvent("train", iteration, config.iterations, message, values=dict(record))
-            report(progress, event)
-            if config.val_every and iteration % config.val_every == 0 and iteration < config.iterations:
-                last_val = run_validation(iteration) or last_val
-                save_all(iteration, last_val)
-        last_val = run_validation(iteration) or last_val
-    except Cancelled:
-        cancelled = True
-    finally:
-        stream.close()
-    save_all(iteration, last_val)
-    if main:
-        message = "cancelled" if cancelled else "done"
-        report(progress, ProgressEvent("train", iteration, config.iterations, message))
-    if not math.isfinite(best_metric or 0.0):
-        best_metric = None
-    return TrainResult(
-        best_path if main else None,
-        last_path if main else None,
-        history,
-        iteration,
-        cancelled,
-        best_metric,
-        model,
-    )
+    # ------------------------------------------------------------------ save
+    def _metadata(self, val_metrics: dict | None) -> dict[str, Any]:
+        config = self.config
+        return {
+            "method": config.method,
+            "patch_size": list(config.patch_size),
+            "spacing": self.spacing,
+            "normalization": {"mode": config.normalization},
+            "class_names": config.class_names,
+            "config": config.to_dict(),
+            "train_summary": self.summary,
+            "val_metrics": val_metrics,
+            "augmentation": self.augmentation,
+        }
+
+    def save(self, iteration: int, val_metrics: dict | None) -> None:
+        """Checkpoints and training state (state gathered from every rank, written by rank 0)."""
+        ctx = self.ctx
+        distributed.sync_state(self.model, ctx)
+        rank_states = distributed.all_gather(_rank_state(self.sampler_state, self.device), ctx)
+        if not self.main:
+            return
+        self.summary.update(
+            iterations=iteration,
+            seconds=round(time.perf_counter() - self.start_time, 2),
+            device=str(self.device),
+            precision=precision_label(self.choice.precision),
+            precision_reason=self.choice.reason,
+            precision_check=self.choice.check,
+            **self.guard.counts(),
+            world_size=ctx.world_size,
+            cases={k: len(v) for k, v in self.splits.to_dict().items()},
+            best_iteration=self.best_iteration,
+        )
+        save_checkpoint(self.last_path, self.model, self._metadata(val_metrics))
+        if not self.splits.val or self.best_iteration == iteration or not self.best_path.exists():
+            save_checkpoint(self.best_path, self.model, self._metadata(val_metrics))
+        self.guard.checkpoint()
+        extra = {
+            "best_metric": self.best_metric,
+            "best_iteration": self.best_iteration,
+            "numerics": self.guard.counts(),
+            "method_state": self.method.state_dict(),
+        }
+        _save_state(self.state_path, iteration, self.model, self.optimizers, self.scaler, rank_states, extra)
+
+    # ------------------------------------------------------------------ run
+    def run(self) -> TrainResult:
+        """Steps from the start (or resumed) iteration to ``config.iterations``, validating and saving."""
+        config = self.config
+        stream = BatchStream(self.sampler, config.num_workers)
+        batches = iter(stream)
+        iteration, last_val, cancelled = self.start_it, None, False
+        self.model.train()
+        try:
+            while iteration < config.iterations:
+                check(self.cancel)
+                batch, next_state = next(batches)
+                record = self.step(iteration, batch)
+                self.sampler_state = next_state
+                iteration += 1
+                self._log(record)
+                self._event(f"loss {record['loss']:.4f}", iteration, values=dict(record))
+                if config.val_every and iteration % config.val_every == 0 and iteration < config.iterations:
+                    last_val = self.validate(iteration) or last_val
+                    self.save(iteration, last_val)
+            last_val = self.validate(iteration) or last_val
+        except Cancelled:
+            cancelled = True
+        finally:
+            stream.close()
+        self.save(iteration, last_val)
+        if self.main:
+            self._event("cancelled" if cancelled else "done", iteration)
+        best = self.best_metric if math.isfinite(self.best_metric or 0.0) else None
+        main = self.main
+        return TrainResult(
+            self.best_path if main else None,
+            self.last_path if main else None,
+            self.history,
+            iteration,
+            cancelled,
+            best,
+            self.model,
+        )

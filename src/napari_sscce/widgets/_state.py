@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import json
 import os
+import threading
 import weakref
 from collections.abc import Callable
 from pathlib import Path
@@ -19,6 +20,7 @@ from typing import Any
 from qtpy.QtCore import QObject, Signal
 
 from napari_sscce.atomic import atomic_write_json
+from napari_sscce.models.checkpoint import Checkpoint, load_checkpoint
 
 CONFIG_ENV = "NAPARI_SSCCE_CONFIG_DIR"
 MAX_RECENT = 8
@@ -100,7 +102,11 @@ def known_models() -> list[tuple[str, Path]]:
 
 
 class Session(QObject):
-    """The model in use by a viewer's widgets (``model_changed(path)`` tells the others); Segment settings."""
+    """The model in use by a viewer's widgets (``model_changed(path)`` tells the others); Segment settings.
+
+    The last model file loaded stays in memory (:meth:`checkpoint`), so that segmenting again does not read
+    the file again while it is unchanged.
+    """
 
     model_changed = Signal(str)
 
@@ -109,6 +115,25 @@ class Session(QObject):
         self.model_path: Path | None = None
         #: the Segment widget's settings (its ``config`` method), used to re-segment after a fine-tune
         self.inference_config: Callable[[], Any] | None = None
+        self._lock = threading.Lock()
+        self._loaded: tuple[tuple[str, int, int], Checkpoint] | None = None
+
+    def checkpoint(self, path: str | Path) -> Checkpoint:
+        """The model file ``path``, loaded; from memory while its path, mtime and size are unchanged.
+
+        Safe to call from worker threads. Raises what
+        :func:`napari_sscce.models.checkpoint.load_checkpoint` raises.
+        """
+        resolved = Path(path).resolve()
+        stat = resolved.stat()
+        key = (str(resolved), stat.st_mtime_ns, stat.st_size)
+        with self._lock:
+            if self._loaded is not None and self._loaded[0] == key:
+                return self._loaded[1]
+        checkpoint = load_checkpoint(resolved)
+        with self._lock:
+            self._loaded = (key, checkpoint)
+        return checkpoint
 
     def set_model(self, path: str | Path | None) -> None:
         """Use ``path`` from now on (announces it when it changed)."""
@@ -128,6 +153,16 @@ def session_for(viewer: Any) -> Session:
         session = Session()
         _SESSIONS[viewer] = session
     return session
+
+
+def predict_with_session(
+    session: Session, predict: Callable[..., Any], path: str | Path, volume: Any, config: Any, **kwargs: Any
+) -> Any:
+    """``predict(model, volume, config, **kwargs)`` with the session's loaded copy of the model file ``path``.
+
+    For a widget's runner (a worker thread): the file is read there the first time, then kept.
+    """
+    return predict(session.checkpoint(path), volume, config, **kwargs)
 
 
 def model_summary(metadata: dict[str, Any]) -> str:

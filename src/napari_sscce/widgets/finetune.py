@@ -65,7 +65,13 @@ from napari_sscce.widgets._layers import (
     volume_from_layer,
 )
 from napari_sscce.widgets._plot import CurvePlot
-from napari_sscce.widgets._state import load_settings, model_label, session_for, update_settings
+from napari_sscce.widgets._state import (
+    load_settings,
+    model_label,
+    predict_with_session,
+    session_for,
+    update_settings,
+)
 from napari_sscce.widgets._worker import WorkRunner, describe_event
 from napari_sscce.widgets.segment import ImageLayerCombo, image_layers
 from napari_sscce.workspace import Workspace, safe_case_name
@@ -426,7 +432,10 @@ class FinetuneWidget(QWidget):
         self._target = layer
         self._stage = "segment"
         self._set_running(True)
-        self.runner.start(predict_volume, str(model), volume_from_layer(layer), self.inference_config())
+        self.runner.start(
+            predict_with_session, self.session, predict_volume, str(model), volume_from_layer(layer),
+            self.inference_config(),
+        )
 
     def revert(self, version: str | None = None) -> None:
         """Make ``version`` (default: the one chosen in the list) the model in use and segment again."""

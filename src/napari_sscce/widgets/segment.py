@@ -30,7 +30,14 @@ from napari_sscce.inference.predict import Prediction, predict_volume
 from napari_sscce.io.validate import apply_nan_policy
 from napari_sscce.progress import ProgressEvent
 from napari_sscce.widgets._layers import ROLE_KEY, layer_kind, show_prediction, volume_from_layer
-from napari_sscce.widgets._state import known_models, model_label, model_summary, remember_model, session_for
+from napari_sscce.widgets._state import (
+    known_models,
+    model_label,
+    model_summary,
+    predict_with_session,
+    remember_model,
+    session_for,
+)
 from napari_sscce.widgets._worker import WorkRunner, describe_event
 
 BROWSE = "Choose a model file…"
@@ -305,7 +312,9 @@ class SegmentWidget(QWidget):
         self._set_running(True)
         self.domain_warnings = self._check_domain(volume)
         self.status.setText(f"segmenting {layer.name} …" + self._warning_text())
-        self.runner.start(predict_volume, str(self.model_path), volume, config)
+        self.runner.start(
+            predict_with_session, self.session, predict_volume, str(self.model_path), volume, config
+        )
 
     def _check_domain(self, volume: Any) -> list[str]:
         """How ``volume`` differs from the model's training data (rules: ``models.pretrained``)."""
