@@ -12,8 +12,12 @@
    this project stores its data folder and split in its metadata; a workspace version stores the set it
    replayed) that set is replayed beside the workspace's cases (:func:`find_replay_source`); a share
    :data:`REPLAY_SHARE` of the labeled draws come from it. Otherwise the fine-tune runs at a tenth of the
-   learning rate (:data:`NO_REPLAY_LR`); a pull toward the starting weights (L2-SP, method option
-   ``l2sp_weight``) is available (``l2sp``) but off by default (:data:`DEFAULT_L2SP`: it measured worse).
+   learning rate (:data:`NO_REPLAY_LR`) and *distils* the starting model: it segments every workspace image
+   once (:func:`teacher_labels`), and trains on its labels outside the confirmed voxels with weight
+   :data:`DISTILL_WEIGHT` (a weighted training mask; confirmed voxels weigh 1) and on the unlabeled images
+   labeled by it (:data:`DISTILL_SHARE` of the labeled draws), see :func:`build_view`. A pull toward the
+   starting weights (L2-SP, method option ``l2sp_weight``) is available (``l2sp``) but off by default
+   (:data:`DEFAULT_L2SP`: it measured worse).
 4. **Never adopt a worse model silently**: a fraction :data:`HOLDOUT_FRACTION` of the confirmed slices of
    every corrected case is held aside (not trained on); the starting and the fine-tuned model are scored on
    them (Dice on the held-aside voxels, :func:`held_aside_dice`); a fine-tune that scores worse is kept as a
@@ -384,6 +388,7 @@ class DataView:
     replayed: list[str] = field(default_factory=list)
     held: list[HeldAside] = field(default_factory=list)
     distilled: list[str] = field(default_factory=list)
+    distill_weight: float = 0.0
 
 
 @dataclass
@@ -526,7 +531,7 @@ def build_view(
     """
     if folder.exists():
         shutil.rmtree(folder)
-    view = DataView(folder)
+    view = DataView(folder, distill_weight=distill.weight if distill is not None else 0.0)
     _add_workspace_cases(view, ws, holdout, distill)
     if replay is not None and replay.cases:
         _add_replay(view, replay, replay_share)
@@ -872,6 +877,8 @@ def _plan_text(start_version: str, config: TrainConfig, view: DataView, l2sp: fl
     keep = (
         f"replaying {len(view.replayed)} case(s) of the model's labeled set"
         if view.replayed
+        else f"distilling the starting model's labels (weight {view.distill_weight:g})"
+        if view.distill_weight > 0
         else f"L2-SP {l2sp:g} toward the starting weights"
         if l2sp > 0
         else "no replay"
@@ -896,6 +903,7 @@ def _record(ws, start_version, method, result, run, view, source, scores, l2sp) 
         "held_aside_dice_after": after,
         "held_aside_voxels": sum(h.voxels for h in view.held),
         "l2sp_weight": l2sp,
+        "distill_weight": view.distill_weight,
     }
     if source is not None:
         info["replay"] = source.record()
