@@ -155,8 +155,10 @@ def write_results(out: dict[str, Any]) -> None:
     lines += [
         "",
         "`replay`: the model's labeled set found and replayed (the defaults: share 0.6 of labeled draws, "
-        "lr 0.01); `plain`: no labeled set available (the default then: lr 0.001, no L2-SP). Held-aside: the "
-        "quarter of the corrected slices not trained on, scored for the starting and the fine-tuned model.",
+        "lr 0.01); `plain`: no labeled set available, lr 0.001, no regularisation (the default before "
+        "distillation); `distill<W>`: no labeled set, lr 0.001, distillation from the starting model with "
+        "voxel weight W (the default without a labeled set: W = 0.5). Held-aside: the quarter of the "
+        "corrected slices not trained on, scored for the starting and the fine-tuned model.",
     ]
     (RESULTS / "finetune_gain.md").write_text("\n".join(lines) + "\n")
 
