@@ -69,8 +69,9 @@ NO_REPLAY_LR = 0.001
 DEFAULT_L2SP = 0.0
 #: supervised weight of a distilled voxel (the starting model's own label, outside the confirmed voxels) in a
 #: fine-tune that cannot replay the model's labeled set; a confirmed voxel weighs 1 (0: no distillation).
-#: Issue 17's hippocampus experiment (benchmarks/results/finetune_gain.md): held-out Dice 0.7793 -> 0.7900
-#: (+1.07, seed 0) with it, against -1.52 / -1.89 without it (lr 0.001 in both); the only weight measured
+#: Issue 17's hippocampus experiment (benchmarks/results/finetune_gain.md): held-out Dice 0.7793 -> 0.7900 /
+#: 0.7869 (+1.07 / +0.76, seeds 0 / 1) with it, against -1.52 / -1.89 without it (lr 0.001 in both); the
+#: only weight measured
 DISTILL_WEIGHT = 0.5
 #: share of labeled draws that come from the unlabeled images labeled by the starting model (distillation)
 DISTILL_SHARE = 0.5
