@@ -10,6 +10,7 @@ training (Dice, mean of the foreground classes). Conditions:
 ``replay``   the starting model's labeled set is found and replayed (a model trained by this project)
 ``plain``    no labeled set available (a packaged model), no regularisation (what the loop did before)
 ``l2sp<W>``  no labeled set, L2-SP toward the starting weights with weight W
+``distill<W>`` no labeled set, distillation from the starting model with voxel weight W (default 0.5)
 a suffix ``_lr<X>`` sets the fine-tune's learning rate (default: the fine-tune default).
 
 Usage (the issue-17 setting; OMP_NUM_THREADS=1, fp32, ~3 min per fine-tune on a 2-core CPU)::
@@ -56,9 +57,13 @@ def condition_kwargs(name: str) -> dict[str, Any]:
     if base == "replay":
         return {**kwargs, "replay": True}
     if base == "plain":
-        return {**kwargs, "replay": False, "l2sp": 0.0}
+        return {**kwargs, "replay": False, "l2sp": 0.0, "distill": 0.0}
+    if base.startswith("distill"):
+        return {**kwargs, "replay": False, "l2sp": 0.0, "distill": float(base[7:] or 0.5)}
+    if base.startswith("replaydistill"):
+        return {**kwargs, "replay": True, "distill": float(base[13:] or 0.5)}
     if base.startswith("l2sp"):
-        return {**kwargs, "replay": False, "l2sp": float(base[4:])}
+        return {**kwargs, "replay": False, "l2sp": float(base[4:]), "distill": 0.0}
     raise SystemExit(f"unknown condition {name!r}")
 
 
@@ -150,8 +155,10 @@ def write_results(out: dict[str, Any]) -> None:
     lines += [
         "",
         "`replay`: the model's labeled set found and replayed (the defaults: share 0.6 of labeled draws, "
-        "lr 0.01); `plain`: no labeled set available (the default then: lr 0.001, no L2-SP). Held-aside: the "
-        "quarter of the corrected slices not trained on, scored for the starting and the fine-tuned model.",
+        "lr 0.01); `plain`: no labeled set available, lr 0.001, no regularisation (the default before "
+        "distillation); `distill<W>`: no labeled set, lr 0.001, distillation from the starting model with "
+        "voxel weight W (the default without a labeled set: W = 0.5). Held-aside: the quarter of the "
+        "corrected slices not trained on, scored for the starting and the fine-tuned model.",
     ]
     (RESULTS / "finetune_gain.md").write_text("\n".join(lines) + "\n")
 
@@ -175,6 +182,9 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--iterations", type=int, default=100)
     p.add_argument("--seeds", type=int, nargs="+", default=[0])
     p.add_argument("--conditions", nargs="+", default=["replay", "plain"])
+    p.add_argument(
+        "--append", action="store_true", help="keep the runs already in results/finetune_gain.json"
+    )
     args = p.parse_args(argv)
     torch.set_num_threads(1)
 
@@ -194,6 +204,9 @@ def main(argv: list[str] | None = None) -> int:
         **{k: getattr(args, k) for k in ("n_cases", "n_slices", "n_unlabeled", "n_val", "iterations")},
         "runs": [],
     }
+    previous = RESULTS / "finetune_gain.json"
+    if args.append and previous.is_file():
+        out["runs"] = json.loads(previous.read_text()).get("runs", [])
     out["start_dice"] = held_out_dice(model, val, num_classes)
     print(f"start: held-out Dice {out['start_dice']:.4f}", flush=True)
     base_ws = args.work / "ws_base"

@@ -404,6 +404,9 @@ def _add_finetune(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--l2sp", type=float, default=None, metavar="W",
                    help=f"L2-SP weight toward the starting weights (default {ft.DEFAULT_L2SP} without "
                    "replay, 0 with it)")
+    p.add_argument("--distill", type=float, default=None, metavar="W",
+                   help="weight of the starting model's own labels outside the confirmed voxels (default "
+                   f"{ft.DISTILL_WEIGHT} without replay, 0 with it)")
     p.add_argument("--seed", type=int, default=0)
     p.add_argument("--device", default="auto", help="auto, cpu, cuda, cuda:N (default: %(default)s)")
     p.add_argument("--precision", default=None, help="auto, bf16, fp16, fp32 (default: the training default)")
@@ -431,7 +434,7 @@ def _add_finetune(sub: argparse._SubParsersAction) -> None:
             result = ft.run_finetune(
                 args.workspace, args.model, args.method, args.iterations, progress=progress,
                 cold_start=args.new, holdout=args.holdout, replay=not args.no_replay, l2sp=args.l2sp,
-                **changes,
+                distill=args.distill, **changes,
             )
         except ft.IncompatibleModelError as exc:
             raise UserError(str(exc)) from None

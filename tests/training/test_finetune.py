@@ -256,3 +256,64 @@ def test_incompatible_method_gives_the_shared_message(tmp_path, tiny_model, caps
     )
     assert expected in capsys.readouterr().err
     assert not (tmp_path / "run").exists()
+
+
+# ------------------------------------------------------------------------------------------ distillation
+def test_distillation_view_keeps_the_person_and_weights_the_starting_model(tmp_path, tiny_model):
+    """Confirmed voxels: the person's labels, weight 1; elsewhere the starting model's, DISTILL_WEIGHT."""
+    from napari_sscce.io.datasets import open_dataset
+    from napari_sscce.training.sampling import CaseStore
+
+    ws = Workspace(tmp_path / "ws")
+    add_corrected(ws, 1)
+    ws.add_unlabeled(case(5)[0], name="u")
+    person = np.asarray(case(1)[1].array)
+    # a "starting model" that disagrees with the person everywhere, so every voxel tells which label it got
+    teacher = {"c1": (1 - person).astype(np.uint8), "u": np.asarray(case(5)[1].array)}
+    view = ft.build_view(ws, tmp_path / "view", None, distill=ft.Distillation(teacher, ft.DISTILL_WEIGHT))
+    assert "u" in view.unlabeled and "distill_u" in view.distilled and "distill_u" in view.labeled
+    confirmed = np.zeros(SHAPE, bool)
+    confirmed[PLANES] = True
+    held = np.zeros(SHAPE, bool)
+    for h in view.held:
+        held |= h.mask
+    assert held.any() and (held <= confirmed).all()
+
+    store = CaseStore(open_dataset(view.folder).load_case, 2, "zscore")
+    c1 = store.get("c1", True)
+    assert np.array_equal(c1.label[confirmed], person[confirmed])
+    assert np.array_equal(c1.label[~confirmed], teacher["c1"][~confirmed])
+    assert np.all(c1.mask[confirmed & ~held] == 1.0)
+    assert np.all(c1.mask[held] == 0.0), "held-aside voxels are not trained on"
+    assert np.allclose(c1.mask[~confirmed], ft.DISTILL_WEIGHT, atol=1 / 255)
+    u = store.get("distill_u", True)
+    assert np.array_equal(u.label, teacher["u"])
+    assert np.allclose(u.mask, ft.DISTILL_WEIGHT, atol=1 / 255)
+
+
+def test_weighted_mask_weights_the_supervised_loss():
+    """A distilled voxel of weight w counts w times a confirmed one in the supervised loss."""
+    from napari_sscce.methods.losses import masked_cross_entropy
+    from napari_sscce.training.sampling import mask_weights
+
+    assert np.array_equal(mask_weights(np.array([0, 1, 1], np.uint8)), [0.0, 1.0, 1.0])  # binary masks
+    w = mask_weights(np.array([0, 255, 51], np.uint8))
+    assert np.allclose(w, [0.0, 1.0, 0.2])
+    logits = torch.tensor([[[0.0], [0.0], [2.0]], [[1.0], [3.0], [0.0]]]).reshape(1, 2, 3, 1, 1)
+    target = torch.zeros(1, 3, 1, 1, dtype=torch.long)
+    ce = torch.nn.functional.cross_entropy(logits, target, reduction="none").reshape(-1)
+    got = masked_cross_entropy(logits, target, torch.from_numpy(w).reshape(1, 3, 1, 1))
+    assert float(got) == pytest.approx(float((ce[1] + 0.2 * ce[2]) / 1.2), rel=1e-5)
+
+
+def test_finetune_without_replay_distills_by_default(tmp_path, tiny_model):
+    ws = Workspace(tmp_path / "ws")
+    add_corrected(ws, 1)
+    ws.add_unlabeled(case(5)[0], name="u")
+    ft.run_finetune(ws, tiny_model, iterations=1, replay=False, **FAST)
+    masks = sorted((tmp_path / "ws" / "runs").glob("*/view/masks/distill_u.nii.gz"))
+    assert masks, "the unlabeled image is distilled from the starting model"
+    off = ft.run_finetune(
+        ws, tiny_model, iterations=1, replay=False, distill=0.0, out=tmp_path / "off", **FAST
+    )
+    assert off.version and not (tmp_path / "off" / "view" / "masks" / "distill_u.nii.gz").exists()

@@ -10,6 +10,10 @@ Partial labels: a labeled case may carry an annotation mask (1 = the label there
 get ``mask`` = the annotation mask, so supervised terms see only confirmed voxels, and the methods use
 ``1 - mask`` as the unlabeled weight of their unsupervised terms: the unannotated voxels of a labeled row
 feed the pseudo-label and consistency terms exactly as the voxels of unlabeled rows do.
+A *weighted* mask (values above 1, :data:`WEIGHTED_MASK_SCALE` = weight 1; :func:`mask_weights`) gives
+voxel weights in [0, 1]: the supervised terms take a weighted mean (a voxel of weight ``w`` counts ``w``
+times a confirmed one) and every voxel below weight 1 also feeds the unsupervised terms (the fine-tune's
+distillation from the starting model, :mod:`napari_sscce.training.finetune`).
 
 Patches: a ``foreground_fraction`` (default 1/3) of labeled patches is centred on a random voxel (with a
 confirmed label) of a random present foreground class (nnU-Net's oversampling), the others are
@@ -79,6 +83,22 @@ class CaseData:
         """Memory held by the arrays."""
         arrays = [self.image, self.label, self.mask, *self.extras.values(), *self.class_locations.values()]
         return int(sum(a.nbytes for a in arrays if a is not None))
+
+
+#: value of a confirmed voxel in a weighted annotation mask (a mask whose maximum exceeds 1)
+WEIGHTED_MASK_SCALE = 255
+
+
+def mask_weights(mask: np.ndarray) -> np.ndarray:
+    """Float32 voxel weights of an integer annotation mask.
+
+    A binary mask (maximum at most 1) gives 1 on nonzero voxels; a weighted mask (maximum above 1) gives
+    ``value / WEIGHTED_MASK_SCALE`` clipped to [0, 1].
+    """
+    mask = np.asarray(mask)
+    if mask.size and mask.max() > 1:
+        return np.clip(mask.astype(np.float32) / WEIGHTED_MASK_SCALE, 0.0, 1.0)
+    return (mask > 0).astype(np.float32)
 
 
 def class_locations(label: np.ndarray, mask: np.ndarray | None, num_classes: int) -> dict[int, np.ndarray]:
@@ -174,10 +194,10 @@ class CaseStore:
         label = np.rint(label_arr).astype(np.uint8)
         mask = None
         if mask_vol is not None:
-            mask = (np.asarray(mask_vol.array) > 0).astype(np.float32)
+            mask = mask_weights(mask_vol.array)
             if mask.shape != label.shape:
                 raise ValueError(f"case {name!r}: mask shape {mask.shape} differs from label {label.shape}")
-            if mask.all():
+            if (mask >= 1).all():
                 mask = None
         extras = {}
         if self.extra_targets is not None:
@@ -389,9 +409,7 @@ class PatchSampler:
         lab_ids = self._shard(self.labeled_stream, self.labeled_bs)
         unl_ids = self._shard(self.unlabeled_stream, self.unlabeled_bs)
         samples = [self.sample_patch(self.store.get(self.labeled[i], True), True) for i in lab_ids]
-        samples += [
-            self.sample_patch(self.store.get(self.unlabeled_pool[i], False), False) for i in unl_ids
-        ]
+        samples += [self.sample_patch(self.store.get(self.unlabeled_pool[i], False), False) for i in unl_ids]
         if self.augment_config is not None:
             samples = [augment(s, self.patch_rng, self.augment_config) for s in samples]
         self.batches += 1

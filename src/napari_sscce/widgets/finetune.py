@@ -8,7 +8,8 @@ The loop it closes:
 2. "Add to labeled set" writes the image, the corrected labels and the annotation mask to a workspace folder
    (:class:`napari_sscce.workspace.Workspace`, atomic writes);
 3. "Fine-tune" runs the headless fine-tune (:func:`napari_sscce.training.finetune.run_finetune`: the model's
-   own settings, replay of its labeled set or L2-SP, held-aside scoring) from the model in use on the
+   own settings, replay of its labeled set or distillation from the starting model, held-aside scoring)
+   from the model in use on the
    workspace's labeled set plus the other open images as unlabeled data, with a progress bar, a live loss
    curve and Cancel (a cancelled run adds nothing: the model in use stays); "Train new model" trains a first
    model from scratch the same way (cold start);
