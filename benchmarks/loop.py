@@ -33,9 +33,13 @@ Usage::
     python benchmarks/loop.py                      # the full benchmark (hours on a 2-core CPU)
     python benchmarks/loop.py --smoke              # 1 round, 2 iterations, 2 val cases: checks the plumbing
 
-Status: the fine-tune call is :func:`finetune` (``training.loop.train`` with ``init_checkpoint`` on the
-workspace's dataset folder, the fine-tune widget's short-run settings); it is meant to be swapped for the
-plugin's headless fine-tune.
+The fine-tune is the plugin's own (:func:`finetune` calls ``training.finetune.run_finetune`` at its
+defaults): a quarter of each corrected case's slices is held aside to judge the new model, and the starting
+model's labeled set is replayed when its checkpoint records it (then the workspace does not hold those cases;
+otherwise they are added with full masks). The next round starts from the new version even when the held-aside
+check did not adopt it; ``adopted`` and ``replayed`` are reported per round. All players' round 1 runs before
+any round 2, and the results are rewritten after every round (PARTIAL until the end; ``--time-limit`` stops
+early with exit code 2; any failing stage raises, exit code non-zero, no final table).
 """
 
 from __future__ import annotations
