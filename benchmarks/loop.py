@@ -33,9 +33,13 @@ Usage::
     python benchmarks/loop.py                      # the full benchmark (hours on a 2-core CPU)
     python benchmarks/loop.py --smoke              # 1 round, 2 iterations, 2 val cases: checks the plumbing
 
-Status: the fine-tune call is :func:`finetune` (``training.loop.train`` with ``init_checkpoint`` on the
-workspace's dataset folder, the fine-tune widget's short-run settings); it is meant to be swapped for the
-plugin's headless fine-tune.
+The fine-tune is the plugin's own (:func:`finetune` calls ``training.finetune.run_finetune`` at its
+defaults): a quarter of each corrected case's slices is held aside to judge the new model, and the starting
+model's labeled set is replayed when its checkpoint records it (then the workspace does not hold those cases;
+otherwise they are added with full masks). The next round starts from the new version even when the held-aside
+check did not adopt it; ``adopted`` and ``replayed`` are reported per round. All players' round 1 runs before
+any round 2, and the results are rewritten after every round (PARTIAL until the end; ``--time-limit`` stops
+early with exit code 2; any failing stage raises, exit code non-zero, no final table).
 """
 
 from __future__ import annotations
@@ -193,43 +197,34 @@ def rounds_needed(budget: int, cases_per_round: int, slices_per_case: int) -> in
 
 
 # ----------------------------------------------------------------------------------------------- model work
-def finetune(
-    workspace: Any, init_checkpoint: Path, method: str, iterations: int, seed: int, out: Path
-) -> Path:
-    """Fine-tune ``init_checkpoint`` on the workspace and return the new model file.
+def finetune(workspace: Any, model: Path, method: str, iterations: int | None, seed: int, out: Path) -> Any:
+    """Fine-tune ``model`` on the workspace with the plugin's headless fine-tune and its default settings.
 
-    The only call into the training code: swap this body for the plugin's headless fine-tune
-    (``napari_sscce.training.finetune``) with its default settings. For now: ``training.loop.train`` with
-    ``init_checkpoint`` on ``Workspace.dataset_folder()``, the fine-tune widget's short-run settings (poly
-    schedule, no periodic validation: the last model is kept), the model's patch size, normalisation and
-    classes, fp32.
+    The only call into the training code: :func:`napari_sscce.training.finetune.run_finetune` (held-aside
+    check, replay of the starting model's labeled set when its checkpoint records it, poly schedule,
+    ``FINETUNE_OVERRIDES`` iterations when ``iterations`` is None). Raises ``RuntimeError`` when the run was
+    cancelled or produced no model.
+
+    Returns
+    -------
+    FinetuneResult
+        ``model_path`` is the new version's file (used for the next round even when it was not adopted).
     """
-    from napari_sscce.models.checkpoint import read_checkpoint_metadata
-    from napari_sscce.training.config import TrainConfig
-    from napari_sscce.training.loop import train
+    from napari_sscce.training.finetune import run_finetune
 
-    meta = read_checkpoint_metadata(init_checkpoint)
-    values: dict[str, Any] = {
-        "data": str(workspace.dataset_folder()),
-        "method": method,
-        "iterations": int(iterations),
-        "val_every": 0,
-        "schedule": "poly",
-        "seed": int(seed),
-        "precision": "fp32",
-        "out": str(out),
-    }
-    if meta.get("patch_size"):
-        values["patch_size"] = tuple(int(v) for v in meta["patch_size"])
-    norm = meta.get("normalization")
-    if isinstance(norm, dict) and norm.get("mode"):
-        values["normalization"] = norm["mode"]
-    if meta.get("num_classes"):
-        values["num_classes"] = int(meta["num_classes"])
-    if not any(not c.labeled for c in workspace.cases):
-        values["unlabeled_bs"] = 0
-    result = train(TrainConfig(**values), init_checkpoint=str(init_checkpoint))
-    return Path(result.last_path)
+    result = run_finetune(workspace, model=model, method=method, iterations=iterations, seed=int(seed),
+                          out=out)
+    if result.cancelled or result.model_path is None or not Path(result.model_path).is_file():
+        raise RuntimeError(f"fine-tune produced no model: {result.message}")
+    return result
+
+
+def replay_available(workspace: Any, checkpoint: Path) -> bool:
+    """Whether the plugin's fine-tune will find and replay the labeled set ``checkpoint`` records."""
+    from napari_sscce.models.checkpoint import read_checkpoint_metadata
+    from napari_sscce.training.finetune import find_replay_source
+
+    return find_replay_source(checkpoint, read_checkpoint_metadata(checkpoint), workspace) is not None
 
 
 def segment(model: Any, image: Any) -> Segmented:
@@ -279,91 +274,147 @@ class RoundRecord:
     extra: dict[str, Any] = field(default_factory=dict)
 
 
-def run_strategy(strategy: Strategy, seed: int, args: argparse.Namespace, dataset: Any,
-                 labeled: list[str], pool: list[str], val: list[str], work: Path) -> list[RoundRecord]:
-    """Play one strategy with one seed; round 0 is the starting model."""
-    from napari_sscce.models.checkpoint import load_checkpoint
+@dataclass
+class Player:
+    """One strategy played with one seed: its workspace, current model and running totals."""
+
+    strategy: Strategy
+    seed: int
+    workspace: Any
+    model: Path
+    work: Path
+    replay_found: bool
+    rng: np.random.Generator
+    remaining: list[str]
+    records: list[RoundRecord]
+    slices: int = 0
+    edited: int = 0
+
+    @property
+    def key(self) -> str:
+        """``<strategy>_seed<seed>``."""
+        return f"{self.strategy.name}_seed{self.seed}"
+
+
+def new_player(strategy: Strategy, seed: int, checkpoint: Path, dataset: Any, labeled: list[str],
+               pool: list[str], work: Path, start: RoundRecord) -> Player:
+    """A workspace as a person would have it: the pool as unlabeled scans (semi-supervised strategies).
+
+    When the starting checkpoint records its labeled set the plugin's fine-tune replays it, so the workspace
+    does not hold it; otherwise (nothing to replay) the starting labeled cases are added with full masks.
+    """
     from napari_sscce.workspace import Workspace
 
-    rng = np.random.default_rng(seed)
-    ws = Workspace(work / f"{strategy.name}_seed{seed}" / "workspace")
-    for name in labeled:
-        image, label, _ = dataset.load_case(name)
-        ws.add_case(image, label, None, name=name)
+    folder = work / f"{strategy.name}_seed{seed}"
+    ws = Workspace(folder / "workspace")
+    found = replay_available(ws, Path(checkpoint))
+    if not found:
+        for name in labeled:
+            image, label, _ = dataset.load_case(name)
+            ws.add_case(image, label, None, name=name)
     if strategy.uses_unlabeled:
         for name in pool:
             ws.add_unlabeled(dataset.load_case(name)[0], name=name)
-    model = Path(args.checkpoint)
-    num_classes = int(load_checkpoint(model).num_classes)
-    records = [RoundRecord(0, [], 0, 0, evaluate(model, dataset, val, num_classes))]
-    remaining = list(pool)
-    total_slices = total_edited = 0
-    for rnd in range(1, rounds_needed(args.budget, args.cases_per_round, args.slices_per_case) + 1):
-        ckpt = load_checkpoint(model)
-        n_cand = args.candidates if strategy.cases == "score" else args.cases_per_round
-        cand_names = [remaining[i] for i in rng.choice(len(remaining), min(n_cand, len(remaining)), False)]
-        loaded = {n: dataset.load_case(n) for n in cand_names}
-        segs = {n: segment(ckpt, loaded[n][0]) for n in cand_names}
-        chosen = choose_cases(strategy.cases, segs, args.cases_per_round, rng)
-        for name in chosen:
-            image, label, _ = loaded[name]
-            slices = choose_slices(strategy.slices, segs[name], args.slices_per_case, rng)
-            fix = correct(segs[name].labels, np.asarray(label.array), slices)
-            ws.add_case(image, label.with_array(fix.labels, is_label=True),
-                        label.with_array(fix.mask, is_label=True), name=name)
-            remaining.remove(name)
-            total_slices += len(slices)
-            total_edited += fix.edited_voxels
-        t0 = time.perf_counter()
-        model = finetune(ws, model, strategy.method, args.iterations, seed,
-                         work / f"{strategy.name}_seed{seed}" / f"round{rnd}")
-        t1 = time.perf_counter()
-        new = load_checkpoint(model)
-        for name in chosen:
-            segment(new, loaded[name][0])
-        t2 = time.perf_counter()
-        records.append(RoundRecord(rnd, chosen, total_slices, total_edited,
-                                   evaluate(model, dataset, val, num_classes), t1 - t0, t2 - t1, t2 - t0))
-        print(f"{strategy.name} seed {seed} round {rnd}: {total_slices} slices, "
-              f"{total_edited} edited voxels, Dice {records[-1].dice:.4f}, round {t2 - t0:.0f} s", flush=True)
-    return records
+    return Player(strategy, seed, ws, Path(checkpoint), folder, found, np.random.default_rng(seed),
+                  list(pool), [start])
+
+
+def play_round(player: Player, rnd: int, args: argparse.Namespace, dataset: Any, val: list[str],
+               num_classes: int) -> RoundRecord:
+    """Choose, correct, fine-tune, re-segment and evaluate: one round of one player."""
+    from napari_sscce.models.checkpoint import load_checkpoint
+
+    strategy, rng, ws = player.strategy, player.rng, player.workspace
+    ckpt = load_checkpoint(player.model)
+    n_cand = args.candidates if strategy.cases == "score" else args.cases_per_round
+    remaining = player.remaining
+    cand_names = [remaining[i] for i in rng.choice(len(remaining), min(n_cand, len(remaining)), False)]
+    loaded = {n: dataset.load_case(n) for n in cand_names}
+    segs = {n: segment(ckpt, loaded[n][0]) for n in cand_names}
+    chosen = choose_cases(strategy.cases, segs, args.cases_per_round, rng)
+    taken = {c.name for c in ws.cases}
+    for name in chosen:
+        image, label, _ = loaded[name]
+        slices = choose_slices(strategy.slices, segs[name], args.slices_per_case, rng)
+        fix = correct(segs[name].labels, np.asarray(label.array), slices)
+        ws.add_case(image, label.with_array(fix.labels, is_label=True),
+                    label.with_array(fix.mask, is_label=True), name=name, update=name in taken)
+        remaining.remove(name)
+        player.slices += len(slices)
+        player.edited += fix.edited_voxels
+    t0 = time.perf_counter()
+    result = finetune(ws, player.model, strategy.method, args.iterations, player.seed,
+                      player.work / f"round{rnd}")
+    t1 = time.perf_counter()
+    player.model = Path(result.model_path)
+    new = load_checkpoint(player.model)
+    for name in chosen:
+        segment(new, loaded[name][0])
+    t2 = time.perf_counter()
+    extra = {"adopted": bool(result.adopted), "replayed": len(result.replayed), "version": result.version,
+             "held_aside_before": result.before, "held_aside_after": result.after,
+             "held_aside_voxels": int(result.held_aside_voxels), "iterations": int(result.iterations),
+             "method": result.method}
+    record = RoundRecord(rnd, chosen, player.slices, player.edited,
+                         evaluate(player.model, dataset, val, num_classes), t1 - t0, t2 - t1, t2 - t0, extra)
+    player.records.append(record)
+    print(f"{player.key} round {rnd}: {player.slices} slices, {player.edited} edited voxels, "
+          f"Dice {record.dice:.4f}, round {t2 - t0:.0f} s, replayed {extra['replayed']}, "
+          f"adopted {extra['adopted']}", flush=True)
+    return record
 
 
 # ----------------------------------------------------------------------------------------------- output
-def summarise(runs: dict[str, dict[int, list[RoundRecord]]]) -> dict[str, list[dict[str, float]]]:
-    """Mean over seeds per strategy and round."""
-    out: dict[str, list[dict[str, float]]] = {}
+def summarise(runs: dict[str, dict[int, list[RoundRecord]]]) -> dict[str, list[dict[str, Any]]]:
+    """Mean over seeds per strategy and round (rounds every seed reached).
+
+    ``adopted`` is the share of seeds whose fine-tuned model the held-aside check adopted and ``replayed``
+    the mean number of replayed starting cases (``None`` for round 0, the starting model).
+    """
+    out: dict[str, list[dict[str, Any]]] = {}
     for name, by_seed in runs.items():
         rows = []
         for rnd in range(min(len(r) for r in by_seed.values())):
             recs = [r[rnd] for r in by_seed.values()]
+            tuned = [r for r in recs if "adopted" in r.extra]
             rows.append({
                 "round": rnd,
                 "slices": float(np.mean([r.slices for r in recs])),
                 "edited_voxels": float(np.mean([r.edited_voxels for r in recs])),
                 "dice": float(np.mean([r.dice for r in recs])),
                 "round_seconds": float(np.mean([r.round_seconds for r in recs])),
+                "adopted": float(np.mean([r.extra["adopted"] for r in tuned])) if tuned else None,
+                "replayed": float(np.mean([r.extra["replayed"] for r in tuned])) if tuned else None,
             })
         out[name] = rows
     return out
 
 
-def to_markdown(summary: dict[str, list[dict[str, float]]], meta: dict[str, Any]) -> str:
-    """Table of the mean curves."""
-    lines = ["# Simulated annotator: validation Dice against correction effort", "",
+def _opt(value: float | None, fmt: str) -> str:
+    return "-" if value is None else format(value, fmt)
+
+
+def to_markdown(summary: dict[str, list[dict[str, Any]]], meta: dict[str, Any]) -> str:
+    """Table of the mean curves; a run that did not finish says so first."""
+    status = [] if meta.get("complete", True) else [
+        f"**PARTIAL: {meta.get('status', 'not finished')}** (the rounds below are all that ran)", ""]
+    iters = meta["iterations"] if meta["iterations"] is not None else "the plugin's default"
+    lines = ["# Simulated annotator: validation Dice against correction effort", "", *status,
              f"Start `{meta['checkpoint']}`; {meta['n_val']} validation cases; seeds {meta['seeds']}; "
              f"{meta['cases_per_round']} cases x {meta['slices_per_case']} slices per round; "
-             f"{meta['iterations']} fine-tune iterations per round.", "",
-             "| strategy | round | corrected slices | edited voxels | val Dice | round s |",
-             "|---|---|---|---|---|---|"]
+             f"{iters} fine-tune iterations per round (`run_finetune`, default settings).", "",
+             "| strategy | round | corrected slices | edited voxels | val Dice | round s | adopted "
+             "| replayed |",
+             "|---|---|---|---|---|---|---|---|"]
     for name, rows in summary.items():
         for r in rows:
             lines.append(f"| {name} | {r['round']} | {r['slices']:.0f} | {r['edited_voxels']:.0f} | "
-                         f"{r['dice']:.4f} | {r['round_seconds']:.0f} |")
+                         f"{r['dice']:.4f} | {r['round_seconds']:.0f} | {_opt(r.get('adopted'), '.2f')} | "
+                         f"{_opt(r.get('replayed'), '.0f')} |")
     return "\n".join(lines) + "\n"
 
 
-def plot(summary: dict[str, list[dict[str, float]]], path: Path) -> None:
+def plot(summary: dict[str, list[dict[str, Any]]], path: Path) -> None:
     """Two panels: Dice against corrected slices and against edited voxels."""
     import matplotlib
 
@@ -385,7 +436,28 @@ def plot(summary: dict[str, list[dict[str, float]]], path: Path) -> None:
     plt.close(fig)
 
 
-def main(argv: list[str] | None = None) -> None:
+def write_results(players: list[Player], meta: dict[str, Any], out: Path, name: str) -> str:
+    """Write ``<name>.json`` / ``.md`` / ``.png`` from the rounds played so far; returns the table."""
+    from napari_sscce.atomic import atomic_write_bytes, atomic_write_json
+
+    runs: dict[str, dict[int, list[RoundRecord]]] = {}
+    for p in players:
+        runs.setdefault(p.strategy.name, {})[p.seed] = p.records
+    summary = summarise(runs)
+    table = to_markdown(summary, meta)
+    out.mkdir(parents=True, exist_ok=True)
+    atomic_write_json(out / f"{name}.json", {
+        **meta, "summary": summary,
+        "replay_found": {p.key: p.replay_found for p in players},
+        "runs": {n: {str(s): [asdict(r) for r in recs] for s, recs in by.items()} for n, by in runs.items()},
+    })
+    atomic_write_bytes(out / f"{name}.md", table.encode())
+    plot(summary, out / f"{name}.png")
+    return table
+
+
+def parse_args(argv: list[str] | None) -> argparse.Namespace:
+    """Command-line options (``--smoke`` shrinks everything to check the plumbing)."""
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--checkpoint", type=Path, default=DEFAULT_CHECKPOINT)
     parser.add_argument("--data", type=Path, default=DEFAULT_DATA)
@@ -395,9 +467,13 @@ def main(argv: list[str] | None = None) -> None:
     parser.add_argument("--cases-per-round", type=int, default=2)
     parser.add_argument("--slices-per-case", type=int, default=4)
     parser.add_argument("--candidates", type=int, default=10, help="pool cases scored per round (a, d)")
-    parser.add_argument("--iterations", type=int, default=100, help="fine-tune iterations per round")
+    parser.add_argument("--iterations", type=int, default=None,
+                        help="fine-tune iterations per round (default: the plugin's FINETUNE_OVERRIDES)")
     parser.add_argument("--max-val", type=int, default=0, help="first N validation cases (0 = all)")
     parser.add_argument("--max-pool", type=int, default=0, help="first N pool cases (0 = all)")
+    parser.add_argument("--time-limit", type=float, default=0.0,
+                        help="seconds: start no round expected to end after this (0 = none); the results "
+                             "then say PARTIAL")
     parser.add_argument("--work", type=Path, default=None, help="workspaces and models (default: a temp dir)")
     parser.add_argument("--name", default="loop")
     parser.add_argument("--out", type=Path, default=ROOT / "benchmarks" / "results")
@@ -408,10 +484,20 @@ def main(argv: list[str] | None = None) -> None:
         args.seeds, args.iterations, args.max_val, args.max_pool = [0], 2, 2, 6
         args.budget = args.cases_per_round * args.slices_per_case
         args.candidates = min(args.candidates, 3)
+    return args
 
-    from napari_sscce.atomic import atomic_write_bytes, atomic_write_json
+
+def main(argv: list[str] | None = None) -> int:
+    """Play every strategy and seed round by round (all players' round 1 first, then round 2 ...).
+
+    Results are rewritten after every round (marked PARTIAL until the end). An exception in any stage
+    propagates (non-zero exit, no final table); a ``--time-limit`` stop returns 2 with PARTIAL results.
+    """
     from napari_sscce.io.datasets import open_dataset
+    from napari_sscce.models.checkpoint import load_checkpoint
 
+    args = parse_args(argv)
+    began = time.perf_counter()
     dataset = open_dataset(args.data)
     split_file = Path(args.checkpoint).parent / "splits.json"
     labeled = (json.loads(split_file.read_text())["labeled"] if split_file.is_file()
@@ -420,23 +506,36 @@ def main(argv: list[str] | None = None) -> None:
     train_names = [c.name for c in dataset.split("labeled")] + [c.name for c in dataset.split("unlabeled")]
     pool = [n for n in train_names if n not in labeled][: args.max_pool or None]
     work = args.work or Path(tempfile.mkdtemp(prefix="sscce_loop_"))
-    runs: dict[str, dict[int, list[RoundRecord]]] = {}
-    for name in args.strategies:
-        runs[name] = {s: run_strategy(STRATEGIES[name], s, args, dataset, labeled, pool, val, work)
-                      for s in args.seeds}
-    summary = summarise(runs)
-    meta = {"checkpoint": str(args.checkpoint), "n_val": len(val), "seeds": args.seeds,
+    num_classes = int(load_checkpoint(args.checkpoint).num_classes)
+    start = RoundRecord(0, [], 0, 0, evaluate(Path(args.checkpoint), dataset, val, num_classes))
+    print(f"start model: val Dice {start.dice:.4f} on {len(val)} cases", flush=True)
+    players = [new_player(STRATEGIES[n], s, args.checkpoint, dataset, labeled, pool, work, start)
+               for n in args.strategies for s in args.seeds]
+    meta = {"checkpoint": str(args.checkpoint), "n_val": len(val), "val_cases": val, "seeds": args.seeds,
             "cases_per_round": args.cases_per_round, "slices_per_case": args.slices_per_case,
-            "iterations": args.iterations, "budget": args.budget, "smoke": args.smoke}
-    args.out.mkdir(parents=True, exist_ok=True)
-    atomic_write_json(args.out / f"{args.name}.json", {
-        **meta, "summary": summary,
-        "runs": {n: {str(s): [asdict(r) for r in recs] for s, recs in by.items()} for n, by in runs.items()},
-    })
-    atomic_write_bytes(args.out / f"{args.name}.md", to_markdown(summary, meta).encode())
-    plot(summary, args.out / f"{args.name}.png")
-    print(to_markdown(summary, meta))
+            "iterations": args.iterations, "budget": args.budget, "smoke": args.smoke,
+            "complete": False, "status": "running"}
+    longest = 0.0
+    for rnd in range(1, rounds_needed(args.budget, args.cases_per_round, args.slices_per_case) + 1):
+        for player in players:
+            if player.slices >= args.budget:
+                continue  # whole volumes reach the budget in their first round
+            elapsed = time.perf_counter() - began
+            if args.time_limit and elapsed + longest > args.time_limit:
+                meta["status"] = (f"stopped by --time-limit {args.time_limit:.0f} s before round {rnd} of "
+                                  f"{player.key}")
+                write_results(players, meta, args.out, args.name)
+                print(meta["status"], flush=True)
+                return 2
+            t0 = time.perf_counter()
+            play_round(player, rnd, args, dataset, val, num_classes)
+            longest = max(longest, time.perf_counter() - t0)
+            meta["status"] = f"running: {player.key} round {rnd} done"
+            write_results(players, meta, args.out, args.name)
+    meta["complete"], meta["status"] = True, "complete"
+    print(write_results(players, meta, args.out, args.name))
+    return 0
 
 
 if __name__ == "__main__":
-    main()
+    sys.exit(main())

@@ -101,16 +101,96 @@ def test_budget_and_strategies(loop) -> None:
 
 def test_summary_table_and_plot(loop, tmp_path) -> None:
     rec = loop.RoundRecord
+    tuned = {"adopted": True, "replayed": 4}
     runs = {
-        "a_ranked": {0: [rec(0, [], 0, 0, 0.5), rec(1, ["x"], 8, 100, 0.6, round_seconds=10.0)],
-                     1: [rec(0, [], 0, 0, 0.5), rec(1, ["y"], 8, 300, 0.7, round_seconds=30.0)]},
+        "a_ranked": {0: [rec(0, [], 0, 0, 0.5), rec(1, ["x"], 8, 100, 0.6, round_seconds=10.0, extra=tuned)],
+                     1: [rec(0, [], 0, 0, 0.5),
+                         rec(1, ["y"], 8, 300, 0.7, round_seconds=30.0, extra={**tuned, "adopted": False})]},
     }
     summary = loop.summarise(runs)
     expected = {"round": 1, "slices": 8.0, "edited_voxels": 200.0, "dice": pytest.approx(0.65),
-                "round_seconds": 20.0}
+                "round_seconds": 20.0, "adopted": 0.5, "replayed": 4.0}
     assert summary["a_ranked"][1] == expected
+    assert summary["a_ranked"][0]["adopted"] is None  # the starting model was not fine-tuned
     meta = {"checkpoint": "m", "n_val": 2, "seeds": [0, 1], "cases_per_round": 2, "slices_per_case": 4,
             "iterations": 5}
-    assert "| a_ranked | 1 | 8 | 200 | 0.6500 | 20 |" in loop.to_markdown(summary, meta)
+    table = loop.to_markdown(summary, meta)
+    assert "| a_ranked | 1 | 8 | 200 | 0.6500 | 20 | 0.50 | 4 |" in table
+    assert "| a_ranked | 0 | 0 | 0 | 0.5000 | 0 | - | - |" in table and "PARTIAL" not in table
+    partial = loop.to_markdown(summary, {**meta, "complete": False, "status": "stopped by --time-limit"})
+    assert partial.splitlines()[2].startswith("**PARTIAL: stopped by --time-limit")
     loop.plot(summary, tmp_path / "loop.png")
     assert (tmp_path / "loop.png").stat().st_size > 1000
+
+
+class _Result:
+    """What run_finetune returns, as far as the benchmark reads it."""
+
+    def __init__(self, path, adopted=False, cancelled=False):
+        self.model_path, self.adopted, self.cancelled = path, adopted, cancelled
+        self.replayed, self.version, self.before, self.after = ["s1", "s2"], "v0002", 0.9, 0.8
+        self.held_aside_voxels, self.iterations, self.method, self.message = 12, 3, "cce", "msg"
+
+
+def test_finetune_goes_through_run_finetune_and_fails_loudly(loop, tmp_path, monkeypatch) -> None:
+    import napari_sscce.training.finetune as ft
+
+    made = tmp_path / "v0002.safetensors"
+    made.write_bytes(b"x")
+    calls = []
+
+    def fake(workspace, model=None, method=None, iterations=None, **kw):
+        calls.append((workspace, model, method, iterations, kw))
+        return outcome
+
+    monkeypatch.setattr(ft, "run_finetune", fake)
+    outcome = _Result(made)
+    assert loop.finetune("ws", Path("m"), "cce", None, 3, tmp_path / "r").model_path == made
+    assert calls == [("ws", Path("m"), "cce", None, {"seed": 3, "out": tmp_path / "r"})]
+    outcome = _Result(made, cancelled=True)
+    with pytest.raises(RuntimeError, match="no model"):
+        loop.finetune("ws", Path("m"), "cce", None, 3, tmp_path / "r")
+    outcome = _Result(tmp_path / "missing.safetensors")
+    with pytest.raises(RuntimeError, match="no model"):
+        loop.finetune("ws", Path("m"), "cce", None, 3, tmp_path / "r")
+
+
+def test_a_round_replaces_the_pool_scan_and_continues_from_the_new_version(loop, tmp_path, monkeypatch):
+    """One round with the model work faked: the corrected cases replace their unlabeled entries (no
+    ``-2`` copies), only the chosen slices are confirmed, and the next round starts from the new version
+    even though the held-aside check did not adopt it."""
+    import argparse
+
+    import napari_sscce.models.checkpoint as ckpt_mod
+    from napari_sscce.io.volume import Volume
+
+    pred, entropy, gt = _case((4, 7))
+    cases = {f"c{i}": (Volume(np.random.default_rng(i).random(gt.shape, dtype=np.float32)),
+                       Volume(gt, is_label=True), None) for i in range(3)}
+
+    class Data:
+        def load_case(self, name):
+            return cases[name]
+
+    new_model = tmp_path / "new.safetensors"
+    new_model.write_bytes(b"x")
+    monkeypatch.setattr(ckpt_mod, "load_checkpoint", lambda path: path)
+    monkeypatch.setattr(loop, "segment", lambda model, image: loop.Segmented(pred, entropy))
+    monkeypatch.setattr(loop, "finetune", lambda *a: _Result(new_model, adopted=False))
+    monkeypatch.setattr(loop, "evaluate", lambda model, data, val, n: 0.75 if model == new_model else 0.5)
+    monkeypatch.setattr(loop, "replay_available", lambda ws, ckpt: True)
+    start = loop.RoundRecord(0, [], 0, 0, 0.5)
+    player = loop.new_player(loop.STRATEGIES["a_ranked"], 0, tmp_path / "start.safetensors", Data(),
+                             ["lab"], list(cases), tmp_path / "work", start)
+    assert player.replay_found and {c.name for c in player.workspace.cases} == set(cases)  # no "lab"
+    args = argparse.Namespace(candidates=3, cases_per_round=2, slices_per_case=2, iterations=None)
+    record = loop.play_round(player, 1, args, Data(), ["v"], 2)
+    ws = player.workspace
+    assert sorted(c.name for c in ws.cases) == sorted(cases)  # replaced in place
+    assert sorted(c.name for c in ws.labeled_cases) == sorted(record.cases) and len(record.cases) == 2
+    _, _, mask = ws.load_case(record.cases[0])
+    assert np.flatnonzero(np.asarray(mask.array).any(axis=(1, 2))).tolist() == [4, 7]  # ranked slices
+    assert record.slices == 4 and record.edited_voxels == 2 * 16 and record.dice == 0.75
+    assert record.extra["adopted"] is False and record.extra["replayed"] == 2
+    assert player.model == new_model and player.records[-1] is record
+    assert set(player.remaining) == set(cases) - set(record.cases)
