@@ -52,7 +52,7 @@ def test_a_poisoned_state_is_restored_to_the_last_checkpoint_not_to_the_start(da
             for p in model.parameters():
                 p.data.fill_(float("nan"))
 
-    monkeypatch.setattr(checkpoint, "save_checkpoint", save_checkpoint)
+    monkeypatch.setattr(loop, "save_checkpoint", save_checkpoint)  # the name the loop calls
     monkeypatch.setattr(SupervisedMethod, "after_step", after_step)
     assert loop.SNAPSHOT_EVERY > 4  # only the checkpoint at iteration 2 can have refreshed the good state
     result = train(_config(datasets[0], tmp_path / "run"))

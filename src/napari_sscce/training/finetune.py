@@ -48,7 +48,7 @@ import numpy as np
 from napari_sscce.atomic import atomic_write_json
 from napari_sscce.io.volume import Volume
 from napari_sscce.io.writers import write_volume
-from napari_sscce.progress import CancelToken, ProgressCallback, ProgressEvent, check, report
+from napari_sscce.progress import Cancelled, CancelToken, ProgressCallback, ProgressEvent, check, report
 from napari_sscce.training.config import TrainConfig
 from napari_sscce.workspace import Workspace
 
@@ -833,7 +833,14 @@ def _finetune(
     teacher = None
     if distill_weight > 0:
         report(progress, ProgressEvent("score", 0, 2, f"segmenting the workspace with {start_version}"))
-        teacher = Distillation(teacher_labels(start, ws, inference, cancel), distill_weight)
+        try:
+            teacher = Distillation(teacher_labels(start, ws, inference, cancel), distill_weight)
+        except Cancelled:  # before any training: nothing changed, say so like a cancelled training
+            return FinetuneResult(
+                None, False, None, None, start_version, method, 0,
+                f"cancelled before training; {start_version} stays in use",
+                cancelled=True, current_path=ws.current_model_path,
+            )
     view = build_view(ws, run / "view", source, holdout, replay_share, teacher)
     weight = (0.0 if source else DEFAULT_L2SP) if l2sp is None else float(l2sp)
     if source is None:
