@@ -757,6 +757,23 @@ def run_finetune(
     )
 
 
+def _cancelled(ws, start_version, method, iterations, message, train_result=None) -> FinetuneResult:
+    """The result of a run cancelled before a model was added: the model in use is unchanged."""
+    return FinetuneResult(
+        None,
+        False,
+        None,
+        None,
+        start_version,
+        method,
+        iterations,
+        message,
+        cancelled=True,
+        current_path=ws.current_model_path,
+        train=train_result,
+    )
+
+
 def _cold_start(ws, run, method, iterations, progress, cancel, changes) -> FinetuneResult:
     from napari_sscce.training.loop import train
 
@@ -767,19 +784,8 @@ def _cold_start(ws, run, method, iterations, progress, cancel, changes) -> Finet
     report(progress, ProgressEvent("train", 0, config.iterations, describe_cold_start(config)))
     result = train(config, progress=progress, cancel=cancel)
     if result.cancelled:
-        return FinetuneResult(
-            None,
-            False,
-            None,
-            None,
-            None,
-            config.method,
-            result.iterations,
-            f"cancelled after {result.iterations} iterations; no model was added",
-            cancelled=True,
-            current_path=ws.current_model_path,
-            train=result,
-        )
+        message = f"cancelled after {result.iterations} iterations; no model was added"
+        return _cancelled(ws, None, config.method, result.iterations, message, result)
     info = {
         "method": config.method,
         "iterations": result.iterations,
@@ -836,11 +842,8 @@ def _finetune(
         try:
             teacher = Distillation(teacher_labels(start, ws, inference, cancel), distill_weight)
         except Cancelled:  # before any training: nothing changed, say so like a cancelled training
-            return FinetuneResult(
-                None, False, None, None, start_version, method, 0,
-                f"cancelled before training; {start_version} stays in use",
-                cancelled=True, current_path=ws.current_model_path,
-            )
+            message = f"cancelled before training; {start_version} stays in use"
+            return _cancelled(ws, start_version, method, 0, message)
     view = build_view(ws, run / "view", source, holdout, replay_share, teacher)
     weight = (0.0 if source else DEFAULT_L2SP) if l2sp is None else float(l2sp)
     if source is None:
@@ -862,19 +865,8 @@ def _finetune(
     )
     result = train(config, progress=progress, cancel=cancel, init_checkpoint=str(start))
     if result.cancelled:
-        return FinetuneResult(
-            None,
-            False,
-            None,
-            None,
-            start_version,
-            method,
-            result.iterations,
-            f"cancelled after {result.iterations} iterations; {start_version} stays in use",
-            cancelled=True,
-            current_path=ws.current_model_path,
-            train=result,
-        )
+        message = f"cancelled after {result.iterations} iterations; {start_version} stays in use"
+        return _cancelled(ws, start_version, method, result.iterations, message, result)
     new_path = result.best_path or result.last_path
     num_classes = int(meta.get("num_classes") or 2)
     report(progress, ProgressEvent("score", 0, 2, "scoring both models on the held-aside slices"))
