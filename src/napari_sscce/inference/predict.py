@@ -25,6 +25,7 @@ from napari_sscce.io.volume import Volume
 from napari_sscce.precision import resolve_precision
 from napari_sscce.preprocessing import normalize_intensity, resample_to_shape, resampled_shape
 from napari_sscce.progress import CancelToken, ProgressCallback, ProgressEvent, report
+from napari_sscce.tensor_ops import class_argmax
 from napari_sscce.uncertainty import entropy_torch, kl_divergence_torch
 
 #: Window size (z, y, x) when neither the config nor the checkpoint gives one: the LA training patch.
@@ -341,7 +342,7 @@ def predict_volume(
         if temperature != 1.0:
             mean = mean.clamp_min_(1e-8).log_().div_(temperature).softmax(dim=0)
         entropy = entropy_torch(mean, dim=0).numpy()
-        labels = mean.argmax(dim=0).to(torch.uint8).numpy()
+        labels = class_argmax(mean, 0).to(torch.uint8).numpy()
     num_classes = mean.shape[0]
     if config.largest_component:
         labels = keep_largest_component(labels, num_classes)

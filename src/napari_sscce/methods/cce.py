@@ -61,6 +61,7 @@ from napari_sscce.divergence import entropy, kl
 from napari_sscce.methods.base import Batch, TrainingMethod
 from napari_sscce.methods.losses import masked_cross_entropy, supervised_loss
 from napari_sscce.methods.registry import register_method
+from napari_sscce.tensor_ops import class_argmax
 
 
 def entropy_keep_mask(entropy: torch.Tensor, valid: torch.Tensor, percent: float) -> torch.Tensor:
@@ -105,8 +106,8 @@ def pseudo_labels(prob: torch.Tensor, foreground_first: bool = True) -> torch.Te
     the object itself. For two classes both rules are the same.
     """
     if not foreground_first or prob.shape[1] <= 2:
-        return prob.argmax(1)
-    fg_class = prob[:, 1:].argmax(1) + 1
+        return class_argmax(prob, 1)
+    fg_class = class_argmax(prob[:, 1:], 1) + 1
     return torch.where(prob[:, 0] < 0.5, fg_class, torch.zeros_like(fg_class))
 
 
