@@ -32,6 +32,10 @@ Usage::
 
     python benchmarks/loop.py                      # the full benchmark (hours on a 2-core CPU)
     python benchmarks/loop.py --smoke              # 1 round, 2 iterations, 2 val cases: checks the plumbing
+    # one process per core, then one table:
+    python benchmarks/loop.py --strategies a_ranked c_whole --name loop_part1 &
+    python benchmarks/loop.py --strategies b_random d_supervised --name loop_part2
+    python benchmarks/loop.py --combine benchmarks/results/loop_part1.json benchmarks/results/loop_part2.json
 
 The fine-tune is the plugin's own (:func:`finetune` calls ``training.finetune.run_finetune`` at its
 defaults): a quarter of each corrected case's slices is held aside to judge the new model, and the starting
@@ -438,22 +442,59 @@ def plot(summary: dict[str, list[dict[str, Any]]], path: Path) -> None:
 
 def write_results(players: list[Player], meta: dict[str, Any], out: Path, name: str) -> str:
     """Write ``<name>.json`` / ``.md`` / ``.png`` from the rounds played so far; returns the table."""
-    from napari_sscce.atomic import atomic_write_bytes, atomic_write_json
-
     runs: dict[str, dict[int, list[RoundRecord]]] = {}
     for p in players:
         runs.setdefault(p.strategy.name, {})[p.seed] = p.records
+    return write_runs(runs, {p.key: p.replay_found for p in players}, meta, out, name)
+
+
+def write_runs(runs: dict[str, dict[int, list[RoundRecord]]], replay_found: dict[str, bool],
+               meta: dict[str, Any], out: Path, name: str) -> str:
+    """Write the results files of ``runs`` (strategy -> seed -> rounds); returns the table."""
+    from napari_sscce.atomic import atomic_write_bytes, atomic_write_json
+
     summary = summarise(runs)
     table = to_markdown(summary, meta)
     out.mkdir(parents=True, exist_ok=True)
     atomic_write_json(out / f"{name}.json", {
-        **meta, "summary": summary,
-        "replay_found": {p.key: p.replay_found for p in players},
+        **meta, "summary": summary, "replay_found": replay_found,
         "runs": {n: {str(s): [asdict(r) for r in recs] for s, recs in by.items()} for n, by in runs.items()},
     })
     atomic_write_bytes(out / f"{name}.md", table.encode())
     plot(summary, out / f"{name}.png")
     return table
+
+
+def combine(parts: list[Path], out: Path, name: str) -> str:
+    """Merge the results of runs played in separate processes (e.g. one per CPU core) into one.
+
+    Every part must be complete and played with the same start model, validation cases, budget and
+    per-round settings; a strategy and seed may appear in one part only. Raises ``ValueError`` otherwise.
+    """
+    same = ("checkpoint", "val_cases", "cases_per_round", "slices_per_case", "iterations", "budget")
+    loaded = [json.loads(Path(p).read_text()) for p in parts]
+    runs: dict[str, dict[int, list[RoundRecord]]] = {}
+    replay_found: dict[str, bool] = {}
+    for path, part in zip(parts, loaded, strict=True):
+        if not part.get("complete"):
+            raise ValueError(f"{path}: not complete ({part.get('status')})")
+        for key in same:
+            if part[key] != loaded[0][key]:
+                raise ValueError(f"{path}: {key} {part[key]!r} differs from {parts[0]}: {loaded[0][key]!r}")
+        for strategy, by_seed in part["runs"].items():
+            for seed, recs in by_seed.items():
+                if int(seed) in runs.get(strategy, {}):
+                    raise ValueError(f"{path}: {strategy} seed {seed} is also in another part")
+                runs.setdefault(strategy, {})[int(seed)] = [RoundRecord(**r) for r in recs]
+        replay_found.update(part.get("replay_found", {}))
+    order = [n for n in STRATEGIES if n in runs]
+    runs = {n: dict(sorted(runs[n].items())) for n in order}
+    seeds = sorted({s for by in runs.values() for s in by})
+    meta = {**loaded[0], "seeds": seeds, "parts": [str(p) for p in parts], "complete": True,
+            "status": "complete", "wall_seconds": [part.get("wall_seconds") for part in loaded]}
+    for key in ("summary", "runs", "replay_found"):
+        meta.pop(key, None)
+    return write_runs(runs, replay_found, meta, out, name)
 
 
 def parse_args(argv: list[str] | None) -> argparse.Namespace:
@@ -477,6 +518,8 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
     parser.add_argument("--work", type=Path, default=None, help="workspaces and models (default: a temp dir)")
     parser.add_argument("--name", default="loop")
     parser.add_argument("--out", type=Path, default=ROOT / "benchmarks" / "results")
+    parser.add_argument("--combine", nargs="+", type=Path, default=None, metavar="JSON",
+                        help="merge complete results files of separate runs into --name (plays nothing)")
     parser.add_argument("--smoke", action="store_true",
                         help="1 round, 2 iterations, 2 val cases, 6 pool cases, 1 seed")
     args = parser.parse_args(argv)
@@ -497,6 +540,9 @@ def main(argv: list[str] | None = None) -> int:
     from napari_sscce.models.checkpoint import load_checkpoint
 
     args = parse_args(argv)
+    if args.combine:
+        print(combine(args.combine, args.out, args.name))
+        return 0
     began = time.perf_counter()
     dataset = open_dataset(args.data)
     split_file = Path(args.checkpoint).parent / "splits.json"
@@ -533,6 +579,7 @@ def main(argv: list[str] | None = None) -> int:
             meta["status"] = f"running: {player.key} round {rnd} done"
             write_results(players, meta, args.out, args.name)
     meta["complete"], meta["status"] = True, "complete"
+    meta["wall_seconds"] = round(time.perf_counter() - began, 1)
     print(write_results(players, meta, args.out, args.name))
     return 0
 

@@ -123,6 +123,32 @@ def test_summary_table_and_plot(loop, tmp_path) -> None:
     assert (tmp_path / "loop.png").stat().st_size > 1000
 
 
+def test_parts_played_in_separate_processes_combine_into_one_table(loop, tmp_path) -> None:
+    rec = loop.RoundRecord
+    meta = {"checkpoint": "m", "n_val": 2, "val_cases": ["v1", "v2"], "seeds": [0], "cases_per_round": 2,
+            "slices_per_case": 4, "iterations": 5, "budget": 8, "complete": True, "status": "complete"}
+    tuned = {"adopted": True, "replayed": 4}
+    part1 = {"a_ranked": {0: [rec(0, [], 0, 0, 0.5), rec(1, ["x"], 8, 100, 0.6, extra=tuned)]}}
+    part2 = {"b_random": {0: [rec(0, [], 0, 0, 0.5), rec(1, ["y"], 8, 50, 0.55, extra=tuned)]},
+             "a_ranked": {1: [rec(0, [], 0, 0, 0.5), rec(1, ["z"], 8, 300, 0.7, extra=tuned)]}}
+    loop.write_runs(part1, {"a_ranked_seed0": True}, meta, tmp_path, "p1")
+    loop.write_runs(part2, {}, meta, tmp_path, "p2")
+    table = loop.combine([tmp_path / "p1.json", tmp_path / "p2.json"], tmp_path, "all")
+    assert "| a_ranked | 1 | 8 | 200 | 0.6500 |" in table  # both seeds of a_ranked, from two parts
+    assert "| b_random | 1 | 8 | 50 | 0.5500 |" in table
+    assert table.index("a_ranked") < table.index("b_random")
+    assert (tmp_path / "all.png").is_file()
+
+    loop.write_runs(part1, {}, {**meta, "complete": False, "status": "running"}, tmp_path, "running")
+    with pytest.raises(ValueError, match="not complete"):
+        loop.combine([tmp_path / "running.json", tmp_path / "p2.json"], tmp_path, "x")
+    loop.write_runs(part2, {}, {**meta, "budget": 16}, tmp_path, "other")
+    with pytest.raises(ValueError, match="budget"):
+        loop.combine([tmp_path / "p1.json", tmp_path / "other.json"], tmp_path, "x")
+    with pytest.raises(ValueError, match="also in another part"):
+        loop.combine([tmp_path / "p1.json", tmp_path / "p1.json"], tmp_path, "x")
+
+
 class _Result:
     """What run_finetune returns, as far as the benchmark reads it."""
 
