@@ -8,7 +8,7 @@ when no gradient is needed (inference under ``torch.inference_mode``, detached t
 formula runs with in-place steps, which saves two volume-sized temporaries and gives bit-identical values.
 
 The NumPy versions for arrays (:func:`napari_sscce.uncertainty.entropy`,
-:func:`~napari_sscce.uncertainty.kl_divergence`) follow the same definitions.
+:func:`~napari_sscce.uncertainty.kl_divergence`) call these on a tensor view of the array.
 
 References
 ----------

@@ -22,6 +22,7 @@ from dataclasses import asdict, dataclass, field
 from typing import Any
 
 import numpy as np
+import torch
 from scipy import ndimage
 
 from napari_sscce import divergence
@@ -60,24 +61,16 @@ def entropy(prob: np.ndarray, axis: int = 0, normalize: bool = True, eps: float 
     normalize : bool
         Divide by ``ln C`` so the result lies in [0, 1] (0 = one-hot, 1 = uniform). Otherwise nats.
     eps : float
-        Probabilities are clamped to at least ``eps`` inside the logarithm (``0 log 0`` counts as 0).
+        Probabilities are clamped to at least ``eps`` (``0 log 0`` counts as 0).
 
     Returns
     -------
     ndarray
         float32 map with ``axis`` removed.
     """
-    p = np.asarray(prob, dtype=np.float32)
-    num_classes = p.shape[axis]
-    log_p = np.log(np.maximum(p, np.float32(eps)))
-    log_p *= p
-    h = -log_p.sum(axis=axis, dtype=np.float32)
-    if normalize:
-        h /= np.float32(math.log(num_classes)) if num_classes > 1 else np.float32(1.0)
-        np.clip(h, 0.0, 1.0, out=h)
-    else:
-        np.maximum(h, 0.0, out=h)
-    return h
+    p = torch.from_numpy(np.ascontiguousarray(prob, dtype=np.float32))
+    with torch.inference_mode():
+        return divergence.entropy(p, dim=axis, normalize=normalize, eps=eps).numpy()
 
 
 def kl_divergence(
@@ -118,25 +111,12 @@ def kl_divergence(
     ndarray
         float32 map with ``axis`` removed, >= 0.
     """
-    p = np.asarray(p, dtype=np.float32)
-    q = np.asarray(q, dtype=np.float32)
-    if p.shape != q.shape:
-        raise ValueError(f"kl_divergence: p and q differ in shape: {p.shape} vs {q.shape}")
-    log_ratio = np.log(np.maximum(p, np.float32(eps)))
-    log_ratio -= np.log(np.maximum(q, np.float32(eps)))
-    if symmetric:
-        log_ratio *= p - q
-        kl = log_ratio.sum(axis=axis, dtype=np.float32)
-        kl *= np.float32(0.5)
-    else:
-        log_ratio *= p
-        kl = log_ratio.sum(axis=axis, dtype=np.float32)
-    np.maximum(kl, 0.0, out=kl)  # rounding (and eps) can give tiny negatives
-    if normalize:
-        np.negative(kl, out=kl)
-        np.exp(kl, out=kl)
-        np.subtract(np.float32(1.0), kl, out=kl)
-    return kl
+    p_t = torch.from_numpy(np.ascontiguousarray(p, dtype=np.float32))
+    q_t = torch.from_numpy(np.ascontiguousarray(q, dtype=np.float32))
+    if p_t.shape != q_t.shape:
+        raise ValueError(f"kl_divergence: p and q differ in shape: {tuple(p_t.shape)} vs {tuple(q_t.shape)}")
+    with torch.inference_mode():
+        return divergence.kl(p_t, q_t, dim=axis, symmetric=symmetric, normalize=normalize, eps=eps).numpy()
 
 
 # ----------------------------------------------------------------------------------------------- torch
