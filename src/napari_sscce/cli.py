@@ -28,13 +28,25 @@ def _add_channel_option(p: argparse.ArgumentParser) -> None:
     )
 
 
+def _add_device_options(p: argparse.ArgumentParser, device: str | None, precision: str | None,
+                        precision_default_text: str | None = None) -> None:
+    """``--device`` and ``--precision``, spelled the same way in every subcommand.
+
+    ``None`` defaults leave the choice to the core's config (its default is then named in the help).
+    """
+    from napari_sscce.precision import PRECISIONS
+
+    p.add_argument("--device", default=device, metavar="DEVICE",
+                   help=f"auto, cpu, cuda, cuda:N or mps (default: {device or 'auto'})")
+    p.add_argument("--precision", default=precision, choices=PRECISIONS,
+                   help=f"default: {precision_default_text or precision}")
+
+
 def _add_predict(sub: argparse._SubParsersAction) -> None:
     from napari_sscce.inference.config import (
-        DEVICES,
         LITERATURE_STRIDE,
         MODES,
         NAN_POLICIES,
-        PRECISIONS,
         InferenceConfig,
     )
 
@@ -53,8 +65,7 @@ def _add_predict(sub: argparse._SubParsersAction) -> None:
         help="model file written by `sscce train`, or a packaged model's name (`sscce models` lists them)",
     )
     p.add_argument("--out", required=True, metavar="DIR", help="output folder")
-    p.add_argument("--device", default=defaults.device, choices=DEVICES, help="default: %(default)s")
-    p.add_argument("--precision", default=defaults.precision, choices=PRECISIONS, help="default: %(default)s")
+    _add_device_options(p, defaults.device, defaults.precision)
     p.add_argument(
         "--overlap", type=float, default=defaults.overlap, help="window overlap (default %(default)s)"
     )
@@ -203,7 +214,7 @@ def _add_overwrite_flag(p: argparse.ArgumentParser) -> None:
 
 def _add_train(sub: argparse._SubParsersAction) -> None:
     from napari_sscce.methods import method_names
-    from napari_sscce.training.config import PRECISIONS, TrainConfig, parse_method_options
+    from napari_sscce.training.config import TrainConfig, parse_method_options
 
     d = TrainConfig()
     p = sub.add_parser(
@@ -228,8 +239,7 @@ def _add_train(sub: argparse._SubParsersAction) -> None:
         f"Default: {' '.join(map(str, reversed(d.patch_size)))}",
     )
     p.add_argument("--out", required=True, metavar="RUN_DIR", help="run folder")
-    p.add_argument("--device", help=f"auto, cpu, cuda, cuda:N (default: {d.device})")
-    p.add_argument("--precision", choices=PRECISIONS, help=f"default: {d.precision}")
+    _add_device_options(p, None, None, d.precision)
     p.add_argument("--resume", action="store_true", help="continue the run in --out exactly where it stopped")
     _add_overwrite_flag(p)
     p.add_argument(
@@ -408,8 +418,7 @@ def _add_finetune(sub: argparse._SubParsersAction) -> None:
                    help="weight of the starting model's own labels outside the confirmed voxels (default "
                    f"{ft.DISTILL_WEIGHT} without replay, 0 with it)")
     p.add_argument("--seed", type=int, default=0)
-    p.add_argument("--device", default="auto", help="auto, cpu, cuda, cuda:N (default: %(default)s)")
-    p.add_argument("--precision", default=None, help="auto, bf16, fp16, fp32 (default: the training default)")
+    _add_device_options(p, "auto", None, "the training default")
     p.add_argument("--quiet", action="store_true", help="no progress bar")
 
     def run(args: argparse.Namespace) -> int:

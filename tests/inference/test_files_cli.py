@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import argparse
+
 import nibabel as nib
 import numpy as np
 import pytest
@@ -193,3 +195,17 @@ def test_nan_policy_replaces_the_voxels_and_says_how_many(checkpoint, tmp_path, 
     code = main(["predict", "--model", str(checkpoint), str(path), "--out", str(out), "--device", "cpu",
                  "--precision", "fp32", "--nan-policy", policy])
     assert code == 0 and (out / "bad_scan_seg.nii.gz").exists()
+
+
+@pytest.mark.parametrize("command", ["predict", "train", "finetune"])
+def test_device_and_precision_options_are_the_same_in_every_subcommand(command):
+    from napari_sscce.cli import build_parser
+    from napari_sscce.precision import PRECISIONS
+
+    parser = build_parser()
+    sub = next(a for a in parser._actions if isinstance(a, argparse._SubParsersAction)).choices[command]
+    options = {a.dest: a for a in sub._actions}
+    assert tuple(options["precision"].choices) == PRECISIONS
+    assert "cuda:N" in options["device"].help
+    with pytest.raises(SystemExit):
+        sub.parse_args(["--precision", "bf17"])

@@ -5,9 +5,10 @@ from __future__ import annotations
 from dataclasses import asdict, dataclass, fields
 from typing import Any
 
+from napari_sscce.precision import PRECISIONS
+
 MODES = ("gaussian", "uniform")
 DEVICES = ("auto", "cuda", "mps", "cpu")
-PRECISIONS = ("auto", "fp32", "bf16", "fp16")
 NAN_POLICIES = ("error", "zero", "mean")  # = napari_sscce.io.validate.NAN_POLICIES
 
 #: The LA literature's window step (z, y, x) in voxels (UA-MT ``test_util.py``: stride_z 4, stride_xy 18).

@@ -16,6 +16,7 @@ from pathlib import Path
 from typing import Any
 
 from napari_sscce.atomic import atomic_write_json
+from napari_sscce.precision import PRECISIONS
 
 
 def parse_method_options(items: list[str] | None) -> dict[str, Any]:
@@ -36,7 +37,6 @@ def parse_method_options(items: list[str] | None) -> dict[str, Any]:
     return options
 
 SCHEDULES = ("step", "poly", "constant")
-PRECISIONS = ("auto", "fp32", "bf16", "fp16")
 REFERENCE_ITERATIONS = 6000
 REFERENCE_MILESTONES = (2500, 5000)
 REFERENCE_RAMPUP_STEP = 150
