@@ -26,6 +26,18 @@ def rng() -> np.random.Generator:
     return np.random.default_rng(0)
 
 
+@pytest.fixture(scope="module")
+def one_torch_thread():
+    """One torch thread for the module's tests (tiny networks run faster; no oversubscribed cores), restored
+    afterwards. Module-scoped so that module-scoped fixtures that train can request it too."""
+    import torch
+
+    before = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(before)
+
+
 @pytest.fixture(autouse=True, scope="session")
 def _private_cache_dir(tmp_path_factory):
     """Precision verdicts go to a temporary cache, never to the user's ~/.cache/napari-sscce."""

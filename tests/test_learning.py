@@ -25,7 +25,6 @@ import json
 
 import numpy as np
 import pytest
-import torch
 from scipy import ndimage
 
 from napari_sscce.inference.config import InferenceConfig
@@ -43,12 +42,7 @@ SSL_GAIN = 0.05
 TARGET_ORGAN_FACTOR = 0.7
 
 
-@pytest.fixture(autouse=True)
-def _one_torch_thread():
-    before = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(before)
+pytestmark = pytest.mark.usefixtures("one_torch_thread")
 
 
 def _dice(model_path, image, label) -> float:

@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import numpy as np
 import pytest
-import torch
 
 from napari_sscce.inference.config import InferenceConfig
 from napari_sscce.inference.predict import predict_volume
@@ -19,9 +18,8 @@ SHAPE = (16, 16, 16)  # volume = patch: one window, so mirroring the window mirr
 
 
 @pytest.fixture(scope="module")
-def x_only_model(tmp_path_factory):
+def x_only_model(tmp_path_factory, one_torch_thread):
     """A tiny CCE model trained (2 steps) with ``flip_axes="x"``, and a scan on its grid."""
-    torch.set_num_threads(1)
     root = tmp_path_factory.mktemp("tta")
     data = make_synthetic_dataset(root / "data", 3, shape=SHAPE, n_labeled=1, n_val=0, seed=4)
     config = TrainConfig(

@@ -12,16 +12,6 @@ from napari_sscce.methods.cce import (
 from napari_sscce.methods.supervised import SupervisedMethod
 from napari_sscce.training.config import TrainConfig
 
-
-@pytest.fixture(autouse=True)
-def _one_torch_thread():
-    """Tiny networks: one thread is faster, and avoids oversubscribing the shared cores."""
-    before = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(before)
-
-
 ALL_ON = {"conf_mse": True, "cosine": True, "contrast": True, "conf_threshold": 0.0}
 
 

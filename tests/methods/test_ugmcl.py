@@ -27,15 +27,6 @@ SIZE = 16
 ITERATIONS = 100
 
 
-@pytest.fixture(autouse=True, scope="module")
-def _one_torch_thread():
-    """Tiny tensors: one thread is faster, and avoids oversubscribing the shared cores."""
-    before = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(before)
-
-
 def make_method(num_classes: int = 3, **options) -> UGMCLMethod:
     config = TrainConfig(
         method="ugmcl",

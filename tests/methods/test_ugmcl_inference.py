@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import numpy as np
-import pytest
 import torch
 
 from napari_sscce.inference import config as inference_config
@@ -13,15 +12,6 @@ from napari_sscce.models import checkpoint
 from napari_sscce.training.config import TrainConfig
 
 SIZE = 16
-
-
-@pytest.fixture(autouse=True, scope="module")
-def _one_torch_thread():
-    """Tiny tensors: one thread is faster, and avoids oversubscribing the shared cores."""
-    before = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(before)
 
 
 def test_ugmcl_checkpoint_gives_labels_entropy_and_student_teacher_kl(tmp_path):

@@ -3,12 +3,10 @@
 from __future__ import annotations
 
 import pytest
-import torch
 
 
-@pytest.fixture(autouse=True)
-def _one_torch_thread():
-    before = torch.get_num_threads()
-    torch.set_num_threads(1)
+@pytest.fixture(autouse=True, scope="module")
+def _one_torch_thread(one_torch_thread):
+    """Every test module here runs with :func:`tests.conftest.one_torch_thread` (module-scoped and autouse,
+    so it is in place before the modules' own fixtures train anything)."""
     yield
-    torch.set_num_threads(before)

@@ -46,9 +46,8 @@ def tiny_model(tmp_path):
 
 
 @pytest.fixture(scope="module")
-def trained(tmp_path_factory):
+def trained(tmp_path_factory, one_torch_thread):
     """A small model trained from scratch (cold start) on three fully labeled generated cases."""
-    torch.set_num_threads(1)
     ws = Workspace(tmp_path_factory.mktemp("origin") / "ws")
     for seed in (1, 2, 3):
         image, gt = case(seed)

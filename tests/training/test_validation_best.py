@@ -73,9 +73,8 @@ def test_validate_is_the_mean_foreground_dice_over_classes():
 
 
 @pytest.fixture(scope="module")
-def run(tmp_path_factory):
+def run(tmp_path_factory, one_torch_thread):
     """Supervised tiny run, validated after every step; the model of every step kept aside."""
-    torch.set_num_threads(1)
     root = tmp_path_factory.mktemp("best")
     data = make_synthetic_dataset(root / "data", 4, shape=(16, 24, 24), n_labeled=2, n_val=1, seed=3,
                                   num_classes=3)
