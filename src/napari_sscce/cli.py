@@ -369,6 +369,8 @@ def _add_train(sub: argparse._SubParsersAction) -> None:
         state = "stopped (resume with --resume)" if result.cancelled else "done"
         best = f", best val Dice {result.best_metric:.4f}" if result.best_metric is not None else ""
         print(f"{state} at iteration {result.iterations}{best}; model: {result.best_path}")
+        if result.warning:
+            print(f"sscce train: warning: {result.warning}", file=sys.stderr)
         return 0
 
     p.set_defaults(func=run)

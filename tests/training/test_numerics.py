@@ -72,6 +72,28 @@ def test_non_finite_gradients_are_skipped_and_counted(dataset, tmp_path, monkeyp
     assert all(torch.isfinite(torch.tensor(r["loss"])) for r in records)  # the loss itself was fine
     summary = load_checkpoint(result.last_path).metadata["train_summary"]
     assert summary["skipped_steps"] == 2 and summary["restored_states"] == 0
+    # 2 of 5 steps lost: the run is done, but it says so
+    assert result.warning and "2 of 5 steps were skipped" in result.warning
+    assert summary["warning"] == result.warning
+
+
+def test_a_healthy_run_carries_no_warning_and_the_threshold_is_the_share():
+    assert loop.numerics_warning({"skipped_steps": 0, "restored_states": 0}, 100) is None
+    assert loop.numerics_warning({"skipped_steps": 5, "restored_states": 0}, 100) is None  # 5 % is tolerated
+    assert "6 of 100" in loop.numerics_warning({"skipped_steps": 6, "restored_states": 0}, 100)
+    assert "restored 1 time" in loop.numerics_warning({"skipped_steps": 0, "restored_states": 1}, 100)
+
+
+def test_sscce_train_prints_the_warning(dataset, tmp_path, monkeypatch, capsys):
+    _poison_gradients_at(monkeypatch, {1, 2})
+    code = main([
+        "train", "--data", str(dataset), "--labeled", "2", "--method", "supervised", "--iterations", "5",
+        "--patch", "16", "16", "16", "--base-filters", "2", "--no-dropout", "--val-every", "0",
+        "--precision", "fp32", "--out", str(tmp_path / "run"), "--quiet",
+    ])
+    captured = capsys.readouterr()
+    assert code == 0 and "done at iteration 5" in captured.out
+    assert "sscce train: warning: 2 of 5 steps were skipped" in captured.err
 
 
 def test_skipped_steps_leave_the_weights_untouched(dataset, tmp_path, monkeypatch):

@@ -914,6 +914,8 @@ def _record(ws, start_version, method, result, run, view, source, scores, l2sp) 
     adopted, _ = _verdict("new", start_version, before, after)
     version = ws.add_model_version(result.best_path or result.last_path, info, metrics, make_current=adopted)
     _, message = _verdict(version, start_version, before, after)
+    if result.warning:
+        message = f"{message} (warning: {result.warning})"
     return FinetuneResult(
         version,
         adopted,

@@ -52,6 +52,9 @@ STATE_FILE = "train_state.pt"
 MAX_NONFINITE = 20
 #: refresh the in-memory copy of the last good state every this many good steps (and at each checkpoint)
 SNAPSHOT_EVERY = 50
+#: share of skipped steps above which a finished run carries a warning (``TrainResult.warning``, the
+#: ``train_summary``, a progress event, ``sscce train``'s output and the fine-tune's message)
+SKIPPED_WARNING_SHARE = 0.05
 
 
 class TrainingError(FloatingPointError):
@@ -74,6 +77,9 @@ class TrainResult:
         True when the cancel flag stopped the run; its state was saved and ``resume`` continues it.
     best_metric : float or None
         Best validation mean foreground Dice.
+    warning : str or None
+        Set when the run finished but learned from noticeably fewer steps than asked
+        (:func:`numerics_warning`).
     model : torch.nn.Module or None
         The trained ``DualModel`` (on its training device).
     """
@@ -85,6 +91,7 @@ class TrainResult:
     cancelled: bool = False
     best_metric: float | None = None
     model: Any = None
+    warning: str | None = None
 
 
 # ---------------------------------------------------------------------------- small pieces
@@ -284,6 +291,17 @@ class StepGuard:
     def counts(self) -> dict[str, int]:
         """``skipped_steps`` and ``restored_states`` so far (resumed runs included)."""
         return {"skipped_steps": self.skipped, "restored_states": self.restored}
+
+
+def numerics_warning(counts: dict[str, int], iterations: int) -> str | None:
+    """A sentence when more than :data:`SKIPPED_WARNING_SHARE` of ``iterations`` steps were skipped or any
+    state was restored (non-finite numbers); ``None`` for a healthy run."""
+    skipped, restored = int(counts.get("skipped_steps", 0)), int(counts.get("restored_states", 0))
+    if iterations <= 0 or (skipped <= SKIPPED_WARNING_SHARE * iterations and not restored):
+        return None
+    return (f"{skipped} of {iterations} steps were skipped (non-finite loss or gradients) and the weights "
+            f"were restored {restored} time(s): the model learned from fewer steps than asked; consider "
+            "--precision fp32 or a lower learning rate")
 
 
 def optimizer_step(loss: torch.Tensor, optimizers: list, scaler: Any) -> bool:
@@ -599,6 +617,7 @@ class Trainer:
             world_size=ctx.world_size,
             cases={k: len(v) for k, v in self.splits.to_dict().items()},
             best_iteration=self.best_iteration,
+            warning=numerics_warning(self.guard.counts(), iteration),
         )
         save_checkpoint(self.last_path, self.model, self._metadata(val_metrics))
         if not self.splits.val or self.best_iteration == iteration or not self.best_path.exists():
@@ -638,7 +657,10 @@ class Trainer:
         finally:
             stream.close()
         self.save(iteration, last_val)
+        warning = numerics_warning(self.guard.counts(), iteration)
         if self.main:
+            if warning:
+                self._event(f"warning: {warning}", iteration)
             self._event("cancelled" if cancelled else "done", iteration)
         best = self.best_metric if math.isfinite(self.best_metric or 0.0) else None
         main = self.main
@@ -650,4 +672,5 @@ class Trainer:
             cancelled,
             best,
             self.model,
+            warning,
         )
