@@ -25,20 +25,35 @@ def private_settings(tmp_path, monkeypatch):
 
 
 @pytest.fixture(scope="session")
-def tiny_model_path(tmp_path_factory):
-    """A 2-class CCE DualModel (VNet + ResNet-VNet, 4 base filters) saved as a model file."""
-    torch.manual_seed(0)
-    model = build_dual_model("cce", in_channels=1, num_classes=2, base_filters=4)
-    path = tmp_path_factory.mktemp("model") / "tiny.safetensors"
-    metadata = {
-        "method": "cce",
-        "patch_size": list(SHAPE),
-        "spacing": list(SPACING),
-        "normalization": {"mode": "zscore"},
-        "val_metrics": {"dice": 0.5},
-    }
-    save_checkpoint(path, model, metadata)
-    return path
+def make_tiny_model(tmp_path_factory):
+    """``make(seed, bias_shift=0.0)``: a 2-class CCE DualModel (VNet + ResNet-VNet, 4 base filters) with the
+    weights of ``seed`` saved as a model file on the scan's grid; ``bias_shift`` is added to the foreground
+    output bias of the first network (a model whose prediction surely differs)."""
+
+    def make(seed: int, bias_shift: float = 0.0):
+        torch.manual_seed(seed)
+        model = build_dual_model("cce", in_channels=1, num_classes=2, base_filters=4)
+        if bias_shift:
+            with torch.no_grad():
+                model.net_a.out_conv.bias.add_(torch.tensor([0.0, bias_shift]))
+        path = tmp_path_factory.mktemp("model") / "tiny.safetensors"  # a folder per model
+        metadata = {
+            "method": "cce",
+            "patch_size": list(SHAPE),
+            "spacing": list(SPACING),
+            "normalization": {"mode": "zscore"},
+            "val_metrics": {"dice": 0.5},
+        }
+        save_checkpoint(path, model, metadata)
+        return path
+
+    return make
+
+
+@pytest.fixture(scope="session")
+def tiny_model_path(make_tiny_model):
+    """The widget tests' model file (seed 0)."""
+    return make_tiny_model(0)
 
 
 @pytest.fixture

@@ -5,35 +5,17 @@ from __future__ import annotations
 
 import numpy as np
 import pytest
-import torch
 
-from napari_sscce.models.checkpoint import save_checkpoint
-from napari_sscce.models.dual import build_dual_model
 from napari_sscce.widgets.segment import SegmentWidget
-
-SHAPE = (16, 32, 32)  # as the fixtures of conftest.py
-SPACING = (2.0, 1.0, 0.5)
 
 WAIT_MS = 60_000
 ROLES = {"segmentation": "labels", "entropy": "entropy", "KL": "kl"}
 
 
 @pytest.fixture(scope="module")
-def other_model_path(tmp_path_factory):
-    """A second tiny model (other seed): its labels, entropy and KL differ from the first one's."""
-    torch.manual_seed(1)
-    model = build_dual_model("cce", in_channels=1, num_classes=2, base_filters=4)
-    with torch.no_grad():  # make sure the prediction moves: shift the output bias of one network
-        model.net_a.out_conv.bias.add_(torch.tensor([0.0, 0.5]))
-    path = tmp_path_factory.mktemp("model2") / "other.safetensors"
-    meta = {
-        "method": "cce",
-        "patch_size": list(SHAPE),
-        "spacing": list(SPACING),
-        "normalization": {"mode": "zscore"},
-    }
-    save_checkpoint(path, model, meta)
-    return path
+def other_model_path(make_tiny_model):
+    """A second tiny model (other seed, shifted output bias): its labels, entropy and KL differ."""
+    return make_tiny_model(1, bias_shift=0.5)
 
 
 def _segment(qtbot, widget):
