@@ -94,7 +94,8 @@ class TrainConfig:
         ``"auto"`` (CUDA when present), ``"cpu"``, ``"cuda"``, ``"cuda:1"`` ...
     precision : {"auto", "fp32", "bf16", "fp16"}
         ``"auto"``: the candidate of :func:`napari_sscce.precision.resolve_precision` (bf16 on CUDA where
-        supported, else fp16 with a GradScaler; bf16 + channels_last_3d on CPUs with native bf16; else fp32),
+        supported, else fp16 with a GradScaler; bf16 on CPUs with native bf16; else fp32; on the CPU the
+        model runs in channels_last_3d),
         kept only when the cached self-check (:func:`napari_sscce.precision.choose_training_precision`)
         finds it agrees with fp32 on this model; fp16 on the CPU runs as bf16.
     out : str
