@@ -71,7 +71,7 @@ def run(seed: int, args: argparse.Namespace, folder: Path) -> dict[str, float]:
             data=str(data), method=method, patch_size=PATCH, labeled_bs=2,
             unlabeled_bs=0 if method == "supervised" else 2, iterations=args.iterations, val_every=0,
             precision="fp32", base_filters=4, seed=seed, lr=0.05, schedule="constant", has_dropout=False,
-            rampup_length=args.iterations / 4, out=str(folder / f"seed{seed}" / method),
+            rampup_length=args.iterations * args.rampup, out=str(folder / f"seed{seed}" / method),
         )
         result = train(config)
         dice = []
@@ -97,6 +97,7 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--organ-factor", type=float, default=0.7)
     parser.add_argument("--labeled", type=int, default=1)
     parser.add_argument("--unlabeled", type=int, default=4)
+    parser.add_argument("--rampup", type=float, default=0.25, help="ramp-up length, share of the iterations")
     parser.add_argument("--control", action="store_true", help="unlabeled scans from the source scanner")
     parser.add_argument("--out", type=Path, default=ROOT / "benchmarks" / "results" / "ssl_generated.json")
     args = parser.parse_args(argv)
@@ -108,8 +109,8 @@ def main(argv: list[str] | None = None) -> int:
         scores = run(seed, args, folder)
         row = {"seed": seed, **scores, "gain": round(scores["cce"] - scores["supervised"], 4),
                "iterations": args.iterations, "organ_factor": args.organ_factor, "labeled": args.labeled,
-               "unlabeled": args.unlabeled, "control": args.control, "torch": torch.__version__,
-               "seconds": round(time.perf_counter() - t0, 1)}
+               "unlabeled": args.unlabeled, "control": args.control, "rampup": args.rampup,
+               "torch": torch.__version__, "seconds": round(time.perf_counter() - t0, 1)}
         print(json.dumps(row), flush=True)
         rows.append(row)
     previous = json.loads(args.out.read_text()) if args.out.is_file() else []
