@@ -406,7 +406,9 @@ def to_markdown(summary: dict[str, list[dict[str, Any]]], meta: dict[str, Any]) 
     lines = ["# Simulated annotator: validation Dice against correction effort", "", *status,
              f"Start `{meta['checkpoint']}`; {meta['n_val']} validation cases; seeds {meta['seeds']}; "
              f"{meta['cases_per_round']} cases x {meta['slices_per_case']} slices per round; "
-             f"{iters} fine-tune iterations per round (`run_finetune`, default settings).", "",
+             f"{iters} fine-tune iterations per round (`run_finetune`, default settings).",
+             *([f"Round times: {meta['cpu']}, {meta['threads']} torch thread(s) per process "
+                f"(torch {meta['torch']})."] if meta.get("cpu") else []), "",
              "| strategy | round | corrected slices | edited voxels | val Dice | round s | adopted "
              "| replayed |",
              "|---|---|---|---|---|---|---|---|"]
@@ -536,8 +538,11 @@ def main(argv: list[str] | None = None) -> int:
     Results are rewritten after every round (marked PARTIAL until the end). An exception in any stage
     propagates (non-zero exit, no final table); a ``--time-limit`` stop returns 2 with PARTIAL results.
     """
+    import torch
+
     from napari_sscce.io.datasets import open_dataset
     from napari_sscce.models.checkpoint import load_checkpoint
+    from napari_sscce.precision import cpu_model
 
     args = parse_args(argv)
     if args.combine:
@@ -560,6 +565,7 @@ def main(argv: list[str] | None = None) -> int:
     meta = {"checkpoint": str(args.checkpoint), "n_val": len(val), "val_cases": val, "seeds": args.seeds,
             "cases_per_round": args.cases_per_round, "slices_per_case": args.slices_per_case,
             "iterations": args.iterations, "budget": args.budget, "smoke": args.smoke,
+            "cpu": cpu_model(), "threads": torch.get_num_threads(), "torch": torch.__version__,
             "complete": False, "status": "running"}
     longest = 0.0
     for rnd in range(1, rounds_needed(args.budget, args.cases_per_round, args.slices_per_case) + 1):

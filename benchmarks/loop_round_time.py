@@ -15,7 +15,6 @@ from __future__ import annotations
 
 import argparse
 import json
-import platform
 import shutil
 import sys
 import tempfile
@@ -29,17 +28,6 @@ if sys.path and Path(sys.path[0] or ".").resolve() == Path(__file__).resolve().p
 ROOT = Path(__file__).resolve().parents[1]
 
 
-def cpu_model() -> str:
-    """The CPU's model name (``/proc/cpuinfo``), else :func:`platform.processor`."""
-    try:
-        for line in Path("/proc/cpuinfo").read_text().splitlines():
-            if line.startswith("model name"):
-                return line.split(":", 1)[1].strip()
-    except OSError:
-        pass
-    return platform.processor() or "unknown"
-
-
 def main(argv: list[str] | None = None) -> int:
     """Time one round; append the figures to the results file."""
     import torch
@@ -47,6 +35,7 @@ def main(argv: list[str] | None = None) -> int:
     from napari_sscce.atomic import atomic_write_json
     from napari_sscce.inference.predict import predict_volume
     from napari_sscce.models.checkpoint import load_checkpoint
+    from napari_sscce.precision import cpu_model
     from napari_sscce.training.finetune import run_finetune
     from napari_sscce.workspace import Workspace
 
