@@ -181,16 +181,15 @@ def autocast_context(device: torch.device, precision: str = "auto") -> contextli
     return torch.autocast(device_type=device.type, dtype=dtype)
 
 
-def uses_channels_last(device: torch.device, precision: str) -> bool:
+def uses_channels_last(device: torch.device) -> bool:
     """Whether model and inputs go in ``channels_last_3d``: on the CPU, at every precision.
 
     oneDNN's convolutions work in that layout; the default one costs a reorder around every convolution.
     Measured for one training step (forward + backward of a CCE DualModel, one thread, Intel Xeon @ 2.00GHz,
     fp32): 8 filters, batch 4 x 32x48x32: 1.90 -> 1.45 s (1.31x); 16 filters, batch 2 x 112x112x80 (LA):
     49.6 -> 36.9 s (1.35x); 4 filters, batch 4 x 16^3: 0.198 s either way. The values are the same up to
-    summation order. ``precision`` is kept for callers that decide per precision.
+    summation order.
     """
-    del precision
     return device.type == "cpu"
 
 
@@ -510,7 +509,7 @@ def measured_report(
         vnet = build_network("vnet", in_channels=1, num_classes=3, base_filters=base_filters,
                              has_dropout=False).to(dev).eval()
         x = torch.randn(2, 1, *shape, generator=gen).to(dev)
-        if uses_channels_last(dev, low):  # the layout training and inference use here, for both
+        if uses_channels_last(dev):  # the layout training and inference use here, for both
             vnet, x = vnet.to(memory_format=torch.channels_last_3d), x.contiguous(
                 memory_format=torch.channels_last_3d)
         ms32 = _time_forward(vnet, x, dev, "fp32", repeats)

@@ -67,8 +67,9 @@ def resolve_device(name: str = "auto") -> torch.device:
     raise DeviceError(f"unknown device {name!r}; choose one of auto, cuda, mps, cpu")
 
 
-def prepare_model(model: nn.Module, device: torch.device, precision: str) -> nn.Module:
-    """Move ``model`` to ``device``, set eval mode and the memory layout that suits ``precision``.
+def prepare_model(model: nn.Module, device: torch.device) -> nn.Module:
+    """Move ``model`` to ``device``, set eval mode and the memory layout that suits the device
+    (:func:`~napari_sscce.precision.uses_channels_last`).
 
     Runs with inference mode switched off so that the moved parameters stay ordinary tensors (a model
     handed in by training code must stay trainable).
@@ -76,7 +77,7 @@ def prepare_model(model: nn.Module, device: torch.device, precision: str) -> nn.
     with torch.inference_mode(False):
         model = model.to(device).eval()
         memory_format = (
-            torch.channels_last_3d if uses_channels_last(device, precision) else torch.contiguous_format
+            torch.channels_last_3d if uses_channels_last(device) else torch.contiguous_format
         )
         model = model.to(memory_format=memory_format)
     return model

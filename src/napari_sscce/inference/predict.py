@@ -175,8 +175,8 @@ def _inference_model(model: nn.Module, device: torch.device, precision: str) -> 
     """The module that runs the windows: on a bf16 CPU a BatchNorm-folded bf16 copy (see
     :func:`~napari_sscce.inference.fast.optimize_for_inference`), else ``model`` itself, prepared."""
     if device.type == "cpu" and precision == "bf16":
-        return optimize_for_inference(prepare_model(model, device, "fp32"))
-    return prepare_model(model, device, precision)
+        return optimize_for_inference(prepare_model(model, device))
+    return prepare_model(model, device)
 
 
 def _as_volume(volume: Volume | np.ndarray) -> Volume:

@@ -238,7 +238,7 @@ def sliding_window_dual(
             report(progress, ProgressEvent("inference", done, total, message))
             device = torch.device("cpu")
             precision = "auto" if precision in ("fp16", "bf16") else precision
-            model = prepare_model(model, device, precision)
+            model = prepare_model(model, device)
             store = device
             weight, norm = weight.to(store), norm.to(store)
             acc_a = acc_a.to(store) if acc_a is not None else None
@@ -293,7 +293,7 @@ def _forward_batch(
 ) -> tuple[torch.Tensor, torch.Tensor]:
     """Both networks' probabilities for a batch of windows, averaged over the TTA flips."""
     x = torch.stack([padded[(slice(None), *sl)] for sl in batch]).to(device, non_blocking=True)
-    channels_last = uses_channels_last(device, precision)
+    channels_last = uses_channels_last(device)
     sum_a: torch.Tensor | None = None
     sum_b: torch.Tensor | None = None
     for axes in flips:

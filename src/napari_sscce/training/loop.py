@@ -482,7 +482,7 @@ class Trainer:
             seed=config.seed, rank=ctx.rank, world_size=ctx.world_size,
         )
         self.choice = _choose_precision(config, model, self.sampler, device, self.progress)
-        self.channels_last = uses_channels_last(device, self.choice.precision)
+        self.channels_last = uses_channels_last(device)
         if self.channels_last:
             model = model.to(memory_format=torch.channels_last_3d)
         self.model = model
