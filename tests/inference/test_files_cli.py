@@ -114,37 +114,34 @@ def test_predict_files_can_be_cancelled(checkpoint, nifti_input, tmp_path):
     assert not list((tmp_path / "out").glob("*.nii.gz"))
 
 
-def test_cli_patch_is_x_y_z_like_sscce_train(checkpoint, nifti_input, tmp_path, monkeypatch):
+@pytest.fixture
+def cli_config(monkeypatch):
+    """``sscce predict`` with ``predict_files`` replaced: ``seen["config"]`` is the InferenceConfig it got."""
     import napari_sscce.inference.files as files
 
     seen = {}
 
     def fake_predict_files(model, inputs, out, config, progress=None, cancel=None):
-        seen["patch"] = config.patch_size
+        seen["config"] = config
         return []
 
     monkeypatch.setattr(files, "predict_files", fake_predict_files)
+    return seen
+
+
+def test_cli_patch_is_x_y_z_like_sscce_train(checkpoint, nifti_input, tmp_path, cli_config):
     code = main(["predict", "--model", str(checkpoint), str(nifti_input), "--out", str(tmp_path / "o"),
                  "--patch", "32", "24", "16"])
     assert code == 0
-    assert tuple(seen["patch"]) == (16, 24, 32)  # (z, y, x) inside
+    assert tuple(cli_config["config"].patch_size) == (16, 24, 32)  # (z, y, x) inside
 
 
-def test_cli_mc_dropout_reaches_the_inference_config(checkpoint, nifti_input, tmp_path, monkeypatch):
-    import napari_sscce.inference.files as files
-
-    seen = {}
-
-    def fake_predict_files(model, inputs, out, config, progress=None, cancel=None):
-        seen["mc_dropout"] = config.mc_dropout
-        return []
-
-    monkeypatch.setattr(files, "predict_files", fake_predict_files)
+def test_cli_mc_dropout_reaches_the_inference_config(checkpoint, nifti_input, tmp_path, cli_config):
     base = ["predict", "--model", str(checkpoint), str(nifti_input), "--out", str(tmp_path / "o")]
     assert main([*base, "--mc-dropout", "3"]) == 0
-    assert seen["mc_dropout"] == 3
+    assert cli_config["config"].mc_dropout == 3
     assert main(base) == 0
-    assert seen["mc_dropout"] == InferenceConfig().mc_dropout == 0
+    assert cli_config["config"].mc_dropout == InferenceConfig().mc_dropout == 0
 
 
 def _scan_with_bad_voxels(tmp_path, n_nan=3, n_inf=1):

@@ -28,13 +28,17 @@ def _layer_data(viewer):
     return {role: np.array(viewer.layers[f"scan {role}"].data, copy=True) for role in ROLES}
 
 
+def _first_run(qtbot, viewer, model_path):
+    """A Segment widget that has segmented the scan once: the widget, its layers' data and its prediction."""
+    widget = SegmentWidget(viewer)
+    widget.set_model(model_path)
+    _segment(qtbot, widget)
+    return widget, _layer_data(viewer), widget.last_prediction
+
+
 def test_all_three_layers_change_on_a_rerun(qtbot, viewer_with_scan, tiny_model_path, other_model_path):
     viewer = viewer_with_scan
-    widget = SegmentWidget(viewer)
-    widget.set_model(tiny_model_path)
-    _segment(qtbot, widget)
-    first = _layer_data(viewer)
-    first_prediction = widget.last_prediction
+    widget, first, first_prediction = _first_run(qtbot, viewer, tiny_model_path)
     for role, attr in ROLES.items():
         np.testing.assert_allclose(first[role], getattr(first_prediction, attr), atol=1e-6)
 
@@ -52,11 +56,7 @@ def test_cancel_after_a_first_segmentation_keeps_it(
     qtbot, viewer_with_scan, tiny_model_path, other_model_path
 ):
     viewer = viewer_with_scan
-    widget = SegmentWidget(viewer)
-    widget.set_model(tiny_model_path)
-    _segment(qtbot, widget)
-    first = _layer_data(viewer)
-    first_prediction = widget.last_prediction
+    widget, first, first_prediction = _first_run(qtbot, viewer, tiny_model_path)
     layers = {role: viewer.layers[f"scan {role}"] for role in ROLES}
     n_layers = len(viewer.layers)
 
