@@ -56,7 +56,10 @@ MODULES: dict[str, tuple[list[str] | None, list[list[str]]]] = {
     f"{PKG}/methods/losses.py": (
         None, [[f"{M}/test_loss_values.py"], [f"{M}/test_losses.py", f"{M}/test_ugmcl_terms.py"]]
     ),
-    f"{PKG}/methods/cce.py": (None, [[f"{M}/test_loss_values.py"], [f"{M}/test_cce.py"]]),
+    f"{PKG}/methods/cce.py": (
+        None,
+        [[f"{M}/test_loss_values.py"], [f"{M}/test_cce.py"], [f"{M}/test_cce_learns_from_unlabeled.py"]],
+    ),
     f"{PKG}/methods/ugmcl.py": (None, [[f"{M}/test_ugmcl_terms.py"], [f"{M}/test_ugmcl.py"]]),
     f"{PKG}/methods/supervised.py": (None, [[f"{M}/test_loss_values.py"], [f"{M}/test_cce.py"]]),
     f"{PKG}/training/loop.py": (
