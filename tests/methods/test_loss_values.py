@@ -362,3 +362,32 @@ def test_confident_mse_ignores_unconfirmed_voxels():
     terms = cce(cps=False, kl=False, conf_mse=True, conf_threshold=0.6).terms(model, batch, 0)
     assert float(terms["conf_mse_a"]) == pytest.approx((0.9 - 0.0) ** 2, rel=1e-5)
     assert float(terms["conf_mse_b"]) == pytest.approx((sigmoid(3.0) - 1.0) ** 2, rel=1e-5)
+
+
+def test_contrastive_term_at_the_papers_temperature_by_hand():
+    """One reliable voxel per class (features (1, 0) and (0, 1)) and one uncertain voxel (1, 2) of class 1:
+    InfoNCE over cosines / 0.1 (the paper's temperature, CCE's default) is
+    ``log(1 + exp((c0 - c1) / 0.1))``."""
+    from napari_sscce.methods.cce import prototype_contrastive_loss
+
+    method = cce(contrast=True)
+    features = torch.tensor([[1.0, 0.0, 1.0], [0.0, 1.0, 2.0]]).reshape(1, 2, 1, 1, 3)
+    proto_class = torch.tensor([0, 1, -1]).reshape(1, 1, 1, 3)
+    anchor = torch.tensor([False, False, True]).reshape(1, 1, 1, 3)
+    anchor_class = torch.tensor([0, 0, 1]).reshape(1, 1, 1, 3)
+    loss = prototype_contrastive_loss(
+        features, proto_class, anchor, anchor_class, 2, method.options["contrast_temperature"]
+    )
+    c0, c1 = 1.0 / math.sqrt(5.0), 2.0 / math.sqrt(5.0)
+    assert float(loss) == pytest.approx(softplus((c0 - c1) / 0.1), rel=1e-5)
+
+
+def test_every_term_off_gives_a_zero_loss_that_reaches_both_nets():
+    model = nn.Module()
+    model.net_a, model.net_b = FixedNet(binary_logits(Z_A)), FixedNet(binary_logits(Z_B))
+    total, logged = cce(sup=False, cps=False, kl=False).losses(model, unlabeled_batch(), 0)
+    assert float(total) == 0.0
+    total.backward()
+    for net in (model.net_a, model.net_b):
+        assert net.logits.grad is not None and float(net.logits.grad.abs().sum()) == 0.0
+    assert set(logged) == {"ramp"}
