@@ -14,10 +14,11 @@ term) with ``cps_weight = 1.0``: the paper's 0.1 is sized for 6000 iterations an
 steps (measured on a two-click variant: gains of -0.007 to +0.003). The ramp-up is the loop's
 ``sigmoid_rampup(t // 5, 50)``.
 
-Measured on seeds 0-5 (Intel Xeon @ 2.00GHz, torch 2.13.0+cpu, one thread): supervised 0.78-0.92, CCE
+Measured by ``benchmarks/ssl_clicks.py`` (``benchmarks/results/ssl_clicks.md``) on seeds 0-5 (Intel Xeon @
+2.00GHz, torch 2.13.0+cpu, one thread; two threads give the same gains): supervised 0.78-0.92, CCE
 0.82-0.96, CCE ahead on every seed by 0.019 to 0.043 (mean 0.033). The test plays seeds 0-2 (gains 0.038,
 0.041, 0.025) and asks for CCE ahead on each by more than 0.01 and by more than 0.02 on average. Bugs planted
-by hand fail it: pseudo-labels of the wrong class (gains -0.56 to -0.60), a pseudo-label term without
+there fail it: pseudo-labels of the wrong class (gains -0.56 to -0.60), a pseudo-label term without
 gradient or switched off (+0.023, -0.011, +0.001: only the KL term acts), no ramp-up (+0.024, -0.001,
 +0.034). It does not tell cross from self pseudo-labels or a reversed entropy ranking (both still gain
 here); ``test_loss_values.py`` pins those.
