@@ -738,23 +738,31 @@ def run_finetune(
     if start is None and not cold_start:
         raise ValueError(f"workspace {ws.folder} has no model yet: choose one, or train a new model")
     run = Path(out) if out else ws.folder / "runs" / datetime.now().strftime("%Y%m%d-%H%M%S-%f")
-    if start is None:
-        return _cold_start(ws, run, method, iterations, progress, cancel, changes)
-    return _finetune(
-        ws,
-        start,
-        run,
-        method,
-        iterations,
-        progress,
-        cancel,
-        holdout,
-        replay,
-        replay_share,
-        (l2sp, distill),
-        inference,
-        changes,
+    request = _Request(
+        method=method, iterations=iterations, progress=progress, cancel=cancel, holdout=holdout,
+        replay=replay, replay_share=replay_share, l2sp=l2sp, distill=distill, inference=inference,
+        changes=changes,
     )
+    if start is None:
+        return _cold_start(ws, run, request)
+    return _finetune(ws, start, run, request)
+
+
+@dataclass
+class _Request:
+    """What :func:`run_finetune` was asked for, passed on to :func:`_cold_start` or :func:`_finetune`."""
+
+    method: str | None
+    iterations: int | None
+    progress: ProgressCallback | None
+    cancel: CancelToken | None
+    holdout: float
+    replay: bool
+    replay_share: float
+    l2sp: float | None
+    distill: float | None
+    inference: Any
+    changes: dict[str, Any]
 
 
 def _cancelled(ws, start_version, method, iterations, message, train_result=None) -> FinetuneResult:
@@ -774,11 +782,13 @@ def _cancelled(ws, start_version, method, iterations, message, train_result=None
     )
 
 
-def _cold_start(ws, run, method, iterations, progress, cancel, changes) -> FinetuneResult:
+def _cold_start(ws: Workspace, run: Path, request: _Request) -> FinetuneResult:
     from napari_sscce.training.loop import train
 
-    extra = {k: v for k, v in (("method", method), ("iterations", iterations)) if v is not None}
-    config = cold_start_config(ws, run / "model", **extra, **changes)
+    progress, cancel = request.progress, request.cancel
+    asked = (("method", request.method), ("iterations", request.iterations))
+    extra = {k: v for k, v in asked if v is not None}
+    config = cold_start_config(ws, run / "model", **extra, **request.changes)
     view = build_view(ws, run / "view", None, holdout=0.0)
     config = config.replace(data=str(view.folder))
     report(progress, ProgressEvent("train", 0, config.iterations, describe_cold_start(config)))
@@ -809,32 +819,20 @@ def _cold_start(ws, run, method, iterations, progress, cancel, changes) -> Finet
     )
 
 
-def _finetune(
-    ws,
-    start,
-    run,
-    method,
-    iterations,
-    progress,
-    cancel,
-    holdout,
-    replay,
-    replay_share,
-    regularisers,
-    inference,
-    changes,
-) -> FinetuneResult:
+def _finetune(ws: Workspace, start: Path, run: Path, request: _Request) -> FinetuneResult:
     from napari_sscce.training.loop import train
 
+    method, progress, cancel, inference = request.method, request.progress, request.cancel, request.inference
+    changes = dict(request.changes)
     meta = check_compatible(method, start) if method else None
     if meta is None:
         from napari_sscce.models.checkpoint import read_checkpoint_metadata
 
         meta = read_checkpoint_metadata(start)
         method = default_method(meta)
-    source = find_replay_source(start, meta, ws) if replay else None
+    source = find_replay_source(start, meta, ws) if request.replay else None
     start, start_version = ensure_version(ws, start, meta)
-    l2sp, distill = regularisers
+    l2sp, distill = request.l2sp, request.distill
     distill_weight = (0.0 if source else DISTILL_WEIGHT) if distill is None else float(distill)
     teacher = None
     if distill_weight > 0:
@@ -844,7 +842,7 @@ def _finetune(
         except Cancelled:  # before any training: nothing changed, say so like a cancelled training
             message = f"cancelled before training; {start_version} stays in use"
             return _cancelled(ws, start_version, method, 0, message)
-    view = build_view(ws, run / "view", source, holdout, replay_share, teacher)
+    view = build_view(ws, run / "view", source, request.holdout, request.replay_share, teacher)
     weight = (0.0 if source else DEFAULT_L2SP) if l2sp is None else float(l2sp)
     if source is None:
         changes.setdefault("lr", NO_REPLAY_LR)
@@ -853,7 +851,7 @@ def _finetune(
         ws,
         meta,
         method,
-        iterations or FINETUNE_OVERRIDES["iterations"],
+        request.iterations or FINETUNE_OVERRIDES["iterations"],
         run / "model",
         method_options=options,
         **changes,
