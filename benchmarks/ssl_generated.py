@@ -50,6 +50,7 @@ def run(seed: int, args: argparse.Namespace, folder: Path) -> dict[str, float]:
     from napari_sscce.inference.config import InferenceConfig
     from napari_sscce.inference.predict import predict_volume
     from napari_sscce.io.writers import write_volume
+    from napari_sscce.metrics import dice
     from napari_sscce.training.config import TrainConfig
     from napari_sscce.training.loop import train
 
@@ -74,14 +75,13 @@ def run(seed: int, args: argparse.Namespace, folder: Path) -> dict[str, float]:
             rampup_length=args.iterations * args.rampup, out=str(folder / f"seed{seed}" / method),
         )
         result = train(config)
-        dice = []
+        values = []
         for name in splits["val"]:
             image, label = cases[name]
             pred = predict_volume(result.last_path, image, InferenceConfig(patch_size=PATCH, device="cpu",
                                                                              precision="fp32")).labels == 1
-            gt = np.asarray(label.array) == 1
-            dice.append(2.0 * (pred & gt).sum() / max(int(pred.sum() + gt.sum()), 1))
-        scores[method] = round(float(np.mean(dice)), 4)
+            values.append(dice(pred, np.asarray(label.array) == 1))
+        scores[method] = round(float(np.mean(values)), 4)
     return scores
 
 

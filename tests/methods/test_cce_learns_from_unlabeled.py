@@ -32,6 +32,7 @@ from torch import nn
 
 from napari_sscce.methods.base import Batch
 from napari_sscce.methods.registry import METHODS
+from napari_sscce.metrics import dice
 from napari_sscce.models.dual import DualModel
 from napari_sscce.training.config import TrainConfig
 
@@ -119,15 +120,14 @@ def _val_dice(seed: int, method_name: str, options: dict | None = None) -> float
         loss.backward()
         for optimizer in optimizers:
             optimizer.step()
-    dice = []
+    scores = []
     with torch.no_grad():
         for image, label in val:
             prob = 0.5 * (
                 torch.softmax(model.net_a(image[None])[0], 1) + torch.softmax(model.net_b(image[None])[0], 1)
             )
-            pred, truth = prob[0, 1] > 0.5, label == 1
-            dice.append(2.0 * float((pred & truth).sum()) / float(pred.sum() + truth.sum()))
-    return float(np.mean(dice))
+            scores.append(dice((prob[0, 1] > 0.5).numpy(), (label == 1).numpy()))
+    return float(np.mean(scores))
 
 
 def test_cce_with_unlabeled_voxels_beats_supervised():
