@@ -38,7 +38,16 @@ from napari_sscce.methods import get_method
 from napari_sscce.methods.base import TrainingMethod
 from napari_sscce.metrics.surface import dice
 from napari_sscce.models.checkpoint import load_checkpoint, read_checkpoint_metadata, save_checkpoint
-from napari_sscce.precision import choose_training_precision, precision_label, uses_channels_last
+from napari_sscce.precision import (
+    CHECK_BATCHES,
+    FALLBACK_SHARE,
+    FALLBACK_WINDOW,
+    PrecisionChoice,
+    choose_training_precision,
+    precision_label,
+    remember_runtime_fallback,
+    uses_channels_last,
+)
 from napari_sscce.progress import Cancelled, CancelToken, ProgressCallback, ProgressEvent, check, report
 from napari_sscce.training import distributed
 from napari_sscce.training.augment import AugmentConfig, resolve_flip_axes
@@ -82,6 +91,9 @@ class TrainResult:
         (:func:`numerics_warning`).
     model : torch.nn.Module or None
         The trained ``DualModel`` (on its training device).
+    numerics : dict
+        ``skipped_steps``, ``restored_states``, ``reduced_precision_retries`` (steps redone in fp32), the
+        final ``precision`` and ``precision_fallback`` (None, or where and why the run switched to fp32).
     """
 
     best_path: Path | None
@@ -92,6 +104,12 @@ class TrainResult:
     best_metric: float | None = None
     model: Any = None
     warning: str | None = None
+    numerics: dict[str, Any] = field(default_factory=dict)
+
+    @property
+    def effective_steps(self) -> int:
+        """Optimiser steps that changed the weights: ``iterations`` less the skipped ones."""
+        return max(0, self.iterations - int(self.numerics.get("skipped_steps", 0)))
 
 
 # ---------------------------------------------------------------------------- small pieces
@@ -330,6 +348,58 @@ def optimizer_step(loss: torch.Tensor, optimizers: list, scaler: Any) -> bool:
     return ok
 
 
+#: fp16 steps at the start of a run whose overflows are the GradScaler finding its scale, not broken
+#: numerics: they are redone in fp32 but do not count toward the fallback
+FP16_GRACE_STEPS = 20
+
+
+class PrecisionWatch:
+    """Watches reduced-precision steps while they run and decides when the run falls back to fp32.
+
+    A reduced-precision step whose loss or gradients are not finite is redone in fp32 on the same batch
+    (the weights were not touched: :func:`optimizer_step` skipped it), so no step is lost. When such steps
+    exceed :data:`napari_sscce.precision.FALLBACK_SHARE` of the last
+    :data:`napari_sscce.precision.FALLBACK_WINDOW` reduced-precision steps (two in fifty), the rest of the
+    run is fp32 (:meth:`Trainer.fall_back`). fp32 steps are not watched here: :class:`StepGuard` keeps its
+    skip / restore / stop rules for them.
+    """
+
+    def __init__(self, precision: str, state: dict | None = None):
+        state = state or {}
+        self.precision = precision
+        self.recent: list[bool] = []  # True = failed, newest last
+        self.retries = int(state.get("reduced_precision_retries", 0))
+        self.fallback: dict[str, Any] | None = state.get("precision_fallback")
+        self.steps = 0
+
+    @property
+    def active(self) -> bool:
+        """Whether the run still uses reduced precision."""
+        return self.precision != "fp32" and self.fallback is None
+
+    def record(self, failed: bool) -> bool:
+        """Account for one reduced-precision step; True when the run must fall back to fp32 now."""
+        self.steps += 1
+        self.retries += int(failed)
+        if self.precision == "fp16" and self.steps <= FP16_GRACE_STEPS:
+            return False
+        self.recent = (self.recent + [failed])[-FALLBACK_WINDOW:]
+        return sum(self.recent) > FALLBACK_SHARE * FALLBACK_WINDOW
+
+    def reason(self) -> str:
+        """Why the run fell back, in words."""
+        return (f"{sum(self.recent)} of the last {len(self.recent)} {self.precision} steps had a non-finite "
+                f"loss or gradients (more than {FALLBACK_SHARE:.0%} of {FALLBACK_WINDOW})")
+
+    def counts(self) -> dict[str, Any]:
+        """``reduced_precision_retries`` (steps redone in fp32) for the metrics lines."""
+        return {"reduced_precision_retries": self.retries}
+
+    def state(self) -> dict[str, Any]:
+        """What ``resume`` needs: the retries so far and the fallback record (None without one)."""
+        return {"reduced_precision_retries": self.retries, "precision_fallback": self.fallback}
+
+
 def _choose_precision(config: TrainConfig, model, sampler, device, progress):
     """The training precision (:func:`napari_sscce.precision.choose_training_precision`), announced.
 
@@ -338,9 +408,9 @@ def _choose_precision(config: TrainConfig, model, sampler, device, progress):
     """
     def check_batch():
         state = copy.deepcopy(sampler.state_dict())
-        batch = sampler.next_batch().to(device)
+        batches = [sampler.next_batch().to(device) for _ in range(CHECK_BATCHES)]
         sampler.load_state_dict(state)
-        return batch
+        return batches
 
     choice = choose_training_precision(model, check_batch, device, config.precision)
     report(progress, ProgressEvent("train", 0, config.iterations, f"precision {choice.reason}"))
@@ -436,6 +506,9 @@ class Trainer:
         if config.resume:
             resumed_counts = self._resume()
         self._open_outputs()
+        self.watch = PrecisionWatch(self.choice.precision, resumed_counts)
+        if self.watch.fallback is not None:  # resumed after a fallback: the rest stays fp32
+            self._use_fp32(self.watch.fallback["reason"], self.watch.fallback["iteration"])
         self.guard = StepGuard(self.model, self.optimizers, self.choice.precision, resumed_counts)
 
     # ------------------------------------------------------------------ setup
@@ -542,17 +615,60 @@ class Trainer:
             for group in opt.param_groups:
                 group["lr"] = lr
         dtype = self.choice.dtype
-        with torch.autocast(device.type, dtype=dtype or torch.float32, enabled=dtype is not None):
-            loss, terms = self.method.losses(self.train_model, batch, iteration)
-        for opt in self.optimizers:
-            opt.zero_grad(set_to_none=True)
-        stepped = optimizer_step(loss, self.optimizers, self.scaler)
+        loss, terms, stepped = self._forward_backward(batch, iteration, dtype)
+        if dtype is not None and self.watch.active:
+            if not stepped:  # redo the step in fp32 from the untouched weights: no step is lost
+                if not state_finite(self.model):  # BatchNorm statistics poisoned by the failed forward
+                    self.guard.good.restore()
+                loss, terms, stepped = self._forward_backward(batch, iteration, None, scaler=False)
+            if self.watch.record(failed=not self._low_ok):
+                self.fall_back(iteration)
         if stepped:
             self.method.after_step(self.model, iteration)
         self.guard.after_step(stepped, loss, terms)
         record = {"iteration": iteration + 1, "loss": float(loss.detach()), "lr": lr, **terms}
         record.update(self.guard.counts())
+        record.update(self.watch.counts())
         return record
+
+    def _forward_backward(self, batch, iteration: int, dtype, scaler: bool = True):
+        """Losses at ``dtype`` (None: fp32), backward and optimiser step; returns (loss, terms, stepped)."""
+        device = self.device
+        with torch.autocast(device.type, dtype=dtype or torch.float32, enabled=dtype is not None):
+            loss, terms = self.method.losses(self.train_model, batch, iteration)
+        for opt in self.optimizers:
+            opt.zero_grad(set_to_none=True)
+        stepped = optimizer_step(loss, self.optimizers, self.scaler if scaler else None)
+        if dtype is not None:
+            self._low_ok = stepped
+        return loss, terms, stepped
+
+    def _use_fp32(self, reason: str, iteration: int) -> None:
+        """Run the rest of training in fp32 (no scaler); the choice's reason says since when and why."""
+        old = self.choice
+        self.choice = PrecisionChoice(
+            "fp32", f"fp32 from iteration {iteration} (fell back from {old.precision}: {reason})",
+            old.check, old.key,
+        )
+        self.scaler = None
+        if hasattr(self, "guard"):
+            self.guard.precision = "fp32"
+
+    def fall_back(self, iteration: int) -> None:
+        """Switch the rest of the run to fp32, record it (metrics.jsonl, ``train_summary``, the verdict
+        cache for ``auto``) and say it once."""
+        reduced, reason = self.choice.precision, self.watch.reason()
+        self.watch.fallback = {"iteration": iteration + 1, "from": reduced, "to": "fp32", "reason": reason}
+        if self.config.precision == "auto":
+            remember_runtime_fallback(self.choice, reason)
+        self._use_fp32(reason, iteration + 1)
+        if state_finite(self.model):
+            self.guard.good.take()
+        else:
+            self.guard.good.restore()
+        self._log({"iteration": iteration + 1, "event": "precision_fallback", **self.watch.fallback})
+        self._event(f"{reduced} steps turned non-finite ({reason}): training continues in fp32 from the last "
+                    "good state", iteration + 1)
 
     def _log(self, record: dict[str, Any]) -> None:
         self.log.write(record)
@@ -613,7 +729,9 @@ class Trainer:
             precision=precision_label(self.choice.precision),
             precision_reason=self.choice.reason,
             precision_check=self.choice.check,
+            precision_fallback=self.watch.fallback,
             **self.guard.counts(),
+            **self.watch.counts(),
             world_size=ctx.world_size,
             cases={k: len(v) for k, v in self.splits.to_dict().items()},
             best_iteration=self.best_iteration,
@@ -626,7 +744,7 @@ class Trainer:
         extra = {
             "best_metric": self.best_metric,
             "best_iteration": self.best_iteration,
-            "numerics": self.guard.counts(),
+            "numerics": {**self.guard.counts(), **self.watch.state()},
             "method_state": self.method.state_dict(),
         }
         _save_state(self.state_path, iteration, self.model, self.optimizers, self.scaler, rank_states, extra)
@@ -673,4 +791,6 @@ class Trainer:
             best,
             self.model,
             warning,
+            {**self.guard.counts(), **self.watch.counts(), "precision": self.choice.precision,
+             "precision_fallback": self.watch.fallback},
         )
