@@ -62,6 +62,99 @@ def test_same_answer_for_training_and_inference_on_every_device(monkeypatch):
         resolve_precision(CPU, "int8")
 
 
+# ------------------------------------------------------------------------------ the policy, by CPU features
+AMX = {"avx512f", "avx512_bf16", "amx_bf16", "amx_tile"}
+AVX512_BF16 = {"avx512f", "avx512_bf16"}  # AMD EPYC (Zen 4) and many laptops: bf16 arithmetic, no AMX
+
+
+@pytest.mark.parametrize(
+    ("flags", "inference", "training"),
+    [(AMX, "bf16", "bf16"), (AVX512_BF16, "bf16", "fp32"), ({"avx2", "fma"}, "fp32", "fp32")],
+    ids=["amx", "avx512_bf16-no-amx", "no-bf16"],
+)
+def test_cpu_policy_by_feature_flags(monkeypatch, flags, inference, training):
+    monkeypatch.setattr(precision, "_cpu_flags", lambda: set(flags))
+    monkeypatch.setattr(precision, "_mkldnn_bf16_probe", lambda: None)
+    assert resolve_precision(CPU, "auto") == inference
+    assert resolve_precision(CPU, "auto", "inference") == inference
+    assert resolve_precision(CPU, "auto", "training") == training
+    # explicit requests are honoured for both purposes
+    assert resolve_precision(CPU, "bf16", "training") == "bf16"
+    assert resolve_precision(CPU, "fp32", "training") == "fp32"
+    policy = precision.training_policy(CPU)
+    assert policy.startswith(training)
+    if flags == AVX512_BF16:
+        assert "no AMX" in policy and "70-100 %" in policy
+    # the library's own probe can veto native bf16 (e.g. a oneDNN build without it)
+    monkeypatch.setattr(precision, "_mkldnn_bf16_probe", lambda: False)
+    assert resolve_precision(CPU, "auto", "training") == "fp32"
+    assert resolve_precision(CPU, "auto", "inference") == "fp32"
+
+
+def test_auto_training_on_avx512_bf16_without_amx_runs_no_check_and_says_why(monkeypatch, cache, batch):
+    calls: list = []
+    monkeypatch.setattr(precision, "_cpu_flags", lambda: set(AVX512_BF16))
+    monkeypatch.setattr(precision, "_mkldnn_bf16_probe", lambda: None)
+    monkeypatch.setattr(precision, "training_self_check", _fake_check(True, calls))
+    choice = choose_training_precision(_model(), batch, CPU, "auto")
+    assert choice.precision == "fp32" and calls == [] and "no AMX" in choice.reason
+    monkeypatch.setattr(precision, "_cpu_flags", lambda: set(AMX))
+    choice = choose_training_precision(_model(), batch, CPU, "auto")
+    assert choice.precision == "bf16" and calls == ["bf16"]
+
+
+def _gradient_error_in_low_precision(rel_err: float):
+    """A loss whose gradients in autocast differ from fp32 by exactly ``rel_err`` (relative, global norm):
+    every parameter's gradient gets ``rel_err * ||g||`` along a fixed unit direction."""
+    directions: dict[str, torch.Tensor] = {}
+
+    def loss_fn(model, b):
+        loss = _fp32_loss(model, b)
+        if torch.is_autocast_enabled("cpu"):
+            for name, p in model.named_parameters():
+                if name not in directions:
+                    gen = torch.Generator().manual_seed(len(directions))
+                    d = torch.randn(p.shape, generator=gen)
+                    directions[name] = d / d.norm()
+                d = directions[name]
+                p.register_hook(lambda g, d=d: g + rel_err * g.norm() * d)
+        return loss
+
+    return loss_fn
+
+
+def test_self_check_separates_rounding_from_broken_kernels(batch):
+    broken = training_self_check(_model(), batch, CPU, "bf16", _gradient_error_in_low_precision(0.19))
+    assert not broken.passed and broken.grad_rel_err == pytest.approx(0.19, rel=1e-3)
+    assert "gradients differ from fp32 by 0.19" in broken.reason and broken.loss_rel_err == 0.0
+    rounding = training_self_check(_model(), batch, CPU, "bf16", _gradient_error_in_low_precision(0.01))
+    assert rounding.passed and rounding.grad_rel_err == pytest.approx(0.01, rel=1e-3)
+    assert precision.GRAD_RTOL < 0.19 and precision.GRAD_RTOL > 0.01
+
+
+def test_self_check_looks_like_training_not_initialisation(batch):
+    """Kernels that fail only once the weights have moved: a one-batch check at initialisation passes,
+    the check after fp32 warm-up steps counts the non-finite gradient entries and fails."""
+    model = _model()
+    start = {k: v.clone() for k, v in model.state_dict().items()}
+
+    def nan_once_trained(net, b):
+        loss = _fp32_loss(net, b)
+        moved = any(not torch.equal(start[k], v) for k, v in net.state_dict().items() if k in start
+                    and v.is_floating_point() and "running" not in k and "num_batches" not in k)
+        if torch.is_autocast_enabled("cpu") and moved:
+            p = next(net.parameters())
+            p.register_hook(lambda g: torch.where(torch.rand_like(g) < 0.5, float("nan"), g))
+        return loss
+
+    at_init = training_self_check(model, batch, CPU, "bf16", nan_once_trained, warmup_steps=0, batches=1)
+    assert at_init.passed
+    check = training_self_check(model, [batch, batch], CPU, "bf16", nan_once_trained)
+    assert not check.passed and check.nonfinite_grads > 0 and "non-finite" in check.reason
+    assert check.warmup_steps == precision.CHECK_WARMUP_STEPS and check.batches == precision.CHECK_BATCHES
+    assert all(torch.equal(start[k], v) for k, v in model.state_dict().items())  # model untouched
+
+
 def test_self_check_measures_loss_and_gradient_errors(batch):
     same = training_self_check(_model(), batch, CPU, "bf16", _fp32_loss)
     assert same.passed and same.loss_rel_err == 0.0 and same.grad_rel_err == 0.0
@@ -103,9 +196,14 @@ def _fake_check(passed: bool, calls: list):
     return check
 
 
+def _fake_amx(monkeypatch):
+    monkeypatch.setattr(precision, "_cpu_flags", lambda: set(AMX))
+    monkeypatch.setattr(precision, "_mkldnn_bf16_probe", lambda: None)
+
+
 def test_failed_self_check_falls_back_to_fp32_and_says_why(monkeypatch, cache, batch):
     calls: list = []
-    monkeypatch.setattr(precision, "cpu_supports_bf16", lambda: True)
+    _fake_amx(monkeypatch)
     monkeypatch.setattr(precision, "training_self_check", _fake_check(False, calls))
     choice = choose_training_precision(_model(), batch, CPU, "auto")
     assert choice.precision == "fp32" and choice.dtype is None and calls == ["bf16"]
@@ -116,7 +214,7 @@ def test_failed_self_check_falls_back_to_fp32_and_says_why(monkeypatch, cache, b
 
 def test_verdict_is_cached_per_machine_device_torch_and_architecture(monkeypatch, cache, batch):
     calls: list = []
-    monkeypatch.setattr(precision, "cpu_supports_bf16", lambda: True)
+    _fake_amx(monkeypatch)
     monkeypatch.setattr(precision, "training_self_check", _fake_check(True, calls))
     drawn = []
 
@@ -131,6 +229,7 @@ def test_verdict_is_cached_per_machine_device_torch_and_architecture(monkeypatch
     assert calls == ["bf16"] and drawn == [1]  # no second check, no second batch
     entry = json.loads(next(iter(json.loads(cache.read_text()))))
     assert entry["machine"] == precision.cpu_model() and entry["torch"] == torch.__version__
+    assert entry["check"] == str(precision.CHECK_VERSION)  # verdicts of the old one-batch check are not re-used
     other = _model(num_classes=3)  # another architecture: checked again
     assert choose_training_precision(other, batch, CPU, "auto").check["cached"] is False
     assert len(calls) == 2
@@ -142,6 +241,7 @@ def test_doctor_reports_devices_flags_verdicts_and_speed(monkeypatch):
     lines = precision.measured_report(base_filters=2, shape=(16, 16, 16), repeats=1)
     text = "\n".join(lines)
     assert "training self-check on cpu" in text and "gradient rel. error" in text
+    assert "after 4 fp32 steps" in text and "training verdict on cpu" in text
     assert "max probability difference" in text and " ms" in text and "x)" in text
 
 
@@ -151,3 +251,4 @@ def test_sscce_doctor_command(capsys):
     assert main(["doctor", "--quick"]) == 0
     out = capsys.readouterr().out
     assert "precision auto on cpu" in out and "CUDA" in out
+    assert "training precision auto on cpu: " + precision.training_policy(CPU) in out

@@ -90,14 +90,20 @@ _DTYPES = {"fp32": None, "bf16": torch.bfloat16, "fp16": torch.float16}
 
 # ------------------------------------------------------------------------------------ machine facts
 def _cpu_flags() -> set[str]:
+    """The CPU feature flags of ``/proc/cpuinfo`` (empty where there is none); tests replace this."""
+    return set(_proc_cpu_flags())
+
+
+@functools.lru_cache(maxsize=1)
+def _proc_cpu_flags() -> frozenset[str]:
     try:
         text = Path("/proc/cpuinfo").read_text(errors="ignore")
     except OSError:
-        return set()
+        return frozenset()
     for line in text.splitlines():
         if line.startswith("flags"):
-            return set(line.split(":", 1)[1].split())
-    return set()
+            return frozenset(line.split(":", 1)[1].split())
+    return frozenset()
 
 
 @functools.lru_cache(maxsize=1)
@@ -119,20 +125,26 @@ def cpu_bf16_flags() -> dict[str, bool]:
 
 
 @functools.lru_cache(maxsize=1)
+def _mkldnn_bf16_probe() -> bool | None:
+    """PyTorch's own answer to "does oneDNN have fast bf16 here" (None where it cannot say)."""
+    mkldnn = getattr(torch.backends, "mkldnn", None)
+    probe = getattr(getattr(torch.ops, "mkldnn", None), "_is_mkldnn_bf16_supported", None)
+    if mkldnn is None or not mkldnn.is_available() or probe is None:
+        return None
+    try:
+        return bool(probe())
+    except (RuntimeError, AttributeError):
+        return None
+
+
 def cpu_supports_bf16() -> bool:
     """Whether this CPU has native bf16 arithmetic (AVX512-BF16 or AMX), so bf16 autocast pays off.
 
-    Looks at PyTorch's own CPU capability report first, then at the ``/proc/cpuinfo`` flags
-    ``avx512_bf16`` / ``amx_bf16`` (Linux).
+    PyTorch's CPU capability report (:func:`_mkldnn_bf16_probe`) can veto; otherwise the ``/proc/cpuinfo``
+    flags ``avx512_bf16`` / ``amx_bf16`` (Linux) decide.
     """
-    mkldnn = getattr(torch.backends, "mkldnn", None)
-    probe = getattr(getattr(torch.ops, "mkldnn", None), "_is_mkldnn_bf16_supported", None)
-    if mkldnn is not None and mkldnn.is_available() and probe is not None:
-        try:
-            if not bool(probe()):
-                return False
-        except (RuntimeError, AttributeError):
-            pass
+    if _mkldnn_bf16_probe() is False:
+        return False
     flags = cpu_bf16_flags()
     return flags["avx512_bf16"] or flags["amx_bf16"]
 

@@ -161,16 +161,18 @@ def test_auto_precision_falls_back_to_fp32_when_the_self_check_fails(dataset, tm
     calls = []
 
     def failing(model, batch, device, prec, loss_fn=None):
-        calls.append(tuple(batch.image.shape))
+        calls.append([tuple(b.image.shape) for b in batch])
         return precision.SelfCheck(prec, False, 1.0, 1.0, 0.0, 0.83, 0, 0.1,
                                    f"{prec} gradients differ from fp32 by 0.83 (tolerance 0.2)")
 
-    monkeypatch.setattr(precision, "cpu_supports_bf16", lambda: True)
+    monkeypatch.setattr(precision, "_cpu_flags", lambda: {"avx512_bf16", "amx_bf16", "amx_tile"})
+    monkeypatch.setattr(precision, "_mkldnn_bf16_probe", lambda: None)
     monkeypatch.setattr(precision, "training_self_check", failing)
     events = []
     cfg = _config(dataset, tmp_path / "auto", precision="auto", iterations=2)
     result = train(cfg, progress=events.append)
-    assert calls == [(2, 1, 16, 16, 16)]  # one check on a real training batch
+    # one check on real training batches (several, as training draws them)
+    assert calls == [[(2, 1, 16, 16, 16)] * precision.CHECK_BATCHES]
     summary = load_checkpoint(result.last_path).metadata["train_summary"]
     assert summary["precision"] == "fp32" and "self-check failed" in summary["precision_reason"]
     assert summary["precision_check"]["grad_rel_err"] == 0.83

@@ -75,6 +75,10 @@ DEFAULT_L2SP = 0.0
 DISTILL_WEIGHT = 0.5
 #: share of labeled draws that come from the unlabeled images labeled by the starting model (distillation)
 DISTILL_SHARE = 0.5
+#: share of the asked steps a run must have learned from (not skipped for non-finite numbers) for its model to
+#: be made current; below it the model is kept as a version only, whatever its held-aside score (BatchNorm
+#: statistics alone can move that score while the weights stand still)
+MIN_EFFECTIVE_SHARE = 0.95
 #: a first model trained from scratch on a CPU: a narrow CCE dual network, no dropout, a few hundred steps
 COLD_START: dict[str, Any] = {
     "method": "cce",
@@ -665,6 +669,19 @@ def _verdict(version: str, start: str | None, before: float | None, after: float
     return True, f"new model {version}: held-aside Dice {before:.3f} ({start}) -> {after:.3f}; now in use"
 
 
+def trained_enough(result: Any) -> tuple[bool, str]:
+    """Whether a training run learned from at least :data:`MIN_EFFECTIVE_SHARE` of its steps, and a sentence
+    saying how many it learned from when it did not."""
+    asked = int(getattr(result, "iterations", 0) or 0)
+    effective = int(getattr(result, "effective_steps", asked))
+    if asked > 0 and effective >= MIN_EFFECTIVE_SHARE * asked:
+        return True, ""
+    return False, (
+        f"it learned from only {effective} of its {asked} steps (the others had non-finite numbers and were "
+        f"skipped; at least {MIN_EFFECTIVE_SHARE:.0%} are needed)"
+    )
+
+
 def _resolve_start(ws: Workspace, model: str | os.PathLike | None) -> Path | None:
     if model is not None:
         return Path(model)
@@ -803,16 +820,23 @@ def _cold_start(ws: Workspace, run: Path, request: _Request) -> FinetuneResult:
         "labeled_cases": [c.name for c in ws.labeled_cases],
         "note": describe_cold_start(config),
     }
-    version = ws.add_model_version(result.best_path or result.last_path, info, {})
+    trained, why = trained_enough(result)
+    info["effective_steps"] = result.effective_steps
+    version = ws.add_model_version(result.best_path or result.last_path, info, {}, make_current=trained)
+    message = (
+        f"{describe_cold_start(config)}: new model {version} is now in use" if trained else
+        f"{describe_cold_start(config)}: new model {version} is kept as a version but not used: {why}; your "
+        "corrections are untouched, train again to try once more"
+    )
     return FinetuneResult(
         version,
-        True,
+        trained,
         None,
         None,
         None,
         config.method,
         result.iterations,
-        f"{describe_cold_start(config)}: new model {version} is now in use",
+        message,
         model_path=ws.version_path(version),
         current_path=ws.current_model_path,
         train=result,
@@ -908,11 +932,19 @@ def _record(ws, start_version, method, result, run, view, source, scores, l2sp) 
     if source is not None:
         info["replay"] = source.record()
     metrics = {"held_aside_dice": after} if after is not None else {}
+    trained, why = trained_enough(result)
+    info["effective_steps"] = result.effective_steps
+    info["precision"] = result.numerics.get("precision")
+    info["precision_fallback"] = result.numerics.get("precision_fallback")
     # the version name is allocated by the workspace; the verdict needs it, so decide first with a placeholder
     adopted, _ = _verdict("new", start_version, before, after)
+    adopted = adopted and trained
     version = ws.add_model_version(result.best_path or result.last_path, info, metrics, make_current=adopted)
     _, message = _verdict(version, start_version, before, after)
-    if result.warning:
+    if not trained:
+        message = (f"new model {version} is kept as a version but {start_version} stays in use: {why}; your "
+                   "corrections are untouched")
+    elif result.warning:
         message = f"{message} (warning: {result.warning})"
     return FinetuneResult(
         version,
