@@ -667,8 +667,8 @@ class Trainer:
         else:
             self.guard.good.restore()
         self._log({"iteration": iteration + 1, "event": "precision_fallback", **self.watch.fallback})
-        self._event(f"{reduced} steps turned non-finite ({reason}): training continues in fp32 from the last "
-                    "good state", iteration + 1)
+        self._event(f"precision: {reduced} steps turned non-finite ({reason}): training continues in fp32 "
+                    "from the last good state", iteration + 1)
 
     def _log(self, record: dict[str, Any]) -> None:
         self.log.write(record)
