@@ -84,6 +84,19 @@ def all_gather(obj: Any, ctx: DistContext) -> list[Any]:
     return out
 
 
+def all_true(flag: bool, ctx: DistContext) -> bool:
+    """Whether ``flag`` holds on every rank (``flag`` itself when not distributed).
+
+    Used for decisions every rank must take together (skip a non-finite step, redo it in fp32, fall back to
+    fp32): a rank that skipped a backward while the others ran theirs would hang the gradient all-reduce.
+    """
+    if not ctx.enabled:
+        return bool(flag)
+    value = torch.tensor([1.0 if flag else 0.0], device=ctx.device)
+    dist.all_reduce(value, op=dist.ReduceOp.MIN)
+    return bool(value.item() > 0.5)
+
+
 def barrier(ctx: DistContext) -> None:
     """Wait for every rank (no-op when not distributed)."""
     if ctx.enabled:

@@ -322,17 +322,20 @@ def numerics_warning(counts: dict[str, int], iterations: int) -> str | None:
             "--precision fp32 or a lower learning rate")
 
 
-def optimizer_step(loss: torch.Tensor, optimizers: list, scaler: Any) -> bool:
+def optimizer_step(loss: torch.Tensor, optimizers: list, scaler: Any, agree=None) -> bool:
     """Backward and step every optimiser unless the loss or any gradient is not finite.
 
     With a GradScaler (fp16) the gradients are unscaled before the check and the scaler's scale is updated
-    either way (an overflow lowers it). Returns whether the step was taken.
+    either way (an overflow lowers it). ``agree`` (``bool -> bool``, e.g. :func:`distributed.all_true` bound
+    to the run's context) makes the loss check a decision of every rank, so that no rank skips a backward
+    the others run. Returns whether the step was taken.
     """
+    agree = agree or bool
     if scaler is None:
-        if not bool(torch.isfinite(loss.detach())):
+        if not agree(bool(torch.isfinite(loss.detach()))):
             return False
         loss.backward()
-        if not grads_finite(optimizers):
+        if not grads_finite(optimizers):  # gradients are all-reduced: every rank sees the same answer
             return False
         for opt in optimizers:
             opt.step()
@@ -638,7 +641,8 @@ class Trainer:
             loss, terms = self.method.losses(self.train_model, batch, iteration)
         for opt in self.optimizers:
             opt.zero_grad(set_to_none=True)
-        stepped = optimizer_step(loss, self.optimizers, self.scaler if scaler else None)
+        stepped = optimizer_step(loss, self.optimizers, self.scaler if scaler else None,
+                                 agree=lambda flag: distributed.all_true(flag, self.ctx))
         if dtype is not None:
             self._low_ok = stepped
         return loss, terms, stepped
