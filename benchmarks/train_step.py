@@ -176,6 +176,11 @@ def run(args) -> dict:
                                               channels_last, steps))
                         if precision == "bf16":
                             row["check"] = check
+                            fp32 = [x for x in rows if x["size"] == size and x["method"] == method
+                                    and x["threads"] == threads and x["precision"] == "fp32"
+                                    and x["channels_last"] and "seconds" in x]
+                            if fp32:
+                                row["seconds_fp32"] = fp32[-1]["seconds"]
                     rows.append(row)
                     print(json.dumps(row, default=float), flush=True)
     return {
@@ -210,6 +215,10 @@ def markdown(result: dict) -> str:
                          f"{r['channels_last']} | - | - | {note} |")
         else:
             note = f"{r['nonfinite_steps']} of {r['steps']} steps non-finite" if r["nonfinite_steps"] else ""
+            if "check" in r:
+                note = (f"self-check passed (gradient error {r['check']['grad_rel_err']:.3g}); "
+                        f"{r['seconds_fp32'] / r['seconds']:.2f}x fp32" if "seconds_fp32" in r else
+                        f"self-check passed (gradient error {r['check']['grad_rel_err']:.3g})") + note
             lines.append(f"| {r['size']} | {r['method']} | {r['threads']} | {r['precision']} | "
                          f"{r['channels_last']} | {r['seconds']:.3f} | {r['gflops']:.0f} | {note} |")
     lines += ["", f"Conv3d peak of this class of machine (2 cores): {result['conv3d_peak_gflops']} GFLOP/s "
@@ -218,7 +227,7 @@ def markdown(result: dict) -> str:
 
 
 def main(argv: list[str] | None = None) -> int:
-    """Run the matrix; write the JSON and Markdown results."""
+    """Run the matrix (or, with ``--markdown-only``, re-render the results file); write JSON and Markdown."""
     from napari_sscce.atomic import atomic_write_bytes, atomic_write_json
 
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
@@ -226,8 +235,9 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--steps", type=int, default=6, help="timed steps per configuration (LA: a third)")
     parser.add_argument("--peak", default="213-267", help="conv3d fp32 peak of the machine, GFLOP/s")
     parser.add_argument("--out", type=Path, default=RESULTS / "train_step.json")
+    parser.add_argument("--markdown-only", action="store_true", help="re-render the Markdown of --out")
     args = parser.parse_args(argv)
-    result = run(args)
+    result = json.loads(args.out.read_text()) if args.markdown_only else run(args)
     atomic_write_json(args.out, result)
     atomic_write_bytes(args.out.with_suffix(".md"), markdown(result).encode())
     print(markdown(result))
