@@ -229,7 +229,7 @@ def test_verdict_is_cached_per_machine_device_torch_and_architecture(monkeypatch
     assert calls == ["bf16"] and drawn == [1]  # no second check, no second batch
     entry = json.loads(next(iter(json.loads(cache.read_text()))))
     assert entry["machine"] == precision.cpu_model() and entry["torch"] == torch.__version__
-    assert entry["check"] == str(precision.CHECK_VERSION)  # verdicts of the old one-batch check are not re-used
+    assert entry["check"] == str(precision.CHECK_VERSION)  # old one-batch verdicts not re-used
     other = _model(num_classes=3)  # another architecture: checked again
     assert choose_training_precision(other, batch, CPU, "auto").check["cached"] is False
     assert len(calls) == 2
