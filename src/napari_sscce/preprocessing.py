@@ -73,3 +73,59 @@ def resample_to_shape(array: np.ndarray, shape: Sequence[int], order: int = 1) -
     if any(p[1] for p in pad):
         out = np.pad(out, pad, mode="edge")
     return out
+
+
+def resample_annotation(
+    label: np.ndarray,
+    mask: np.ndarray | None,
+    num_classes: int,
+    shape: Sequence[int],
+) -> tuple[np.ndarray, np.ndarray | None]:
+    """Resample a label map and its annotation weights to ``shape`` without losing sparse annotations.
+
+    Nearest-neighbour resampling of a slice-annotated label keeps an annotated slice only when it falls on
+    the coarse grid (down-sampling by 3 in z loses two annotated slices in three). Here every class is
+    resampled as an *area-weighted* fraction of annotated voxels (a box filter of the down-sampling footprint,
+    then trilinear sampling): a coarse voxel is annotated when any annotated fine voxel falls in its
+    footprint, its class is the majority among them, and its weight the mean weight of those voxels.
+
+    Parameters
+    ----------
+    label : numpy.ndarray
+        Integer classes ``0..num_classes-1``, (z, y, x).
+    mask : numpy.ndarray or None
+        Float annotation weights in [0, 1] of the same shape (None: every voxel annotated with weight 1).
+    num_classes : int
+    shape : sequence of int
+        The target grid.
+
+    Returns
+    -------
+    label : numpy.ndarray
+        uint8 on ``shape``.
+    mask : numpy.ndarray or None
+        float32 weights on ``shape`` (None when ``mask`` was None).
+    """
+    shape = tuple(int(s) for s in shape)
+    if tuple(label.shape) == shape:
+        return label.astype(np.uint8, copy=False), mask
+    footprint = [max(1, int(round(n / t))) for n, t in zip(label.shape, shape, strict=True)]
+    weights = np.ones(label.shape, np.float32) if mask is None else np.asarray(mask, np.float32)
+    annotated = (weights > 0).astype(np.float32)
+
+    def area(values: np.ndarray) -> np.ndarray:
+        return resample_to_shape(ndimage.uniform_filter(values, footprint, mode="nearest"), shape, order=1)
+
+    best = np.zeros(shape, np.float32)
+    out = np.zeros(shape, np.uint8)
+    for c in range(int(num_classes)):
+        share = area(((label == c) & (weights > 0)).astype(np.float32))
+        better = share > best
+        out[better], best[better] = c, share[better]
+    if mask is None:
+        return out, None
+    coverage = area(annotated)
+    mean_weight = np.where(coverage > 1e-6, area(weights) / np.maximum(coverage, 1e-6), 0.0)
+    new_mask = np.where(coverage > 1e-3, np.clip(mean_weight, 0.0, 1.0), 0.0).astype(np.float32)
+    out[new_mask == 0] = 0
+    return out, new_mask

@@ -71,6 +71,10 @@ class TrainConfig:
         classes; README, "Semi-supervised learning").
     patch_size : tuple of int
         Training patch (z, y, x). The command line takes X Y Z like the papers.
+    target_spacing : list of float or None
+        Train at this spacing (z, y, x, mm): cases are resampled when loaded (labels and annotation masks
+        area-weighted, so slice annotations survive) and the model records it, so inference resamples to it.
+        None: the cases' own grids (the model records their median spacing).
     labeled_bs, unlabeled_bs : int
         Rows of each kind per batch (two-stream batches). ``unlabeled_bs = 0`` trains on labeled only.
     iterations : int
@@ -130,6 +134,7 @@ class TrainConfig:
     network_normalization: str = "batchnorm"
     has_dropout: bool = True
     patch_size: tuple[int, int, int] = (80, 112, 112)
+    target_spacing: list[float] | None = None
     labeled_bs: int = 2
     unlabeled_bs: int = 2
     iterations: int = REFERENCE_ITERATIONS

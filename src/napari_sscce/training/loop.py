@@ -156,11 +156,14 @@ def validate(
     device: torch.device,
     num_classes: int,
     cancel: CancelToken | None = None,
+    spacing: list[float] | None = None,
 ) -> dict[str, Any]:
     """Mean foreground Dice of the model on ``(name, image Volume, label Volume)`` cases.
 
     Sliding-window inference (``inference.predict.predict_volume``) with the training patch, the
-    config's ``val_overlap`` and normalisation, mean of both networks' softmax, argmax.
+    config's ``val_overlap`` and normalisation, mean of both networks' softmax, argmax. With ``spacing``
+    (a model trained at a target spacing) inference resamples to it and back, so the Dice is on the
+    labels' own grid.
     """
     icfg = InferenceConfig(
         patch_size=tuple(config.patch_size),
@@ -170,6 +173,8 @@ def validate(
         batch_size=2,
     )
     meta = {"normalization": {"mode": config.normalization}, "patch_size": list(config.patch_size)}
+    if spacing:
+        meta["spacing"] = list(spacing)
     per_case: dict[str, list[float]] = {}
     was_training = model.training
     for name, image, label in cases:
@@ -530,6 +535,8 @@ class Trainer:
             spacings.append(image.spacing)
         self.num_classes = config.num_classes or infer_num_classes(labels)
         self.spacing = [float(v) for v in np.median(np.array(spacings), axis=0)]
+        if config.target_spacing:
+            self.spacing = [float(v) for v in config.target_spacing]
         flip_axes, augmentation = resolve_flip_axes(config.flip_axes, labels, self.num_classes)
         if init_checkpoint and config.flip_axes == "auto":
             flip_axes, augmentation = _inherit_flip_axes(init_checkpoint, flip_axes, augmentation)
@@ -551,7 +558,7 @@ class Trainer:
         torch.manual_seed(config.seed * 1000 + 1 + ctx.rank)  # dropout etc. differ per rank
         store = CaseStore(
             self.dataset.load_case, self.num_classes, config.normalization, self.method.extra_targets,
-            config.cache_mb,
+            config.cache_mb, config.target_spacing,
         )
         self.sampler = PatchSampler(
             store, self.splits.labeled, self.splits.unlabeled, config.patch_size, config.labeled_bs,
@@ -689,7 +696,8 @@ class Trainer:
             chosen = self.splits.val[: config.val_max_cases] if config.val_max_cases else self.splits.val
             self.val_cases = [(n, *self.dataset.load_case(n)[:2]) for n in chosen]
         report(self.progress, ProgressEvent("validate", iteration, config.iterations, "validating"))
-        metrics = validate(self.model, self.val_cases, config, self.device, self.num_classes, self.cancel)
+        metrics = validate(self.model, self.val_cases, config, self.device, self.num_classes, self.cancel,
+                           spacing=self.spacing if config.target_spacing else None)
         if self.best_metric is None or metrics["dice"] > self.best_metric:
             self.best_metric, self.best_iteration = metrics["dice"], iteration
         self._log({

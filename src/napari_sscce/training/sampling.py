@@ -40,7 +40,12 @@ import numpy as np
 import torch
 
 from napari_sscce.methods.base import Batch
-from napari_sscce.preprocessing import normalize_intensity
+from napari_sscce.preprocessing import (
+    normalize_intensity,
+    resample_annotation,
+    resample_to_shape,
+    resampled_shape,
+)
 from napari_sscce.training.augment import AugmentConfig, Sample, augment
 
 #: at most this many voxel positions are kept per class for foreground oversampling
@@ -136,6 +141,10 @@ class CaseStore:
     cache_mb : float
         Bound of the cache; the least recently used cases are dropped beyond it (at least one case
         is always kept).
+    target_spacing : sequence of float, optional
+        Resample every case to this spacing (z, y, x, mm) when it is loaded: the image trilinearly, the label
+        and annotation mask area-weighted (:func:`napari_sscce.preprocessing.resample_annotation`, so sparse
+        slice annotations survive down-sampling). None: the cases' own grids.
     """
 
     def __init__(
@@ -145,7 +154,9 @@ class CaseStore:
         normalization: str = "percentile_zscore",
         extra_targets: ExtraTargets | None = None,
         cache_mb: float = 2048.0,
+        target_spacing: Sequence[float] | None = None,
     ):
+        self.target_spacing = None if target_spacing is None else tuple(float(v) for v in target_spacing)
         self.loader = loader
         self.num_classes = int(num_classes)
         self.normalization = normalization
@@ -171,20 +182,33 @@ class CaseStore:
                 total -= dropped.nbytes
         return data
 
+    def _target_shape(self, shape, spacing) -> tuple[int, ...] | None:
+        """The grid a case of ``shape`` at ``spacing`` is resampled to (None: kept as it is)."""
+        if self.target_spacing is None or np.allclose(spacing, self.target_spacing, rtol=1e-3):
+            return None
+        return resampled_shape(shape, spacing, self.target_spacing)
+
+    def _spacing(self, spacing) -> tuple[float, ...]:
+        return tuple(spacing) if self.target_spacing is None else self.target_spacing
+
     def _load(self, name: str, labeled: bool) -> CaseData:
         image_vol, label_vol, mask_vol = self.loader(name)
         self.loads += 1
         image = normalize_intensity(np.asarray(image_vol.array), self.normalization)
         image = image[None] if image.ndim == 3 else image
         spacing = tuple(getattr(image_vol, "spacing", (1.0, 1.0, 1.0)))
+        native_shape = image.shape[1:]
+        target = self._target_shape(native_shape, spacing)
+        if target is not None:
+            image = resample_to_shape(image, target, order=1).astype(np.float32, copy=False)
         if not labeled:
-            return CaseData(name, np.ascontiguousarray(image), None, None, spacing=spacing)
+            return CaseData(name, np.ascontiguousarray(image), None, None, spacing=self._spacing(spacing))
         if label_vol is None:
             raise ValueError(f"case {name!r} is in the labeled split but has no label file")
         label_arr = np.asarray(label_vol.array)
-        if label_arr.shape != image.shape[1:]:
+        if label_arr.shape != native_shape:
             raise ValueError(
-                f"case {name!r}: label shape {label_arr.shape} differs from image shape {image.shape[1:]}"
+                f"case {name!r}: label shape {label_arr.shape} differs from image shape {native_shape}"
             )
         if label_arr.size and (label_arr.min() < 0 or label_arr.max() >= self.num_classes):
             raise ValueError(
@@ -197,8 +221,10 @@ class CaseStore:
             mask = mask_weights(mask_vol.array)
             if mask.shape != label.shape:
                 raise ValueError(f"case {name!r}: mask shape {mask.shape} differs from label {label.shape}")
-            if (mask >= 1).all():
-                mask = None
+        if target is not None:
+            label, mask = resample_annotation(label, mask, self.num_classes, target)
+        if mask is not None and (mask >= 1).all():
+            mask = None
         extras = {}
         if self.extra_targets is not None:
             extras = {
@@ -212,7 +238,7 @@ class CaseStore:
             mask,
             extras,
             class_locations(label, mask, self.num_classes),
-            spacing,
+            self._spacing(spacing),
         )
 
 
