@@ -74,3 +74,18 @@ def test_no_labeled_case_is_a_message():
 def test_the_timing_probe_runs_the_real_step():
     seconds = planning.probe_step_seconds([16, 16, 16], 2, 2, 0, steps=1)
     assert 0 < seconds < 30
+
+
+def test_a_cold_start_with_a_budget_uses_the_plan(tmp_path, monkeypatch):
+    from napari_sscce.training import finetune as ft
+    from napari_sscce.workspace import Workspace
+
+    ws = Workspace(tmp_path / "ws")
+    for i, (image, label, mask) in enumerate(_la_like()[:1]):
+        ws.add_case(image, label, mask, name=f"c{i}")
+    monkeypatch.setattr(planning, "probe_step_seconds", lambda p, f, lb, ub, **kw: linear_step(p, f, lb, ub))
+    cfg = ft.cold_start_config(ws, tmp_path / "run", budget_seconds=600, device="cpu")
+    assert cfg.plan is not None and list(cfg.patch_size) == cfg.plan["patch_size"]
+    assert cfg.target_spacing == cfg.plan["target_spacing"] and cfg.iterations == cfg.plan["iterations"]
+    assert "min on this" in ft.describe_cold_start(cfg)
+    assert ft.cold_start_config(ws, tmp_path / "r2", budget_seconds=600, iterations=7).iterations == 7

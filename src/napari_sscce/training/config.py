@@ -75,6 +75,9 @@ class TrainConfig:
         Train at this spacing (z, y, x, mm): cases are resampled when loaded (labels and annotation masks
         area-weighted, so slice annotations survive) and the model records it, so inference resamples to it.
         None: the cases' own grids (the model records their median spacing).
+    plan : dict or None
+        The :class:`napari_sscce.training.plan.Plan` this config was made from (a first model fitted to a
+        time budget), kept with the run and the model.
     labeled_bs, unlabeled_bs : int
         Rows of each kind per batch (two-stream batches). ``unlabeled_bs = 0`` trains on labeled only.
     iterations : int
@@ -135,6 +138,7 @@ class TrainConfig:
     has_dropout: bool = True
     patch_size: tuple[int, int, int] = (80, 112, 112)
     target_spacing: list[float] | None = None
+    plan: dict[str, Any] | None = None
     labeled_bs: int = 2
     unlabeled_bs: int = 2
     iterations: int = REFERENCE_ITERATIONS

@@ -173,24 +173,49 @@ def cold_start_patch(shapes: list[tuple[int, ...]]) -> tuple[int, int, int]:
     return tuple(int(np.clip(m // 16 * 16, PATCH_MIN, PATCH_MAX)) for m in median)  # type: ignore[return-value]
 
 
-def cold_start_config(workspace: Workspace, out: str | Path, **changes: Any) -> TrainConfig:
-    """The :class:`TrainConfig` of a first model trained from scratch on ``workspace`` (``COLD_START``)."""
-    shapes = [workspace.load_case(c.name)[0].shape for c in workspace.labeled_cases]
-    values: dict[str, Any] = {
-        **COLD_START,
-        "data": str(workspace.dataset_folder()),
-        "out": str(out),
-        "patch_size": cold_start_patch(shapes),
-    }
-    if not any(not c.labeled for c in workspace.cases):
+def cold_start_config(
+    workspace: Workspace, out: str | Path, budget_seconds: float | None = None, **changes: Any
+) -> TrainConfig:
+    """The :class:`TrainConfig` of a first model trained from scratch on ``workspace`` (``COLD_START``).
+
+    With ``budget_seconds`` the target spacing, patch, width, batch and iterations come from a plan fitted
+    to that wall time on this machine (:func:`napari_sscce.training.plan.make_plan`, measured by a timing
+    probe; ``config.plan`` records it); without, the patch is the median case shape (:func:`cold_start_patch`)
+    at the cases' own spacing.
+    """
+    unlabeled = any(not c.labeled for c in workspace.cases)
+    values: dict[str, Any] = {**COLD_START, "data": str(workspace.dataset_folder()), "out": str(out)}
+    if budget_seconds:
+        from functools import partial
+
+        from napari_sscce.precision import cpu_model
+        from napari_sscce.training.plan import fingerprint, make_plan, probe_step_seconds
+
+        method = changes.get("method", COLD_START["method"])
+        device = str(changes.get("device", "cpu"))
+        device = "cpu" if device == "auto" else device
+        fp = fingerprint(workspace.load_case(c.name) for c in workspace.labeled_cases)
+        probe = partial(probe_step_seconds, method=method, device=device)
+        plan = make_plan(fp, float(budget_seconds), lambda p, f, lb, ub: probe(p, f, lb, ub), device,
+                         method, unlabeled, cpu_model() if device == "cpu" else device)
+        values.update(plan.config_values())
+        values["plan"] = plan.to_dict()
+    else:
+        shapes = [workspace.load_case(c.name)[0].shape for c in workspace.labeled_cases]
+        values["patch_size"] = cold_start_patch(shapes)
+    if not unlabeled:
         values["unlabeled_bs"] = 0
-    values.update(changes)
+    values.update(changes)  # explicit settings win over the plan
     return TrainConfig(**values)
 
 
 def describe_cold_start(config: TrainConfig) -> str:
     """One sentence stating what a cold start trains."""
     z, y, x = config.patch_size
+    if config.plan:
+        from napari_sscce.training.plan import Plan
+
+        return f"training a new model from scratch, {Plan(**config.plan).describe()}"
     return (
         f"training a new {config.method} model from scratch: {config.base_filters} filters wide, "
         f"patch z, y, x = {z}, {y}, {x} (from the data), {config.iterations} iterations, {config.precision}"
