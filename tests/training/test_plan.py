@@ -89,3 +89,38 @@ def test_a_cold_start_with_a_budget_uses_the_plan(tmp_path, monkeypatch):
     assert cfg.target_spacing == cfg.plan["target_spacing"] and cfg.iterations == cfg.plan["iterations"]
     assert "min on this" in ft.describe_cold_start(cfg)
     assert ft.cold_start_config(ws, tmp_path / "r2", budget_seconds=600, iterations=7).iterations == 7
+
+
+def test_a_run_slower_than_planned_shortens_its_schedule_to_the_budget(tmp_path):
+    from napari_sscce.io.sample_data import make_synthetic_dataset
+    from napari_sscce.models.checkpoint import load_checkpoint
+    from napari_sscce.training import loop
+    from napari_sscce.training.config import TrainConfig
+
+    data = make_synthetic_dataset(tmp_path / "ds", 3, shape=(16, 20, 20), n_labeled=2, n_val=0, seed=5)
+    events = []
+    cfg = TrainConfig(
+        data=str(data), patch_size=(16, 16, 16), labeled_bs=2, unlabeled_bs=0, iterations=200,
+        method="supervised", out=str(tmp_path / "run"), val_every=0, precision="fp32", base_filters=2,
+        has_dropout=False, schedule="poly", time_budget_seconds=1e-3,  # far slower than "planned"
+    )
+    result = loop.train(cfg, progress=events.append)
+    assert result.iterations == 50  # shortened at step 25 to a quarter of the planned steps
+    steps = [r for r in result.history if "loss" in r]
+    # the poly schedule follows the new total: it ends at 50 steps, not 200
+    assert len(steps) == 50 and steps[-1]["lr"] == pytest.approx(cfg.lr * (1 - 49 / 50) ** cfg.poly_power)
+    summary = load_checkpoint(result.last_path).metadata["train_summary"]
+    assert summary["budget"]["planned_iterations"] == 200 and summary["budget"]["iterations"] == 50
+    assert sum("slower than planned" in (e.message or "") for e in events) == 1
+
+
+def test_the_budget_keeper_leaves_a_run_on_pace_alone(monkeypatch):
+    from napari_sscce.training import loop
+
+    now = [0.0]
+    monkeypatch.setattr(loop.time, "perf_counter", lambda: now[0])
+    keeper = loop.BudgetKeeper(budget=100.0, planned=200, start_iteration=0)
+    now[0] = 12.5  # 0.5 s per step: 100 s for 200 steps, on budget
+    assert keeper.new_total(25, 200) is None
+    now[0] = 50.0  # 1 s per step on average: 200 s projected, 100 s fit
+    assert keeper.new_total(50, 200) == 100 and keeper.record["seconds_per_step"] == 1.0

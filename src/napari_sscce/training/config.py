@@ -78,6 +78,10 @@ class TrainConfig:
     plan : dict or None
         The :class:`napari_sscce.training.plan.Plan` this config was made from (a first model fitted to a
         time budget), kept with the run and the model.
+    time_budget_seconds : float or None
+        Wall time the training steps should fit (a plan sets it). When the steps run slower than planned
+        (another program shares the cores), the run shortens its schedule to stay within it
+        (:class:`napari_sscce.training.loop.BudgetKeeper`), never below a quarter of ``iterations``.
     labeled_bs, unlabeled_bs : int
         Rows of each kind per batch (two-stream batches). ``unlabeled_bs = 0`` trains on labeled only.
     iterations : int
@@ -139,6 +143,7 @@ class TrainConfig:
     patch_size: tuple[int, int, int] = (80, 112, 112)
     target_spacing: list[float] | None = None
     plan: dict[str, Any] | None = None
+    time_budget_seconds: float | None = None
     labeled_bs: int = 2
     unlabeled_bs: int = 2
     iterations: int = REFERENCE_ITERATIONS

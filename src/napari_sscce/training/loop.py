@@ -114,6 +114,10 @@ class TrainResult:
 
 
 # ---------------------------------------------------------------------------- small pieces
+def _minutes(seconds: float) -> str:
+    return f"{max(1, round(seconds / 60))} min" if seconds >= 90 else f"{max(1, round(seconds))} s"
+
+
 def seed_everything(seed: int, deterministic: bool = True) -> None:
     """Seed Python, NumPy and torch; with ``deterministic``, ask cuDNN for deterministic kernels."""
     random.seed(seed)
@@ -360,6 +364,44 @@ def optimizer_step(loss: torch.Tensor, optimizers: list, scaler: Any, agree=None
 #: fp16 steps at the start of a run whose overflows are the GradScaler finding its scale, not broken
 #: numerics: they are redone in fp32 but do not count toward the fallback
 FP16_GRACE_STEPS = 20
+
+
+class BudgetKeeper:
+    """Keeps the training steps within ``config.time_budget_seconds`` when they run slower than planned.
+
+    Every :data:`BUDGET_CHECK_EVERY` steps (after the first ones) it projects the finish from the measured
+    pace; when that overruns the budget, the run's total becomes what still fits (the poly / step schedule
+    and the ramp-up follow the new total), at least :data:`BUDGET_MIN_SHARE` of the planned steps, and the
+    change is said once and recorded (``train_summary["budget"]``). Single-process runs only.
+    """
+
+    def __init__(self, budget: float | None, planned: int, start_iteration: int):
+        self.budget, self.planned, self.start = budget, planned, start_iteration
+        self.began = time.perf_counter()
+        self.record: dict[str, Any] | None = None
+
+    def new_total(self, iteration: int, total: int) -> int | None:
+        """A shorter total when the pace overruns the budget at ``iteration``, else None."""
+        done = iteration - self.start
+        if not self.budget or done < BUDGET_CHECK_EVERY or done % BUDGET_CHECK_EVERY:
+            return None
+        elapsed = time.perf_counter() - self.began
+        pace = elapsed / done
+        if elapsed + pace * (total - iteration) <= self.budget:
+            return None
+        fits = iteration + max(0, int((self.budget - elapsed) / pace))
+        new = max(fits, int(math.ceil(BUDGET_MIN_SHARE * self.planned)), iteration)
+        if new >= total:
+            return None
+        self.record = {"planned_iterations": self.planned, "iterations": new, "at": iteration,
+                       "seconds_per_step": round(pace, 3), "budget_seconds": self.budget}
+        return new
+
+
+#: how often (steps) :class:`BudgetKeeper` looks at the pace
+BUDGET_CHECK_EVERY = 25
+#: fewest steps, as a share of the planned ones, a run shortened to its budget keeps
+BUDGET_MIN_SHARE = 0.25
 
 
 class PrecisionWatch:
@@ -774,11 +816,25 @@ class Trainer:
             self.summary["allocator"] = allocator_note
             return self._run()
 
+    def _shorten(self, total: int, record: dict[str, Any]) -> TrainConfig:
+        """Make ``total`` the run's number of steps (the schedule follows it); say so once."""
+        self.config = self.config.replace(iterations=total)
+        self.method.config = self.config
+        self.summary["budget"] = record
+        self._log({"iteration": record["at"], "event": "budget", **record})
+        self._event(
+            f"the steps take {record['seconds_per_step']:.2f} s here (slower than planned, e.g. another "
+            f"program shares the cores): {total} iterations instead of {record['planned_iterations']} to "
+            f"stay within about {_minutes(record['budget_seconds'])}", record["at"])
+        return self.config
+
     def _run(self) -> TrainResult:
         config = self.config
         stream = BatchStream(self.sampler, config.num_workers)
         batches = iter(stream)
         iteration, last_val, cancelled = self.start_it, None, False
+        keeper = BudgetKeeper(None if self.ctx.enabled else config.time_budget_seconds, config.iterations,
+                              self.start_it)
         self.model.train()
         try:
             while iteration < config.iterations:
@@ -789,6 +845,9 @@ class Trainer:
                 iteration += 1
                 self._log(record)
                 self._event(f"loss {record['loss']:.4f}", iteration, values=dict(record))
+                shorter = keeper.new_total(iteration, config.iterations)
+                if shorter is not None:
+                    config = self._shorten(shorter, keeper.record)
                 if config.val_every and iteration % config.val_every == 0 and iteration < config.iterations:
                     last_val = self.validate(iteration) or last_val
                     self.save(iteration, last_val)

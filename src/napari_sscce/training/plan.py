@@ -43,6 +43,8 @@ MAX_ITERATIONS = 4000
 MIN_OBJECT_VOXELS = 16
 #: share of the budget kept for loading, the timing probe and the final validation
 OVERHEAD_SHARE = 0.15
+#: the steps may take this much longer than planned before the run shortens its schedule
+BUDGET_SLACK = 1.1
 #: isotropic coarsening steps tried, as multiples of the median spacing
 COARSENING = (1.0, 1.25, 1.5, 2.0, 2.5, 3.0, 4.0)
 
@@ -165,7 +167,8 @@ class Plan:
         """The ``TrainConfig`` fields this plan sets."""
         return {"target_spacing": list(self.target_spacing), "patch_size": tuple(self.patch_size),
                 "base_filters": self.base_filters, "labeled_bs": self.labeled_bs,
-                "unlabeled_bs": self.unlabeled_bs, "iterations": self.iterations, "method": self.method}
+                "unlabeled_bs": self.unlabeled_bs, "iterations": self.iterations, "method": self.method,
+                "time_budget_seconds": round(self.iterations * self.step_seconds * BUDGET_SLACK, 1)}
 
     def to_dict(self) -> dict[str, Any]:
         """JSON-able form (stored in the model's metadata)."""
