@@ -335,6 +335,7 @@ def read_itk(path: Path, dicom: bool = False) -> RawVolume:
     metadata: dict[str, Any] = {}
     if dicom:
         files, series_id, n_series = _dicom_series_files(path)
+        check_slice_positions(path, files)
         reader = sitk.ImageSeriesReader()
         reader.SetFileNames(files)
         image = reader.Execute()
@@ -429,6 +430,61 @@ def _dicom_series_files(path: Path) -> tuple[list[str], str, int]:
         chosen = next((sid for sid, names in series.items() if any(Path(n).name == path.name for n in names)),
                       ids[0])
     return series[chosen], chosen, len(ids)
+
+
+#: slice gaps may differ from their median by this fraction (dcm2niix's tolerance is similar)
+SLICE_GAP_RTOL = 0.05
+
+
+def check_slice_positions(path: Path, files: list[str]) -> None:
+    """Refuse a DICOM series whose slice positions are duplicated or not uniformly spaced.
+
+    Positions are Image Position (Patient) projected on the slice normal (from Image Orientation
+    (Patient)), as dcm2niix checks them: stacking duplicated positions would invent a spacing, and
+    unequal gaps (missing slices, a variable slice spacing) would put the slices in the wrong places.
+    Series without positions (one file, secondary captures) are left to SimpleITK.
+
+    Raises
+    ------
+    VolumeError
+        Naming the folder, the duplicated position and its files, or the gaps.
+    """
+    import SimpleITK as sitk
+
+    if len(files) < 2:
+        return
+    positions: list[tuple[float, str]] = []
+    normal = None
+    for name in files:
+        reader = sitk.ImageFileReader()
+        reader.SetFileName(name)
+        try:
+            reader.ReadImageInformation()
+            pos = [float(v) for v in reader.GetMetaData("0020|0032").split("\\")]
+            if normal is None:
+                orient = [float(v) for v in reader.GetMetaData("0020|0037").split("\\")]
+                normal = np.cross(orient[:3], orient[3:6])
+        except (RuntimeError, ValueError):
+            return  # no usable position tags: nothing to check
+        positions.append((float(np.dot(normal, pos[:3])), name))
+    positions.sort()
+    where = np.array([p for p, _ in positions])
+    gaps = np.diff(where)
+    dup = np.flatnonzero(gaps <= 1e-4)
+    if dup.size:
+        k = int(dup[0])
+        names = f"{Path(positions[k][1]).name} and {Path(positions[k + 1][1]).name}"
+        raise VolumeError(path, f"{dup.size + 1} of its {len(files)} DICOM slices share a position "
+                                f"(e.g. {names} at {where[k]:.4g} mm along the slice normal): duplicated or "
+                                "mixed acquisitions; stacking them would invent a slice spacing. Put each "
+                                "acquisition in its own folder")
+    median = float(np.median(gaps))
+    off = np.abs(gaps - median) > SLICE_GAP_RTOL * median
+    if off.any():
+        k = int(np.flatnonzero(off)[0])
+        raise VolumeError(path, f"its DICOM slices are not uniformly spaced: gaps from {gaps.min():.4g} to "
+                                f"{gaps.max():.4g} mm (median {median:.4g}), e.g. {gaps[k]:.4g} mm after "
+                                f"{Path(positions[k][1]).name}; slices are missing or the spacing varies")
 
 
 class DicomSeriesWarning(UserWarning):
