@@ -130,7 +130,7 @@ def check_geometry(
         s / float(t) for s, t in zip(spacing, target_spacing, strict=True))
     worst = max(max(f, 1 / f) for f in factors)
     shown = tuple(round(s, 6) for s in spacing)
-    model = "" if target_spacing is None else f"the model {model_name} was trained at " \
+    model = "" if target_spacing is None else f"{model_name} was trained at " \
         f"{tuple(round(float(t), 4) for t in target_spacing)} mm"
     if worst > REFUSE_FACTOR:
         hint = _unit_hint(spacing)

@@ -91,7 +91,7 @@ def load_model(checkpoint_or_model: Any) -> tuple[nn.Module, dict[str, Any]]:
         from napari_sscce.models.checkpoint import load_checkpoint
 
         ckpt = load_checkpoint(Path(checkpoint_or_model), map_location="cpu")
-        return ckpt.model, dict(ckpt.metadata)
+        return ckpt.model, {**dict(ckpt.metadata), "model_file": str(checkpoint_or_model)}
     if isinstance(checkpoint_or_model, nn.Module):
         return checkpoint_or_model, dict(getattr(checkpoint_or_model, "metadata", None) or {})
     if hasattr(checkpoint_or_model, "model") and hasattr(checkpoint_or_model, "metadata"):
@@ -294,8 +294,7 @@ def predict_volume(
     device = resolve_device(config.device)
     precision = resolve_precision(device, config.precision)
 
-    model_name = (str(checkpoint_or_model) if isinstance(checkpoint_or_model, (str, os.PathLike))
-                  else str(meta.get("name") or "the model"))
+    model_name = str(meta.get("model_file") or meta.get("name") or "the model")
     work_shape = _target_shape(volume, meta, model_name)
     patch = config.patch_size or plausibility.model_patch(meta.get("patch_size") or DEFAULT_PATCH, model_name)
     classes = getattr(model, "num_classes", None) or meta.get("num_classes") or 2
