@@ -167,3 +167,19 @@ def test_memory_cap_must_be_a_positive_number(tmp_path, monkeypatch):
     monkeypatch.setenv("SSCCE_MAX_VOLUME_GB", "2")
     assert max_read_bytes() <= 2e9
     assert os.environ["SSCCE_MAX_VOLUME_GB"] == "2"
+
+
+def test_an_external_label_link_is_refused_when_the_pair_is_read(tmp_path):
+    from napari_sscce.io.readers import read_image_label
+
+    outside = tmp_path / "other.h5"
+    with h5py.File(outside, "w") as f:
+        f["label"] = np.ones((4, 5, 6), np.uint8)
+    folder = tmp_path / "case"
+    folder.mkdir()
+    path = folder / "scan.h5"
+    with h5py.File(path, "w") as f:
+        f["image"] = np.ones((4, 5, 6), np.float32)
+        f["label"] = h5py.ExternalLink(str(outside), "label")
+    with pytest.raises(VolumeError, match="external link '/label'.*outside"):
+        read_image_label(path)

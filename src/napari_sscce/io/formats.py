@@ -248,6 +248,8 @@ def h5_has_dataset(path: Path, key: str) -> bool:
 
     try:
         with h5py.File(path, "r") as f:
+            if isinstance(f.get(key, getlink=True), h5py.ExternalLink):
+                return True  # not followed here: read_h5 checks where it points before opening it
             return isinstance(f.get(key), h5py.Dataset)
     except OSError:
         return False
