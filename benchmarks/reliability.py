@@ -464,6 +464,218 @@ def trial_hostile(base: Path) -> Tally:
     return tally
 
 
+#: runs ``sscce`` (its ``main``) and reports the process's own peak memory (VmHWM; ``ru_maxrss`` of a child
+#: would include the parent's memory at fork time)
+_SSCCE_PEAK = (
+    "import atexit, sys\n"
+    "def _peak():\n"
+    "    hwm = [l for l in open('/proc/self/status') if l.startswith('VmHWM')]\n"
+    "    sys.stderr.write('\\nPEAK_KB ' + (hwm[0].split()[1] if hwm else '0') + '\\n')\n"
+    "atexit.register(_peak)\n"
+    "from napari_sscce.cli import main\n"
+    "sys.argv = ['sscce', *sys.argv[1:]]\n"
+    "sys.exit(main())\n"
+)
+
+
+def _sscce(*args: str, timeout: float = 300) -> tuple[int, str, float, float]:
+    """Run a real ``sscce`` process: (exit status, stderr, seconds, its peak resident memory in MiB)."""
+    start = time.monotonic()
+    try:
+        proc = subprocess.run([sys.executable, "-c", _SSCCE_PEAK, *args], env=_env(),
+                              stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, timeout=timeout)
+        code, err = proc.returncode, proc.stderr.decode("utf-8", "replace")
+    except subprocess.TimeoutExpired as exc:
+        code, err = -9, (exc.stderr or b"").decode("utf-8", "replace") + "\ntimed out"
+    peak = 0.0
+    kept = []
+    for line in err.splitlines():
+        if line.startswith("PEAK_KB "):
+            peak = int(line.split()[1]) / 1024
+        else:
+            kept.append(line)
+    return code, "\n".join(kept), time.monotonic() - start, peak
+
+
+def _hostile_inputs_2(folder: Path) -> list[tuple[str, list[str], str, str]]:
+    """Issue 24's classes as files: (what, sscce arguments, expected outcome, text the message must hold).
+
+    Outcomes: ``"refused"`` (non-zero exit, no traceback, the named file in the message), ``"ok"``.
+    """
+    import bz2
+    import struct
+    import zlib
+
+    import h5py
+    import nibabel as nib
+    import SimpleITK as sitk
+
+    from napari_sscce.models.checkpoint import save_checkpoint
+    from napari_sscce.models.dual import build_dual_model
+
+    folder.mkdir()
+    model = save_checkpoint(folder / "model.safetensors", build_dual_model("cce", base_filters=2),
+                            {"method": "cce", "spacing": [1.0, 1.0, 1.0], "patch_size": [8, 8, 8]})
+    out = str(folder / "out")
+    cases = []
+
+    def predict(what, path, expect, text):
+        cases.append((what, ["predict", str(path), "--model", str(model), "--out", out, "--device", "cpu"],
+                      expect, text))
+
+    nrrd_head = "NRRD0004\ntype: uint8\ndimension: 3\nsizes: 8 8 8\nencoding: {}\n{}\n"
+    bomb = folder / "bomb_bz2.nrrd"
+    bomb.write_bytes(nrrd_head.format("bzip2", "").encode() + bz2.compress(b"\0" * (1 << 30)))
+    predict(f"bzip2 NRRD of {bomb.stat().st_size} bytes inflating to 1 GiB", bomb, "refused",
+            "inflate to more")
+    gz = folder / "bomb_gz.nrrd"
+    gz.write_bytes(nrrd_head.format("gzip", "").encode() + gzip.compress(b"\0" * (1 << 30), 9))
+    predict(f"gzip NRRD of {gz.stat().st_size // 1024} KiB inflating to 1 GiB", gz, "refused",
+            "inflate to more")
+    case = folder / "case"
+    case.mkdir()
+    (folder / "secret.raw").write_bytes(b"\7" * 512)
+    nhdr = case / "detached.nhdr"
+    nhdr.write_bytes(nrrd_head.format("raw", "data file: ../secret.raw\n").encode())
+    predict("detached NRRD data file outside the folder", nhdr, "refused", "outside the header's folder")
+    mhd_text = ("ObjectType = Image\nNDims = 3\nBinaryData = True\nCompressedData = True\n"
+                "CompressedDataSize = 99\nElementSpacing = 1 1 1\nDimSize = 8 8 8\n"
+                "ElementType = MET_SHORT\nElementDataFile = {}\n")
+    (folder / "zero.mhd").write_text(mhd_text.format("/dev/zero"))
+    predict("compressed MetaImage pointing at /dev/zero", folder / "zero.mhd", "refused", "/dev/zero")
+    (folder / "corrupt.zraw").write_bytes(b"not zlib at all" * 20)
+    (folder / "corrupt.mhd").write_text(mhd_text.format("corrupt.zraw"))
+    predict("corrupt compressed MetaImage", folder / "corrupt.mhd", "refused", "corrupt")
+    (folder / "short.zraw").write_bytes(zlib.compress(b"\1" * 100))
+    (folder / "short.mhd").write_text(mhd_text.format("short.zraw"))
+    predict("compressed MetaImage inflating short", folder / "short.mhd", "refused", "inflate to only")
+    with h5py.File(folder / "other.h5", "w") as f:
+        f["image"] = np.ones((8, 8, 8), np.float32)
+    with h5py.File(case / "link.h5", "w") as f:
+        f["image"] = h5py.ExternalLink(str(folder / "other.h5"), "image")
+    predict("HDF5 external link outside the folder", case / "link.h5", "refused", "external link")
+    layout = h5py.VirtualLayout(shape=(8, 8, 8), dtype="f4")
+    layout[:] = h5py.VirtualSource(str(folder / "other.h5"), "image", shape=(8, 8, 8))
+    with h5py.File(case / "virtual.h5", "w") as f:
+        f.create_virtual_dataset("image", layout)
+    predict("HDF5 virtual dataset outside the folder", case / "virtual.h5", "refused", "virtual dataset")
+    data = np.random.default_rng(0).normal(size=(16, 16, 16)).astype(np.float32)
+    for what, size in (("NIfTI with spacing in metres (0.001)", 0.001), ("NIfTI with 100 mm voxels", 100.0)):
+        path = folder / f"spacing_{size:g}.nii.gz"
+        nib.save(nib.Nifti1Image(data, np.diag([size, size, size, 1.0])), str(path))
+        predict(what, path, "refused", "away from the model's")
+    singular = np.eye(4)
+    singular[:3, 1] = singular[:3, 0]
+    nib.save(nib.Nifti1Image(data, singular), str(folder / "singular.nii.gz"))
+    predict("NIfTI with a singular affine", folder / "singular.nii.gz", "refused", "singular")
+    good = folder / "good.nii.gz"
+    nib.save(nib.Nifti1Image(data, np.eye(4)), str(good))
+    bad_models = (("model spacing -1", {"spacing": [-1, 1, 1]}), ("model spacing 0", {"spacing": [0, 1, 1]}),
+                  ("model spacing 'abc'", {"spacing": "abc"}),
+                  ("model spacing 0.01 mm", {"spacing": [0.01] * 3}),
+                  ("model patch 0", {"patch_size": [0, 8, 8]}))
+    for what, meta in bad_models:
+        bad = save_checkpoint(folder / f"bad_{len(cases)}.safetensors",
+                              build_dual_model("cce", base_filters=2), {"method": "cce", **meta})
+        cases.append((what, ["predict", str(good), "--model", str(bad), "--out", out, "--device", "cpu"],
+                      "refused", str(bad) if "0.01" not in what else "away from the model's"))
+    nested = "[" * 100_000 + "]" * 100_000
+    raw = (json.dumps({"__metadata__": {"format": "napari-sscce"}})[:-1] + f', "x": {nested}}}').encode()
+    deep = folder / "deep.safetensors"
+    deep.write_bytes(struct.pack("<Q", len(raw)) + raw)
+    cases.append(("model file with deeply nested JSON",
+                  ["predict", str(good), "--model", str(deep), "--out", out], "refused", "nest"))
+    dicom = folder / "dicom_dup"
+    dicom.mkdir()
+    writer = sitk.ImageFileWriter()
+    writer.KeepOriginalImageUIDOn()
+    for i, z in enumerate([0.0, 2.5, 2.5, 5.0, 7.5, 10.0, 12.5, 15.0]):
+        img = sitk.GetImageFromArray(np.full((1, 16, 16), i, np.int16))[:, :, 0]
+        tags = {"0020|000e": "1.2.826.0.9", "0020|0013": str(i + 1), "0020|0032": f"0\\0\\{z}",
+                "0020|0037": "1\\0\\0\\0\\1\\0", "0008|0060": "CT", "0020|000d": "1.2.3"}
+        for tag, value in tags.items():
+            img.SetMetaData(tag, value)
+        writer.SetFileName(str(dicom / f"s{i:03d}.dcm"))
+        writer.Execute(img)
+    predict("DICOM series with duplicated slice positions", dicom, "refused", "share a position")
+    for sub in ("a", "b"):
+        (folder / sub).mkdir()
+        nib.save(nib.Nifti1Image(data, np.eye(4)), str(folder / sub / "scan.nii.gz"))
+    cases.append(("two inputs named scan.nii.gz in different folders",
+                  ["predict", str(folder / "a" / "scan.nii.gz"), str(folder / "b" / "scan.nii.gz"), "--model",
+                   str(model), "--out", str(folder / "same_names"), "--device", "cpu"], "both_outputs", ""))
+    label = np.zeros((10, 12, 14), np.uint8)
+    label[1:6, 2:9, 3:7] = 1
+    label[6:9, 8:11, 9:13] = 2
+    mirror = np.diag([-1.0, 1, 1, 1])
+    mirror[0, 3] = label.shape[0] - 1
+    for sub, array, affine in (("gt", label, np.eye(4)), ("pred_mirror", label[::-1].copy(), mirror)):
+        (folder / sub).mkdir()
+        nib.save(nib.Nifti1Image(array, affine), str(folder / sub / "case.nii.gz"))
+    cases.append(("evaluate: prediction stored mirrored (same anatomy)",
+                  ["evaluate", "--pred", str(folder / "pred_mirror"), "--gt", str(folder / "gt"), "--out",
+                   str(folder / "metrics_mirror")], "dice_1", ""))
+    stray = label.copy()
+    stray[0, 0, 0] = 255
+    (folder / "gt_stray").mkdir()
+    nib.save(nib.Nifti1Image(stray, np.eye(4)), str(folder / "gt_stray" / "case.nii.gz"))
+    (folder / "pred_same").mkdir()
+    nib.save(nib.Nifti1Image(label, np.eye(4)), str(folder / "pred_same" / "case.nii.gz"))
+    cases.append(("evaluate: a stray 255 in a 3-class ground truth",
+                  ["evaluate", "--pred", str(folder / "pred_same"), "--gt", str(folder / "gt_stray")],
+                  "refused", "unexpected label value(s) 255"))
+    return cases
+
+
+def trial_hostile_inputs_2(base: Path) -> Tally:
+    """Issue 24 (reader / geometry / input half): each case through a real ``sscce`` process."""
+    tally = Tally("hostile inputs, part 2 (bombs, external data, geometry, units, DICOM, names)")
+    cases = _hostile_inputs_2(base / "hostile2")
+    seconds, peaks = [], []
+
+    def one(case):
+        what, args, expect, text = case
+        code, err, took, rss = _sscce(*args)
+        problems = []
+        if "Traceback" in err:
+            problems.append(f"traceback: {err.strip().splitlines()[-1]}")
+        if expect == "refused":
+            named = [a for a in args[1:] if os.path.sep in a][:1]
+            if code == 0:
+                problems.append("accepted (exit 0)")
+            elif text and text not in err:
+                problems.append(f"message lacks {text!r}: {err.strip()[-300:]}")
+            elif named and named[0] not in err and text not in err:
+                problems.append(f"message does not name the file: {err.strip()[-300:]}")
+        elif expect == "both_outputs":
+            out = Path(args[args.index("--out") + 1])
+            both = (out / "scan_seg.nii.gz").is_file() and (out / "scan-2_seg.nii.gz").is_file()
+            if code != 0 or not both:
+                problems.append(f"exit {code}, outputs {sorted(p.name for p in out.glob('*_seg.nii.gz'))}")
+        elif expect == "dice_1":
+            out = Path(args[args.index("--out") + 1]) / "metrics.json"
+            rows = json.loads(out.read_text())["rows"] if out.is_file() else []
+            mean = [r["dice"] for r in rows if r.get("case") == "case" and r.get("class") == "mean"]
+            if code != 0 or not mean or abs(mean[0] - 1.0) > 1e-9:
+                problems.append(f"exit {code}, mean Dice {mean}")
+        return what, problems, took, rss, err.strip().splitlines()[-1][:200] if err.strip() else ""
+
+    with ThreadPoolExecutor(max_workers=2) as pool:
+        results = list(pool.map(one, cases))
+    messages = {}
+    for what, problems, took, rss, message in results:
+        tally.add(what, problems)
+        seconds.append(took)
+        peaks.append(rss)
+        messages[what] = message
+        tally.extra.setdefault("peak_mib", {})[what] = round(rss, 1)
+    tally.extra["max_seconds"] = round(max(seconds), 3)
+    tally.extra["max_process_seconds"] = round(max(seconds), 1)
+    tally.extra["messages"] = messages
+    tally.extra["max_process_peak_mib"] = round(max(peaks), 1)
+    return tally
+
+
 # ------------------------------------------------------------------------------------------ report
 def write_report(tallies: list[Tally], out: Path, args: argparse.Namespace, seconds: float) -> bool:
     rows = [t.to_dict() for t in tallies]
@@ -494,10 +706,20 @@ def write_report(tallies: list[Tally], out: Path, args: argparse.Namespace, seco
         lines += ["", f"Concurrent writers: {conc['writers']} processes wrote {conc['cases_written']} cases, "
                       f"{conc['cases_kept']} kept; {conc['model_versions_written']} model versions recorded, "
                       f"{conc['model_versions_kept']} distinct, none overwritten."]
-    hostile = next((r for r in rows if "max_seconds" in r), None)
+    part2 = next((r for r in rows if "messages" in r), None)
+    hostile = next((r for r in rows if "max_seconds" in r and "messages" not in r), None)
     if hostile:
         lines += ["", f"Hostile files: {hostile['trials']} tried, each refused with the file named in at "
                       f"most {hostile['max_seconds']} s."]
+    if part2:
+        lines += ["", f"Hostile inputs, part 2 (issue 24): {part2['trials']} cases, each a real `sscce` "
+                      f"process (at most {part2['max_process_seconds']} s including start-up, "
+                      "peak resident memory (VmHWM) of any at most "
+                      f"{part2.get('max_process_peak_mib', 0):.0f} MiB "
+                      "against 1 GiB bombs); what each said (peak memory in brackets):", ""]
+        peaks = part2.get("peak_mib", {})
+        lines += [f"- {what} ({peaks.get(what, 0):.0f} MiB): `{msg}`"
+                  for what, msg in part2["messages"].items()]
     failures = [f for r in rows for f in r["failures"]]
     if failures:
         lines += ["", "## Failures", "", *[f"- {f}" for f in failures[:50]]]
@@ -543,6 +765,7 @@ def main(argv: list[str] | None = None) -> int:
             (trial_model_points, (base, args.repeats)),
             (trial_concurrency, (base, args.writers, args.cases)),
             (trial_hostile, (base,)),
+            (trial_hostile_inputs_2, (base,)),
         ]
         if not args.skip_training:
             jobs += [(trial_training, (base, args.train_random_kills, random.Random(args.seed + 1))),

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import os
+import warnings
 from collections.abc import Sequence
 from pathlib import Path
 
@@ -11,6 +12,7 @@ import numpy as np
 from napari_sscce.inference.config import InferenceConfig
 from napari_sscce.inference.predict import Prediction, load_model, predict_volume
 from napari_sscce.io.readers import read_volume
+from napari_sscce.io.volume import file_stem
 from napari_sscce.io.writers import write_volume
 from napari_sscce.progress import CancelToken, ProgressCallback, ProgressEvent, check, report
 
@@ -28,6 +30,29 @@ def output_paths(name: str, out_dir: str | os.PathLike) -> dict[str, Path]:
         "entropy": out / f"{name}{ENTROPY_SUFFIX}",
         "kl": out / f"{name}{KL_SUFFIX}",
     }
+
+
+def unique_output_names(names: Sequence[str], paths: Sequence[Path] | None = None) -> list[str]:
+    """Output names for inputs called ``names``: the same names, except that a name already used by an
+    earlier input gets ``-2``, ``-3``... (``a/scan.nii.gz`` and ``b/scan.nii.gz`` -> ``scan``, ``scan-2``),
+    so that no input's outputs overwrite another's. A :class:`UserWarning` lists the renamed inputs."""
+    used: set[str] = set()
+    out: list[str] = []
+    renamed: list[str] = []
+    for i, name in enumerate(names):
+        final, k = name, 1
+        while final.casefold() in used:  # case-insensitive file systems would collide too
+            k += 1
+            final = f"{name}-{k}"
+        used.add(final.casefold())
+        out.append(final)
+        if final != name:
+            source = str(paths[i]) if paths is not None else name
+            renamed.append(f"{source} -> {final}{SEG_SUFFIX}")
+    if renamed:
+        warnings.warn("inputs share a file name; their outputs are written under unique names so that none "
+                      "overwrites another: " + "; ".join(renamed), UserWarning, stacklevel=2)
+    return out
 
 
 def write_prediction(
@@ -106,9 +131,14 @@ def predict_files(
     out = Path(out_dir)
     out.mkdir(parents=True, exist_ok=True)
     written: list[Path] = []
+    names = unique_output_names([file_stem(p) for p in paths], paths)
     for index, path in enumerate(paths, start=1):
         check(cancel)
         volume = read_volume(path, is_label=False, channel=channel)
+        name = names[index - 1]
+        if name != volume.name:
+            report(progress, ProgressEvent("files", index - 1, len(paths),
+                                           f"{path}: shares its name with another input; writing {name}_*"))
         prefix = f"[{index}/{len(paths)}] {volume.name}: "
 
         def relay(event: ProgressEvent, prefix: str = prefix) -> None:
@@ -118,7 +148,7 @@ def predict_files(
             )
 
         prediction = predict_volume(model, volume, config, relay, cancel, metadata=metadata)
-        written.extend(write_prediction(prediction, out, volume.name))
+        written.extend(write_prediction(prediction, out, name))
         report(
             progress,
             ProgressEvent(

@@ -14,6 +14,7 @@ import numpy as np
 import torch
 from torch import nn
 
+from napari_sscce.inference import plausibility
 from napari_sscce.inference.config import InferenceConfig
 from napari_sscce.inference.device import prepare_model, resolve_device
 from napari_sscce.inference.fast import optimize_for_inference
@@ -90,7 +91,7 @@ def load_model(checkpoint_or_model: Any) -> tuple[nn.Module, dict[str, Any]]:
         from napari_sscce.models.checkpoint import load_checkpoint
 
         ckpt = load_checkpoint(Path(checkpoint_or_model), map_location="cpu")
-        return ckpt.model, dict(ckpt.metadata)
+        return ckpt.model, {**dict(ckpt.metadata), "model_file": str(checkpoint_or_model)}
     if isinstance(checkpoint_or_model, nn.Module):
         return checkpoint_or_model, dict(getattr(checkpoint_or_model, "metadata", None) or {})
     if hasattr(checkpoint_or_model, "model") and hasattr(checkpoint_or_model, "metadata"):
@@ -195,8 +196,8 @@ def _normalization_mode(metadata: dict[str, Any]) -> str:
     return str(norm) if norm else DEFAULT_NORMALIZATION
 
 
-def _target_shape(volume: Volume, metadata: dict[str, Any]) -> tuple[int, ...]:
-    spacing = metadata.get("spacing")
+def _target_shape(volume: Volume, metadata: dict[str, Any], model_name: str = "the model") -> tuple[int, ...]:
+    spacing = plausibility.model_spacing(metadata, model_name)
     if not spacing or np.allclose(volume.spacing, spacing, rtol=1e-3, atol=1e-6):
         return volume.shape
     return resampled_shape(volume.shape, volume.spacing, [float(s) for s in spacing])
@@ -293,6 +294,13 @@ def predict_volume(
     device = resolve_device(config.device)
     precision = resolve_precision(device, config.precision)
 
+    model_name = str(meta.get("model_file") or meta.get("name") or "the model")
+    work_shape = _target_shape(volume, meta, model_name)
+    patch = config.patch_size or plausibility.model_patch(meta.get("patch_size") or DEFAULT_PATCH, model_name)
+    classes = getattr(model, "num_classes", None) or meta.get("num_classes") or 2
+    plausibility.check_geometry(volume, plausibility.model_spacing(meta, model_name), work_shape, patch,
+                                int(classes) if str(classes).isdigit() else 2, model_name)
+
     raw, replaced = apply_nan_policy(volume, config.nan_policy)
     if replaced:
         report(progress, ProgressEvent(
@@ -301,12 +309,10 @@ def predict_volume(
     report(progress, ProgressEvent("inference", 0, 0, "normalising"))
     image = normalize_intensity(raw, _normalization_mode(meta))
     del raw
-    work_shape = _target_shape(volume, meta)
     resampled = tuple(work_shape) != tuple(volume.shape)
     if resampled:
         report(progress, ProgressEvent("inference", 0, 0, f"resampling {volume.shape} -> {work_shape}"))
         image = resample_to_shape(image, work_shape, order=1)
-    patch = config.patch_size or tuple(int(p) for p in (meta.get("patch_size") or DEFAULT_PATCH))
     plan = plan_windows(work_shape, patch, config.overlap, config.stride)
     flips = flip_combinations(tta_axes(config.tta_axes, meta)) if config.tta else [()]
 

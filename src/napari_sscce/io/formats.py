@@ -6,7 +6,6 @@ casting and uniform error messages. Library exceptions propagate from here on pu
 
 from __future__ import annotations
 
-import os
 import warnings
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -14,7 +13,7 @@ from typing import Any
 
 import numpy as np
 
-from napari_sscce.io import geometry
+from napari_sscce.io import bounded, geometry
 from napari_sscce.io.errors import VolumeError
 from napari_sscce.io.validate import ensure_3d
 
@@ -44,23 +43,12 @@ READ_COPIES = 2
 
 
 def available_memory() -> int | None:
-    """Bytes of memory available to a new allocation (psutil when installed, else ``os.sysconf``)."""
-    try:
-        import psutil
-
-        return int(psutil.virtual_memory().available)
-    except ImportError:
-        pass
-    try:
-        return int(os.sysconf("SC_AVPHYS_PAGES")) * int(os.sysconf("SC_PAGE_SIZE"))
-    except (ValueError, OSError, AttributeError):
-        return None
+    """Bytes of memory available to a new allocation (:func:`napari_sscce.io.bounded.available_memory`)."""
+    return bounded.available_memory()
 
 
 def _gib(n: float) -> str:
-    if n >= 2**28:
-        return f"{n / 2**30:.2f} GiB"
-    return f"{n / 2**20:.1f} MiB" if n >= 2**18 else f"{n:.0f} bytes"
+    return bounded.human_bytes(n)
 
 
 def check_declared_size(
@@ -110,10 +98,13 @@ def check_declared_size(
         raise VolumeError(path, f"is truncated or its header is wrong: {what}, more than a {_gib(size)} "
                                 f"compressed file can hold")
     needed = voxels * (memory_itemsize or np.dtype(dtype).itemsize) * READ_COPIES
-    free = available_memory()
+    free = bounded.max_read_bytes(copies=1)
     if free is not None and needed > free:
+        cap = bounded.memory_cap()
+        limit = "available" if cap is None or cap > (available_memory() or 0) else \
+            f"allowed by {bounded.MAX_VOLUME_ENV}"
         raise VolumeError(path, f"is too large to read: {what}; reading it needs about {_gib(needed)} of "
-                                f"memory and {_gib(free)} are available")
+                                f"memory and {_gib(free)} are {limit}")
 
 
 def read_nifti(path: Path) -> RawVolume:
@@ -149,10 +140,7 @@ def read_nifti(path: Path) -> RawVolume:
 
 def read_nrrd(path: Path) -> RawVolume:
     """NRRD: space directions -> affine (converted from the file's named space to RAS), space origin."""
-    import nrrd
-
-    _check_nrrd_size(path)
-    data, header = nrrd.read(str(path), index_order="C")  # array axes reversed from header order
+    data, header = _read_nrrd_data(path)  # array axes reversed from header order
     ndim = data.ndim
     directions = header.get("space directions")
     if directions is not None:
@@ -182,8 +170,18 @@ def read_nrrd(path: Path) -> RawVolume:
     return RawVolume(np.ascontiguousarray(data), affine, metadata, channel_axis)
 
 
-def _check_nrrd_size(path: Path) -> None:
-    """Declared size of a NRRD file against its data (raw: file size; gzip: deflate bound) and memory."""
+_NRRD_COMPRESSED = {"gzip": "gzip", "gz": "gzip", "bzip2": "bzip2", "bz2": "bzip2"}
+
+
+def _read_nrrd_data(path: Path) -> tuple[np.ndarray, dict]:
+    """Read a NRRD file's header and data within bounds; returns ``(data in C order, header)``.
+
+    The declared size is checked against the file (raw data) and memory before anything is read; a
+    detached ``data file`` must be a regular file in the header's folder; gzip / bzip2 data are inflated
+    chunk by chunk and refused as soon as they exceed the declared size (bombs) or when they do not inflate.
+    """
+    import io
+
     import nrrd
 
     with open(path, "rb") as fh:
@@ -192,17 +190,45 @@ def _check_nrrd_size(path: Path) -> None:
     sizes = tuple(int(n) for n in header.get("sizes", ()))
     dtype = nrrd.reader._determine_datatype(header)
     encoding = str(header.get("encoding", "raw")).lower()
-    detached = "data file" in header or "datafile" in header
-    data_path = path
-    if detached:
-        name = header.get("data file", header.get("datafile"))
-        data_path = (path.parent / str(name)) if isinstance(name, str) and "%" not in name else None
-    compression = "deflate" if encoding in ("gzip", "gz") else None
+    data_name = header.get("data file", header.get("datafile"))
+    data_path = path if data_name is None else bounded.contained_data_file(path, str(data_name), "data file")
+    detached = data_name is not None
+    compression = _NRRD_COMPRESSED.get(encoding)
     offset = (0 if detached else header_end) if encoding == "raw" else None
-    if data_path is not None and data_path.is_file() and (offset is not None or compression):
-        check_declared_size(data_path, sizes, dtype, data_offset=offset, compression=compression)
-    else:
-        check_declared_size(path, sizes, dtype)
+    line_skip = int(header.get("lineskip", header.get("line skip", 0)) or 0)
+    byte_skip = int(header.get("byteskip", header.get("byte skip", 0)) or 0)
+    if encoding == "raw" and byte_skip > 0 and offset is not None:
+        offset += byte_skip
+    exact = line_skip == 0 and byte_skip >= 0
+    check_declared_size(data_path, sizes, dtype, data_offset=offset if exact else None,
+                        compression="deflate" if compression == "gzip" else None)
+    if compression is None:
+        if detached:
+            return nrrd.read_data(header, None, str(path), index_order="C"), header
+        with open(path, "rb") as fh:
+            fh.seek(header_end)
+            return nrrd.read_data(header, fh, str(path), index_order="C"), header
+    declared = int(np.prod(sizes, dtype=np.int64)) * dtype.itemsize
+    if byte_skip < -1 or line_skip < 0:
+        raise VolumeError(path, f"has an invalid byte skip {byte_skip} or line skip {line_skip}")
+    expected = declared + max(byte_skip, 0)
+    with open(data_path, "rb") as fh:
+        if not detached:
+            fh.seek(header_end)
+        for _ in range(line_skip):
+            fh.readline()
+        if byte_skip == -1:  # the data are the last bytes of an inflated stream of unknown length
+            raise VolumeError(path, "uses 'byte skip: -1' with compressed data, which napari-sscce does not "
+                                    "read (no bound on what it inflates to)")
+        payload = bounded.inflate_bounded(path, fh, compression, expected)
+    plain = dict(header)
+    plain.pop("data file", None)
+    plain.pop("datafile", None)
+    plain.pop("line skip", None)
+    plain.pop("lineskip", None)
+    plain["encoding"] = "raw"
+    data = nrrd.read_data(plain, io.BytesIO(payload), str(path), index_order="C")
+    return data, header
 
 
 def describe_h5(path: Path) -> str:
@@ -222,6 +248,8 @@ def h5_has_dataset(path: Path, key: str) -> bool:
 
     try:
         with h5py.File(path, "r") as f:
+            if isinstance(f.get(key, getlink=True), h5py.ExternalLink):
+                return True  # not followed here: read_h5 checks where it points before opening it
             return isinstance(f.get(key), h5py.Dataset)
     except OSError:
         return False
@@ -233,6 +261,7 @@ def read_h5(path: Path, key: str = "image") -> RawVolume:
     import h5py
 
     with h5py.File(path, "r") as f:
+        _check_h5_links(path, f, key)
         dataset = f.get(key)
         if not isinstance(dataset, h5py.Dataset):
             listing = describe_h5(path)
@@ -241,6 +270,7 @@ def read_h5(path: Path, key: str = "image") -> RawVolume:
                 f"has no '{key}' dataset (it holds: {listing}); napari-sscce reads HDF5 files in the "
                 f"LA layout with an 'image' dataset (and a 'label' dataset) stored (x, y, z)",
             )
+        _check_h5_storage(path, f, key, dataset)
         check_declared_size(path, dataset.shape, dataset.dtype)
         data = dataset[()]
         spacing_attr = dataset.attrs.get("spacing", f.attrs.get("spacing"))
@@ -264,6 +294,42 @@ def read_h5(path: Path, key: str = "image") -> RawVolume:
     return RawVolume(np.ascontiguousarray(data), affine, metadata, channel_axis)
 
 
+def _check_h5_links(path: Path, f, key: str) -> None:
+    """Refuse an external link on the way to dataset ``key`` unless its file lies in ``path``'s folder
+    (checked before the link is followed)."""
+    import h5py
+
+    parts = [p for p in key.split("/") if p]
+    node = "/"
+    for part in parts:  # every link on the way to the dataset
+        node = node.rstrip("/") + "/" + part
+        link = f.get(node, getlink=True)
+        if isinstance(link, h5py.ExternalLink):
+            bounded.contained_data_file(path, link.filename, f"external link '{node}' ->")
+        if link is None:
+            return
+
+
+def _check_h5_storage(path: Path, f, key: str, dataset) -> None:
+    """Refuse an HDF5 dataset whose data live in another file outside ``path``'s folder.
+
+    Virtual datasets are refused unless every source file resolves inside the folder; external raw
+    storage the same (and each must be a regular file). Nothing is read from a refused file.
+    """
+    if dataset.is_virtual:
+        for source in dataset.virtual_sources():
+            name = source.file_name
+            if name in (".", ""):
+                continue
+            bounded.contained_data_file(path, name, f"virtual dataset '{key}' source")
+    for entry in dataset.external or ():
+        name = entry[0].decode() if isinstance(entry[0], bytes) else str(entry[0])
+        inside = bounded.contained_data_file(path, name, f"external storage of '{key}'")
+        if Path(name).resolve() != inside:  # HDF5 opens relative external files from the working folder
+            raise VolumeError(path, f"its external storage of '{key}' names {name!r}, which HDF5 would open "
+                                    f"from the working folder {Path.cwd()}, not next to the file; refused")
+
+
 def read_itk(path: Path, dicom: bool = False) -> RawVolume:
     """MetaImage or DICOM via SimpleITK; ITK's (x, y, z) on LPS+ -> (z, y, x) on RAS (reversed)."""
     import SimpleITK as sitk
@@ -271,6 +337,7 @@ def read_itk(path: Path, dicom: bool = False) -> RawVolume:
     metadata: dict[str, Any] = {}
     if dicom:
         files, series_id, n_series = _dicom_series_files(path)
+        check_slice_positions(path, files)
         reader = sitk.ImageSeriesReader()
         reader.SetFileNames(files)
         image = reader.Execute()
@@ -290,7 +357,12 @@ def read_itk(path: Path, dicom: bool = False) -> RawVolume:
 
 
 def _check_itk_size(path: Path) -> None:
-    """Declared size of a MetaImage file (header only) against available memory."""
+    """Declared size of a MetaImage file against memory; its data file and compressed payload checked.
+
+    A detached ``ElementDataFile`` must be a regular file in the header's folder (never ``/dev/zero`` or a
+    file elsewhere); uncompressed data must be as long as declared; compressed data must inflate (bounded)
+    to exactly the declared size, else the file is refused rather than read as zeros or stale memory.
+    """
     import SimpleITK as sitk
 
     reader = sitk.ImageFileReader()
@@ -301,7 +373,41 @@ def _check_itk_size(path: Path) -> None:
         itemsize = sitk.Image([1] * len(reader.GetSize()), reader.GetPixelID()).GetSizeOfPixelComponent()
     except RuntimeError:
         itemsize = 8
-    check_declared_size(path, shape, np.dtype(f"u{itemsize}") if itemsize in (1, 2, 4, 8) else np.float64)
+    dtype = np.dtype(f"u{itemsize}") if itemsize in (1, 2, 4, 8) else np.float64
+    check_declared_size(path, shape, dtype)
+    fields, data_start = _metaimage_header(path)
+    name = fields.get("elementdatafile", "LOCAL")
+    local = name.upper() == "LOCAL"
+    data_path = path if local else bounded.contained_data_file(path, name, "ElementDataFile")
+    start = data_start if local else 0
+    header_size = fields.get("headersize")
+    if header_size is not None and header_size.lstrip("-").isdigit() and int(header_size) > 0:
+        start += int(header_size)
+    declared = int(np.prod(shape, dtype=object)) * itemsize
+    compressed = fields.get("compresseddata", "false").lower() == "true"
+    if not compressed:
+        if header_size is None or int(header_size) >= 0:
+            check_declared_size(data_path, shape, dtype, data_offset=start)
+        return
+    with open(data_path, "rb") as fh:
+        fh.seek(start)
+        bounded.inflate_bounded(path, fh, "zlib", declared)
+
+
+def _metaimage_header(path: Path, limit: int = 1 << 16) -> tuple[dict[str, str], int]:
+    """The ``Key = Value`` fields of a MetaImage header (keys lower-case) and where its data start."""
+    fields: dict[str, str] = {}
+    with open(path, "rb") as fh:
+        while fh.tell() < limit:
+            line = fh.readline()
+            if not line:
+                break
+            key, _, value = line.decode("latin-1").partition("=")
+            key = key.strip().lower()
+            fields[key] = value.strip()
+            if key == "elementdatafile":
+                break
+        return fields, fh.tell()
 
 
 def _dicom_series_files(path: Path) -> tuple[list[str], str, int]:
@@ -326,6 +432,61 @@ def _dicom_series_files(path: Path) -> tuple[list[str], str, int]:
         chosen = next((sid for sid, names in series.items() if any(Path(n).name == path.name for n in names)),
                       ids[0])
     return series[chosen], chosen, len(ids)
+
+
+#: slice gaps may differ from their median by this fraction (dcm2niix's tolerance is similar)
+SLICE_GAP_RTOL = 0.05
+
+
+def check_slice_positions(path: Path, files: list[str]) -> None:
+    """Refuse a DICOM series whose slice positions are duplicated or not uniformly spaced.
+
+    Positions are Image Position (Patient) projected on the slice normal (from Image Orientation
+    (Patient)), as dcm2niix checks them: stacking duplicated positions would invent a spacing, and
+    unequal gaps (missing slices, a variable slice spacing) would put the slices in the wrong places.
+    Series without positions (one file, secondary captures) are left to SimpleITK.
+
+    Raises
+    ------
+    VolumeError
+        Naming the folder, the duplicated position and its files, or the gaps.
+    """
+    import SimpleITK as sitk
+
+    if len(files) < 2:
+        return
+    positions: list[tuple[float, str]] = []
+    normal = None
+    for name in files:
+        reader = sitk.ImageFileReader()
+        reader.SetFileName(name)
+        try:
+            reader.ReadImageInformation()
+            pos = [float(v) for v in reader.GetMetaData("0020|0032").split("\\")]
+            if normal is None:
+                orient = [float(v) for v in reader.GetMetaData("0020|0037").split("\\")]
+                normal = np.cross(orient[:3], orient[3:6])
+        except (RuntimeError, ValueError):
+            return  # no usable position tags: nothing to check
+        positions.append((float(np.dot(normal, pos[:3])), name))
+    positions.sort()
+    where = np.array([p for p, _ in positions])
+    gaps = np.diff(where)
+    dup = np.flatnonzero(gaps <= 1e-4)
+    if dup.size:
+        k = int(dup[0])
+        names = f"{Path(positions[k][1]).name} and {Path(positions[k + 1][1]).name}"
+        raise VolumeError(path, f"{dup.size + 1} of its {len(files)} DICOM slices share a position "
+                                f"(e.g. {names} at {where[k]:.4g} mm along the slice normal): duplicated or "
+                                "mixed acquisitions; stacking them would invent a slice spacing. Put each "
+                                "acquisition in its own folder")
+    median = float(np.median(gaps))
+    off = np.abs(gaps - median) > SLICE_GAP_RTOL * median
+    if off.any():
+        k = int(np.flatnonzero(off)[0])
+        raise VolumeError(path, f"its DICOM slices are not uniformly spaced: gaps from {gaps.min():.4g} to "
+                                f"{gaps.max():.4g} mm (median {median:.4g}), e.g. {gaps[k]:.4g} mm after "
+                                f"{Path(positions[k][1]).name}; slices are missing or the spacing varies")
 
 
 class DicomSeriesWarning(UserWarning):

@@ -96,3 +96,73 @@ def parse_axes(text: str) -> tuple[int, ...]:
 def axes_text(axes) -> str:
     """``(0, 2)`` -> ``"zx"``; no axes -> ``"none"`` (the inverse of :func:`parse_axes`)."""
     return "".join(AXIS_NAMES[a] for a in sorted(set(axes))) or "none"
+
+
+#: tolerance, as a fraction of the voxel size, within which two affines are the same grid
+GRID_TOLERANCE = 1e-3
+
+
+def same_grid(affine_a: np.ndarray, affine_b: np.ndarray, spacing: tuple[float, ...] | None = None,
+              tolerance: float = GRID_TOLERANCE) -> bool:
+    """True when two :class:`Volume` affines map every voxel to the same world point within
+    ``tolerance`` x the voxel size (direction columns and origin compared)."""
+    a, b = np.asarray(affine_a, float), np.asarray(affine_b, float)
+    sizes = np.asarray(spacing if spacing is not None else spacing_of(a), float)
+    tol = tolerance * max(float(np.min(sizes)), 1e-9)
+    return bool(np.all(np.abs(a[:3, :4] - b[:3, :4]) <= tol))
+
+
+def grid_mapping(source_affine: np.ndarray, source_shape: tuple[int, ...], target_affine: np.ndarray,
+                 target_shape: tuple[int, ...], tolerance: float = GRID_TOLERANCE
+                 ) -> tuple[tuple[int, int, int], tuple[bool, bool, bool]] | None:
+    """How to put an array on another grid that differs only by axis flips and permutations.
+
+    Returns ``(axes, flips)`` such that ``reorient(array, axes, flips)`` puts the source array on the
+    target grid voxel for voxel, or None when the grids differ otherwise (a shift, a rotation, another
+    spacing or extent), when a resampling would be needed.
+    """
+    try:
+        m = np.linalg.inv(np.asarray(source_affine, float)) @ np.asarray(target_affine, float)
+    except np.linalg.LinAlgError:
+        return None
+    rot, shift = m[:3, :3], m[:3, 3]
+    axes: list[int] = []
+    flips: list[bool] = []
+    for j in range(3):
+        p = int(np.argmax(np.abs(rot[:, j])))
+        value = rot[p, j]
+        if abs(abs(value) - 1) > tolerance or np.sum(np.abs(rot[:, j]) > tolerance) != 1 or p in axes:
+            return None
+        axes.append(p)
+        flip = value < 0
+        if int(source_shape[p]) != int(target_shape[j]):
+            return None
+        expected = (int(source_shape[p]) - 1) if flip else 0
+        if abs(shift[p] - expected) > tolerance:
+            return None
+        flips.append(bool(flip))
+    return (axes[0], axes[1], axes[2]), (flips[0], flips[1], flips[2])
+
+
+def reorient(array: np.ndarray, axes: tuple[int, int, int], flips: tuple[bool, bool, bool]) -> np.ndarray:
+    """Apply a :func:`grid_mapping` result: transpose the spatial axes, then flip those marked."""
+    out = np.transpose(array, axes)
+    for j, flip in enumerate(flips):
+        if flip:
+            out = np.flip(out, axis=j)
+    return np.ascontiguousarray(out)
+
+
+def affine_problem(affine: np.ndarray) -> str | None:
+    """Why an affine cannot place a volume in the world (non-finite, singular, zero voxel size), or None."""
+    a = np.asarray(affine, float)
+    if a.shape != (4, 4) or not np.all(np.isfinite(a)):
+        return f"its voxel-to-world matrix is not finite ({np.round(a, 4).tolist()})"
+    sizes = np.linalg.norm(a[:3, :3], axis=0)
+    if np.any(sizes <= 0):
+        return f"a voxel size is zero (spacing {tuple(float(s) for s in sizes)})"
+    unit = a[:3, :3] / sizes
+    if abs(np.linalg.det(unit)) < 1e-6:
+        return (f"its voxel-to-world matrix is singular (axes {np.round(a[:3, :3], 4).tolist()} are not "
+                "independent): the file's orientation (sform/qform, space directions) is broken")
+    return None

@@ -17,7 +17,7 @@ import numpy as np
 
 from napari_sscce.io import formats
 from napari_sscce.io.errors import VolumeError
-from napari_sscce.io.geometry import spacing_of
+from napari_sscce.io.geometry import affine_problem, spacing_of
 from napari_sscce.io.validate import as_label_array, ensure_3d
 from napari_sscce.io.volume import Volume
 
@@ -114,6 +114,9 @@ def read_volume(
         raise VolumeError(path, f"unsupported file type; napari-sscce reads {supported} and DICOM folders")
     key = "label" if (fmt == "h5" and is_label) else "image"
     array, affine, metadata = _read_raw(path, fmt, channel, h5_key=key)
+    problem = affine_problem(affine)
+    if problem is not None:
+        raise VolumeError(path, f"{problem}; napari-sscce cannot place it in the world or resample it")
     if is_label is None:
         is_label = looks_like_label_file(path) and fmt != "h5" and _integer_valued(array)
     if is_label:

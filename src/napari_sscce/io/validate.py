@@ -11,6 +11,7 @@ import os
 
 import numpy as np
 
+from napari_sscce.io import geometry
 from napari_sscce.io.errors import VolumeError
 from napari_sscce.io.volume import Volume
 
@@ -222,24 +223,80 @@ def check_labels(volume: Volume, num_classes: int | None = None) -> Volume:
 
 
 def check_pair(image: Volume, label: Volume) -> None:
-    """Check that a label map lies on its image's grid (same shape and spacing).
+    """Check that a label map lies on its image's grid: same shape, spacing and affine.
+
+    See :func:`check_same_grid`.
 
     Raises
     ------
     VolumeError
-        Naming the label file and both shapes or spacings.
+        Naming the label file, the image file and both shapes, spacings or affines.
     """
-    where = label.source or image.source
-    if image.shape != label.shape:
+    check_same_grid(image, label)
+
+
+def check_same_grid(image: Volume, other: Volume, what: str = "label") -> None:
+    """Check that ``other`` (a label map or mask) lies on ``image``'s grid.
+
+    Shapes must be equal, spacings equal within :data:`SPACING_RTOL`, and the affines (direction and
+    origin) equal within :data:`napari_sscce.io.geometry.GRID_TOLERANCE` x the voxel size: a label with the
+    image's shape and spacing but mirrored, permuted or shifted in the world is refused rather than stored
+    on the image's grid. When the grids differ only by axis flips / permutations the message says so and
+    how to reorient the label explicitly (:func:`reorient_like`).
+
+    Raises
+    ------
+    VolumeError
+        Naming both files and what differs.
+    """
+    where = other.source or image.source
+    against = f" ({image.source})" if image.source else ""
+    if image.shape != other.shape:
+        mapping = geometry.grid_mapping(other.affine, other.shape, image.affine, image.shape)
+        hint = ("; it is the image's grid with axes permuted/flipped: reorient it explicitly "
+                "(napari_sscce.io.validate.reorient_like)" if mapping else "")
+        raise VolumeError(where, f"{what} shape {other.shape} does not match image shape {image.shape}"
+                                 f"{against}{hint}")
+    if not np.allclose(image.spacing, other.spacing, rtol=SPACING_RTOL, atol=1e-6):
         raise VolumeError(
             where,
-            f"label shape {label.shape} does not match image shape {image.shape}"
-            + (f" ({image.source})" if image.source else ""),
+            f"{what} spacing {tuple(round(s, 4) for s in other.spacing)} mm does not match image spacing "
+            f"{tuple(round(s, 4) for s in image.spacing)} mm{against}",
         )
-    if not np.allclose(image.spacing, label.spacing, rtol=SPACING_RTOL, atol=1e-6):
+    if not geometry.same_grid(image.affine, other.affine, image.spacing):
+        mapping = geometry.grid_mapping(other.affine, other.shape, image.affine, image.shape)
+        if mapping is not None:
+            axes, flips = mapping
+            flipped = geometry.axes_text([j for j, f in enumerate(flips) if f])
+            how = (f"it is the image's grid mirrored along {flipped}"
+                   + (f" with axes permuted {axes}" if axes != (0, 1, 2) else "")
+                   + ": reorient it explicitly (napari_sscce.io.validate.reorient_like) if that is intended")
+        else:
+            shift = np.asarray(other.affine)[:3, 3] - np.asarray(image.affine)[:3, 3]
+            how = (f"origins differ by {tuple(round(float(s), 3) for s in shift)} mm (z, y, x) or the axes "
+                   "point elsewhere: resample it onto the image explicitly if that is intended")
         raise VolumeError(
             where,
-            f"label spacing {tuple(round(s, 4) for s in label.spacing)} mm does not match image spacing "
-            f"{tuple(round(s, 4) for s in image.spacing)} mm"
-            + (f" ({image.source})" if image.source else ""),
+            f"{what} lies elsewhere in the world than its image{against} although shape and spacing match "
+            f"({how}); affines: {what} {np.round(other.affine, 4).tolist()}, "
+            f"image {np.round(image.affine, 4).tolist()}",
         )
+
+
+def reorient_like(volume: Volume, reference: Volume) -> Volume:
+    """``volume`` put voxel for voxel on ``reference``'s grid, when the two differ only by axis flips or
+    permutations (an exact reordering, no interpolation).
+
+    Raises
+    ------
+    VolumeError
+        When the grids differ otherwise (a shift, rotation, another spacing): resample instead.
+    """
+    mapping = geometry.grid_mapping(volume.affine, volume.shape, reference.affine, reference.shape)
+    if mapping is None:
+        raise VolumeError(volume.source, f"cannot be reoriented onto {reference.source or 'the reference'}: "
+                                         "the grids differ by more than axis flips / permutations")
+    array = geometry.reorient(np.asarray(volume.array), *mapping)
+    out = reference.with_array(array, is_label=volume.is_label)
+    out.source = volume.source
+    return out

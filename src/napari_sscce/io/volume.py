@@ -9,6 +9,15 @@ from typing import Any
 import numpy as np
 
 
+def file_stem(path: str | Path) -> str:
+    """A file's name without its volume extension(s): ``a/scan.nii.gz`` -> ``scan``."""
+    name = Path(path).name
+    for ext in (".nii.gz", ".nii", ".nrrd", ".nhdr", ".h5", ".hdf5", ".mha", ".mhd", ".tiff", ".tif"):
+        if name.lower().endswith(ext):
+            return name[: -len(ext)]
+    return name
+
+
 def affine_from_spacing(spacing: tuple[float, float, float]) -> np.ndarray:
     """Return a 4x4 voxel-to-world affine for an axis-aligned grid.
 
@@ -76,11 +85,7 @@ class Volume:
         """A short name: the source file name without its extension(s), or ``"volume"``."""
         if self.source is None:
             return str(self.metadata.get("name", "volume"))
-        name = self.source.name
-        for ext in (".nii.gz", ".nii", ".nrrd", ".nhdr", ".h5", ".hdf5", ".mha", ".mhd", ".tiff", ".tif"):
-            if name.lower().endswith(ext):
-                return name[: -len(ext)]
-        return name
+        return file_stem(self.source)
 
     @property
     def translate(self) -> tuple[float, float, float]:

@@ -200,6 +200,86 @@ def _spacing_differs(a: Sequence[float], b: Sequence[float]) -> bool:
     return not np.allclose(np.asarray(a, float), np.asarray(b, float), rtol=1e-3, atol=1e-4)
 
 
+def _on_gt_grid(pred, gt, pred_path: Path, gt_path: Path, spacing_given: bool) -> np.ndarray:
+    """The prediction's array on the ground truth's grid, compared in world space.
+
+    Same grid: as is. Grids that differ only by axis flips / permutations (the same anatomy stored
+    mirrored or transposed): reoriented exactly, with a warning. Otherwise refused.
+    """
+    from napari_sscce.io import geometry
+
+    if _spacing_differs(pred.spacing, gt.spacing) and pred.shape == gt.shape:
+        if not spacing_given:
+            warnings.warn(
+                f"{pred_path}: spacing {pred.spacing} differs from ground truth {gt_path} "
+                f"spacing {gt.spacing}; using the ground truth's",
+                stacklevel=3,
+            )
+        return pred.array
+    if pred.shape == gt.shape and geometry.same_grid(pred.affine, gt.affine, gt.spacing):
+        return pred.array
+    mapping = geometry.grid_mapping(pred.affine, pred.shape, gt.affine, gt.shape)
+    if mapping is not None:
+        warnings.warn(
+            f"{pred_path}: stored with other axis order / directions than ground truth {gt_path}; "
+            f"compared in world space (prediction reoriented, axes {mapping[0]}, flips "
+            f"{geometry.axes_text([j for j, f in enumerate(mapping[1]) if f])})",
+            stacklevel=3,
+        )
+        return geometry.reorient(pred.array, *mapping)
+    if pred.shape != gt.shape:
+        raise ValueError(
+            f"{pred_path}: shape {pred.shape} differs from ground truth {gt_path} shape {gt.shape}"
+        )
+    shift = np.asarray(pred.affine)[:3, 3] - np.asarray(gt.affine)[:3, 3]
+    raise ValueError(
+        f"{pred_path}: lies elsewhere in the world than ground truth {gt_path} (same shape, but the affines "
+        f"differ beyond axis flips; origin shift {tuple(round(float(v), 3) for v in shift)} mm): "
+        "resample one onto the other before evaluating"
+    )
+
+
+def _checked_classes(num_classes: int | None, loaded: list, pairs: list, unexpected: str) -> int:
+    """The number of classes, refusing stray ground-truth values (see :func:`evaluate_folders`)."""
+    if unexpected not in ("error", "ignore"):
+        raise ValueError(f"unexpected={unexpected!r}: choose 'error' or 'ignore'")
+    values = {case: np.unique(gt) for case, _, gt, _ in loaded}
+    found = sorted(set().union(*(v.tolist() for v in values.values()))) if values else [0]
+    paths = {case: gt_path for case, _, gt_path in pairs}
+    if num_classes is None:
+        top = max(found)
+        missing = sorted(set(range(top + 1)) - set(found))
+        if missing and top >= 2:
+            contiguous = [v for v in found if v < min(missing)]
+            stray = [v for v in found if v > min(missing)]
+            where = [str(paths[c]) for c, v in values.items() if np.isin(v, stray).any()]
+            raise ValueError(
+                f"{', '.join(where[:5])}: ground truth holds unexpected label value(s) "
+                f"{', '.join(map(str, stray[:10]))} (labels found: {', '.join(map(str, found[:20]))}; "
+                f"{', '.join(map(str, missing[:10]))} never occur): scoring would count {top + 1} classes. "
+                f"Give the number of classes (e.g. --num-classes {max(2, len(contiguous))}) and choose how "
+                "to treat the stray values (evaluate_folders(..., unexpected='ignore') leaves them out)"
+            )
+        return max(2, top + 1)
+    num_classes = int(num_classes)
+    stray = [v for v in found if v >= num_classes]
+    if stray:
+        where = [str(paths[c]) for c, v in values.items() if (v >= num_classes).any()]
+        if unexpected == "error":
+            raise ValueError(
+                f"{', '.join(where[:5])}: ground truth holds label value(s) "
+                f"{', '.join(map(str, stray[:10]))} outside the {num_classes} classes 0..{num_classes - 1}; "
+                "fix the files or leave those voxels out explicitly "
+                "(evaluate_folders(..., unexpected='ignore'))"
+            )
+        warnings.warn(
+            f"{', '.join(where[:5])}: ground-truth voxels with value(s) {', '.join(map(str, stray[:10]))} "
+            f"(outside 0..{num_classes - 1}) are left out of every metric",
+            stacklevel=3,
+        )
+    return num_classes
+
+
 def evaluate_folders(
     pred_dir: str | os.PathLike,
     gt_dir: str | os.PathLike,
@@ -209,6 +289,7 @@ def evaluate_folders(
     empty: EmptyPolicy = "zero",
     progress: ProgressCallback | None = None,
     cancel: CancelToken | None = None,
+    unexpected: str = "error",
 ) -> list[dict[str, Any]]:
     """Evaluate every prediction in ``pred_dir`` against the same case in ``gt_dir``.
 
@@ -224,7 +305,12 @@ def evaluate_folders(
         Where to write ``metrics.csv`` (one row per case and class, then the ``mean`` / ``std`` rows) and
         ``metrics.json`` (rows plus run information); both atomically.
     num_classes : int, optional
-        Classes including background. Default: 1 + the largest label in any ground truth (at least 2).
+        Classes including background. Default: 1 + the largest label in any ground truth (at least 2),
+        refused when the labels found are not contiguous (e.g. 0, 1, 2 and a stray 255 would score 256
+        classes): the message names the unexpected values.
+    unexpected : {"error", "ignore"}
+        Ground-truth voxels with a value ``>= num_classes``: ``"error"`` (default) refuses naming the
+        values and files; ``"ignore"`` leaves those voxels out of every metric (a warning counts them).
     spacing : sequence of float, optional
         Voxel size (z, y, x) in mm for the ``*_mm`` metrics. Default: each ground truth's own spacing (a
         warning names the files when the prediction's spacing differs).
@@ -244,7 +330,8 @@ def evaluate_folders(
     FileNotFoundError
         A folder does not exist.
     ValueError
-        No case pairs up, shapes differ (message names both files), unreadable files (VolumeError).
+        No case pairs up, shapes differ or the grids lie differently in the world beyond axis flips /
+        permutations (message names both files), unexpected label values, unreadable files (VolumeError).
     """
     from napari_sscce.io.readers import read_volume
 
@@ -269,19 +356,17 @@ def evaluate_folders(
         check(cancel)
         report(progress, ProgressEvent("evaluate", i, 2 * len(pairs), f"reading {case}"))
         pred, gt = read_volume(pred_path, is_label=True), read_volume(gt_path, is_label=True)
-        if pred.shape != gt.shape:
-            raise ValueError(
-                f"{pred_path}: shape {pred.shape} differs from ground truth {gt_path} shape {gt.shape}"
-            )
-        if spacing is None and _spacing_differs(pred.spacing, gt.spacing):
-            warnings.warn(
-                f"{pred_path}: spacing {pred.spacing} differs from ground truth {gt_path} "
-                f"spacing {gt.spacing}; using the ground truth's",
-                stacklevel=2,
-            )
-        loaded.append((case, pred.array, gt.array, tuple(spacing) if spacing is not None else gt.spacing))
-    if num_classes is None:
-        num_classes = max(2, 1 + max(int(gt.max()) if gt.size else 0 for _, _, gt, _ in loaded))
+        pred_array = _on_gt_grid(pred, gt, pred_path, gt_path, spacing is not None)
+        loaded.append((case, pred_array, gt.array, tuple(spacing) if spacing is not None else gt.spacing))
+    num_classes = _checked_classes(num_classes, loaded, pairs, unexpected)
+    if unexpected == "ignore":
+        for k, (case, pred, gt, sp) in enumerate(loaded):
+            stray = gt >= num_classes
+            if stray.any():
+                pred, gt = pred.copy(), gt.copy()
+                pred[stray] = 0
+                gt[stray] = 0
+                loaded[k] = (case, pred, gt, sp)
 
     rows: list[dict[str, Any]] = []
     for i, (case, pred, gt, sp) in enumerate(loaded):

@@ -234,6 +234,9 @@ def _read_header(path: Path) -> dict[str, Any]:
         header = json.loads(raw.decode("utf-8"))
     except (UnicodeDecodeError, json.JSONDecodeError) as exc:
         raise CheckpointError(f"{path} is not a napari-sscce model file (unreadable header: {exc})") from None
+    except RecursionError:
+        raise CheckpointError(f"{path} is not a napari-sscce model file (its header nests JSON too deeply)") \
+            from None
     if not isinstance(header, dict):
         raise CheckpointError(f"{path} is not a napari-sscce model file (header is not a JSON object)")
     return header
@@ -259,6 +262,8 @@ def read_checkpoint_metadata(path: str | os.PathLike) -> dict[str, Any]:
         meta = json.loads(marker["metadata"])
     except (KeyError, ValueError, TypeError) as exc:
         raise CheckpointError(f"{path}: corrupt napari-sscce metadata ({exc})") from None
+    except RecursionError:
+        raise CheckpointError(f"{path}: corrupt napari-sscce metadata (JSON nested too deeply)") from None
     if version > FORMAT_VERSION:
         raise CheckpointError(
             f"{path} was written by a newer napari-sscce (format {version}; this version reads up to "
