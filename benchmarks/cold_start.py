@@ -63,8 +63,9 @@ def run(args) -> dict:
         ws.add_case(image, label.with_array(painted, is_label=True), label.with_array(mask, is_label=True),
                     name=name)
     start = time.perf_counter()
+    changes = {k: json.loads(v) for k, v in (item.split("=", 1) for item in args.set)}
     result = run_finetune(ws, cold_start=True, budget_seconds=args.budget, seed=args.seed, device="cpu",
-                          **({"method": args.method} if args.method else {}))
+                          **({"method": args.method} if args.method else {}), **changes)
     train_seconds = time.perf_counter() - start
     if result.cancelled or result.model_path is None or not result.adopted:
         raise RuntimeError(f"cold start produced no model in use: {result.message}")
@@ -86,7 +87,7 @@ def run(args) -> dict:
         "plan": config.get("plan"), "method": config.get("method"), "message": result.message,
         "eval_cases": len(scores), "mean_dice": float(np.mean(list(scores.values()))),
         "dice": scores, "inference_seconds_median": float(np.median(seconds)),
-        "cpu": cpu_model(), "threads": args.threads, "seed": args.seed, "date": time.strftime("%Y-%m-%d"),
+        "changes": changes, "cpu": cpu_model(), "threads": args.threads, "seed": args.seed, "date": time.strftime("%Y-%m-%d"),
     }
 
 
@@ -119,6 +120,8 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--method", default=None)
     parser.add_argument("--seed", type=int, default=0)
     parser.add_argument("--threads", type=int, default=2)
+    parser.add_argument("--set", action="append", default=[], metavar="FIELD=JSON",
+                        help="a TrainConfig field for this run, e.g. --set augment_intensity=true")
     parser.add_argument("--out", type=Path, default=RESULTS / "cold_start.json")
     args = parser.parse_args(argv)
     record = run(args)
