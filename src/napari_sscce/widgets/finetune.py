@@ -71,6 +71,7 @@ from napari_sscce.widgets._layers import (
 )
 from napari_sscce.widgets._messages import explain_error
 from napari_sscce.widgets._plot import CurvePlot
+from napari_sscce.widgets._scroll import set_scrolling_layout
 from napari_sscce.widgets._state import (
     load_settings,
     model_label,
@@ -184,7 +185,7 @@ class FinetuneWidget(QWidget):
         version_row.addWidget(QLabel("model version", self))
         version_row.addWidget(self.version_combo, 1)
         version_row.addWidget(self.revert_button)
-        layout = QVBoxLayout(self)
+        layout = QVBoxLayout()
         layout.addLayout(form)
         layout.addWidget(self.counts)
         layout.addWidget(self.mark_button)
@@ -196,6 +197,7 @@ class FinetuneWidget(QWidget):
         layout.addLayout(version_row)
         layout.addWidget(self.status)
         layout.addStretch(1)
+        set_scrolling_layout(self, layout)
 
         self.image_combo.currentTextChanged.connect(lambda _: self._attach_tracker())
         napari_viewer.layers.events.inserted.connect(lambda e: self._attach_tracker())

@@ -30,6 +30,7 @@ from napari_sscce.inference.predict import Prediction, predict_volume
 from napari_sscce.io.validate import apply_nan_policy
 from napari_sscce.progress import ProgressEvent
 from napari_sscce.widgets._layers import ROLE_KEY, layer_kind, show_prediction, volume_from_layer
+from napari_sscce.widgets._scroll import set_scrolling_layout
 from napari_sscce.widgets._state import (
     known_models,
     model_label,
@@ -177,7 +178,7 @@ class SegmentWidget(QWidget):
         buttons = QHBoxLayout()
         buttons.addWidget(self.run_button)
         buttons.addWidget(self.cancel_button)
-        layout = QVBoxLayout(self)
+        layout = QVBoxLayout()
         layout.addLayout(form)
         for w in (self.tta_check, self.largest_check, self.per_network_check):
             layout.addWidget(w)
@@ -185,6 +186,7 @@ class SegmentWidget(QWidget):
         layout.addWidget(self.progress_bar)
         layout.addWidget(self.status)
         layout.addStretch(1)
+        set_scrolling_layout(self, layout)
 
         self.browse_button.clicked.connect(self._browse)
         self.model_combo.activated.connect(self._on_model_chosen)

@@ -39,6 +39,7 @@ from napari_sscce.widgets._layers import (
     find_result_layer,
     images_with_uncertainty,
 )
+from napari_sscce.widgets._scroll import set_scrolling_layout
 
 #: a region fills about this fraction of the canvas after a jump
 REGION_FILL = 0.4
@@ -116,7 +117,7 @@ class UncertaintyWidget(QWidget):
         self.status = QLabel("Segment an image to see its uncertain regions.", self)
         self.status.setWordWrap(True)
 
-        layout = QVBoxLayout(self)
+        layout = QVBoxLayout()
         layout.addWidget(QLabel("Correct next (most uncertain scan first):", self))
         layout.addWidget(self.volume_table)
         layout.addWidget(QLabel("Uncertain regions (most expected errors first):", self))
@@ -129,6 +130,7 @@ class UncertaintyWidget(QWidget):
         nav.addWidget(self.refresh_button)
         layout.addLayout(nav)
         layout.addWidget(self.status)
+        set_scrolling_layout(self, layout)
 
         self.refresh_button.clicked.connect(lambda: self.refresh())
         self.next_button.clicked.connect(lambda: self.step(1))
