@@ -13,6 +13,7 @@ window's close button); otherwise, or when the close cannot be refused (``viewer
 
 from __future__ import annotations
 
+import warnings
 import weakref
 from collections.abc import Callable
 from typing import Any
@@ -68,7 +69,11 @@ class CloseGuard(QObject):
         self._watched: list[weakref.ref[QObject]] = []  # weak: the guard must not keep the viewer alive
         window = getattr(viewer, "window", None)
         for name in ("_qt_viewer", "_qt_window"):
-            target = getattr(window, name, None)
+            # napari has no public close hook: its private Qt objects are the only place to catch
+            # ``viewer.close()`` before the layers' Qt side is torn down (deprecated; gone from napari 0.10)
+            with warnings.catch_warnings():
+                warnings.simplefilter("ignore", FutureWarning)
+                target = getattr(window, name, None)
             if isinstance(target, QObject):
                 target.installEventFilter(self)
                 self._watched.append(weakref.ref(target))
