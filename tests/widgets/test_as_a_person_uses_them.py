@@ -149,3 +149,16 @@ def test_spacing_warning_only_for_a_scan_truly_far_off(qtbot, make_napari_viewer
     assert len(widget.domain_warnings) == 1
     assert "warning: spacing 6 x 3 x 1.5 mm is more than 1.5x coarser" in widget.status.text()
 
+
+
+# ----------------------------------------------------------------------------------- errors in words
+def test_a_read_only_workspace_is_said_in_words_not_an_errno(tmp_path):
+    import errno
+
+    from napari_sscce.widgets._messages import explain_error
+
+    exc = OSError(errno.EROFS, "Read-only file system", str(tmp_path / "ws" / "manifest.lock"))
+    text = explain_error(exc, tmp_path / "ws")
+    assert "Errno" not in text and "read-only" in text and "Choose another workspace folder" in text
+    assert str(tmp_path / "ws") in text
+    assert explain_error(ValueError("bad labels")) == "bad labels"  # own messages pass through
