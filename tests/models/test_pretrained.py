@@ -154,7 +154,10 @@ def test_domain_warnings_rules():
     assert domain_warnings(Volume(train, (1.4, 1.0, 0.7)), meta) == []  # within 1.5x on every axis
     (spacing,) = domain_warnings(Volume(train[:, :, :12], (1.0, 1.0, 1.6)), meta)
     assert "spacing" in spacing and "1.5x" in spacing
-    assert len(domain_warnings(Volume(train, (1.0, 0.6, 1.0)), meta)) == 1  # finer counts too
+    # finer: inference resamples; the model's own kind of scan at full resolution is not warned (issue 25)
+    assert domain_warnings(Volume(train, (1.0, 0.33, 1.0)), meta) == []
+    (fine,) = domain_warnings(Volume(train, (1.0, 0.2, 1.0)), meta)  # 5x finer than any training scan
+    assert "finer" in fine and "4x" in fine
     (scale,) = domain_warnings(Volume(train * 1000, (1.0, 1.0, 1.0)), meta)
     assert "99.5th percentile" in scale
     assert domain_warnings(Volume(train * 7, (1.0, 1.0, 1.0)), meta) == []  # 7x < 2 x 4 above the max

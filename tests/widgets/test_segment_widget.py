@@ -141,7 +141,7 @@ def test_warns_when_the_scan_is_far_from_the_training_data(qtbot, make_napari_vi
     widget.run(viewer.layers["coarse"])
     qtbot.waitUntil(lambda: not widget.runner.running, timeout=WAIT_MS)
     assert "done" in widget.status.text()  # a warning, not a refusal
-    assert "warning: spacing 2 x 1 x 1 mm differs from the model's training spacing 2 x 1 x 0.5 mm" in (
+    assert "warning: spacing 2 x 1 x 1 mm is more than 1.5x coarser than the model's training scans' " in (
         widget.status.text()
     )
     assert len(widget.domain_warnings) == 1

@@ -12,9 +12,11 @@ mean, HD95), training time, machine, date, and statistics of the training scans
 
 Warning rule (:func:`domain_warnings`), applied before segmenting; each rule that fires gives one line:
 
-- **spacing**: the scan's voxel size differs from the model's training spacing by more than a factor
-  :data:`SPACING_RATIO` (1.5) on any axis (either way). Inference resamples to the model's spacing, but
-  structures then look blurrier or coarser than anything the model saw.
+- **spacing**: inference resamples to the model's spacing, so a scan of the model's own kind at a finer
+  resolution (a full-resolution LA MRI at 0.625 mm for a model trained at 1.9 mm) is not warned about. The
+  rule fires when the scan is coarser than the coarsest training spacing by more than :data:`SPACING_RATIO`
+  (1.5) on an axis (blown up, blurrier than anything the model saw), or finer than the finest by more than
+  :data:`FINER_RATIO` (4).
 - **intensity scale**: the scan's 99.5th percentile lies outside the training scans' range of 99.5th
   percentiles widened by a factor :data:`INTENSITY_RATIO` (4) on each side.
 - **negative intensities**: more than :data:`NEGATIVE_FRACTION` (1 %) of the scan's voxels are negative while
@@ -38,8 +40,10 @@ import numpy as np
 
 #: environment variable that replaces the folder of packaged models (tests, custom installs)
 MODELS_DIR_ENV = "NAPARI_SSCCE_MODELS_DIR"
-#: spacing rule: warn when scan / training spacing (or its inverse) exceeds this on any axis
+#: spacing rule: warn when the scan's spacing exceeds this times the coarsest training spacing on an axis
 SPACING_RATIO = 1.5
+#: spacing rule: warn when the scan's spacing is finer than the finest training spacing by more than this
+FINER_RATIO = 4.0
 #: intensity rule: warn when the scan's 99.5th percentile is outside [min / r, max * r] of the training scans'
 INTENSITY_RATIO = 4.0
 #: negative-intensity rule: fraction of negative voxels that counts as "has negative intensities"
@@ -222,11 +226,20 @@ def domain_warnings(volume: Any, metadata: Mapping[str, Any]) -> list[str]:
     train_spacing = metadata.get("spacing") or (stats.get("spacing") or {}).get("median")
     spacing = np.asarray(volume.spacing, dtype=float)
     if train_spacing is not None and len(train_spacing) == 3:
-        ratio = spacing / np.asarray(train_spacing, dtype=float)
-        if np.any(np.maximum(ratio, 1 / ratio) > SPACING_RATIO):
+        # inference resamples to the training spacing: a finer scan only loses detail the model never saw,
+        # a coarser one is blown up (blurrier than any training scan), so the two sides have their own rule
+        coarsest = np.asarray((stats.get("spacing") or {}).get("max") or train_spacing, dtype=float)
+        finest = np.asarray((stats.get("spacing") or {}).get("min") or train_spacing, dtype=float)
+        if np.any(spacing > SPACING_RATIO * coarsest):
             warnings.append(
-                f"spacing {_fmt(spacing)} mm differs from the model's training spacing "
-                f"{_fmt(train_spacing)} mm by more than {SPACING_RATIO:g}x"
+                f"spacing {_fmt(spacing)} mm is more than {SPACING_RATIO:g}x coarser than the model's "
+                f"training scans' ({_fmt(coarsest)} mm at most): the result will be blurrier; a finer scan "
+                "works better"
+            )
+        elif np.any(spacing * FINER_RATIO < finest):
+            warnings.append(
+                f"spacing {_fmt(spacing)} mm is more than {FINER_RATIO:g}x finer than the model's training "
+                f"scans' ({_fmt(finest)} mm): small structures may be lost when the scan is resampled"
             )
     if not stats:
         return warnings

@@ -48,6 +48,7 @@ import numpy as np
 from napari_sscce.atomic import atomic_write_json
 from napari_sscce.io.volume import Volume
 from napari_sscce.io.writers import write_volume
+from napari_sscce.models.matching import check_classes_match, workspace_labels_classes
 from napari_sscce.progress import Cancelled, CancelToken, ProgressCallback, ProgressEvent, check, report
 from napari_sscce.training.config import TrainConfig
 from napari_sscce.workspace import Workspace
@@ -879,6 +880,7 @@ def _finetune(ws: Workspace, start: Path, run: Path, request: _Request) -> Finet
 
         meta = read_checkpoint_metadata(start)
         method = default_method(meta)
+    check_classes_match(workspace_labels_classes(ws), meta, ws.folder)
     source = find_replay_source(start, meta, ws) if request.replay else None
     start, start_version = ensure_version(ws, start, meta)
     l2sp, distill = request.l2sp, request.distill

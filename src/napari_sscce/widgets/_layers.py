@@ -2,7 +2,8 @@
 
 Layer names tie the results to their image: ``"<image> segmentation"`` (Labels, editable),
 ``"<image> entropy"`` and ``"<image> KL"`` (Image, contrast [0, 1], colormap ``inferno`` / ``magma``,
-additive blending), ``"<image> probabilities A"`` / ``"... B"`` (optional, one channel per class).
+additive blending at opacity 0.4: certain voxels add nothing and the anatomy stays visible),
+``"<image> probabilities A"`` / ``"... B"`` (optional, one channel per class).
 Running again updates these layers' data in place instead of adding copies.
 """
 
@@ -154,7 +155,7 @@ def show_prediction(
             colormap="inferno",
             contrast_limits=(0.0, 1.0),
             blending="additive",
-            opacity=0.7,
+            opacity=0.4,
             visible=True,
             **grid,
             **meta(ENTROPY),
@@ -167,7 +168,7 @@ def show_prediction(
             colormap="magma",
             contrast_limits=(0.0, 1.0),
             blending="additive",
-            opacity=0.7,
+            opacity=0.4,
             visible=False,
             **grid,
             **meta(KL),

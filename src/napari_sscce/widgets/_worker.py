@@ -54,6 +54,7 @@ class WorkRunner(QObject):
         super().__init__(parent)
         self._token: CancelToken | None = None
         self._worker = None
+        self._detached = False  # set by shutdown(): the GUI is going, the thread must not reach it any more
         self.last_traceback = ""
 
     @property
@@ -74,9 +75,13 @@ class WorkRunner(QObject):
         token = CancelToken()
         self._token = token
 
+        def emit(event: ProgressEvent) -> None:
+            if not self._detached:
+                self.progress.emit(event)
+
         def call() -> _Outcome:
             try:
-                return _Outcome("ok", fn(*args, progress=self.progress.emit, cancel=token, **kwargs))
+                return _Outcome("ok", fn(*args, progress=emit, cancel=token, **kwargs))
             except Cancelled:
                 return _Outcome("cancelled")
             except Exception as exc:  # reported to the user by the widget
@@ -92,7 +97,34 @@ class WorkRunner(QObject):
         if self._token is not None:
             self._token.cancel()
 
+    def shutdown(self, timeout_s: float = 30.0) -> bool:
+        """Cancel the running function; wait (GUI events still handled) until it ends, ``timeout_s`` at most.
+
+        Used when the window closes: after this call no signal of the function reaches the widgets any more
+        (its end is still reported if it comes within ``timeout_s``; a late end is dropped).
+
+        Returns
+        -------
+        bool
+            Whether the function ended within ``timeout_s`` (or nothing was running).
+        """
+        import time
+
+        from qtpy.QtCore import QCoreApplication
+
+        self.cancel()
+        deadline = time.monotonic() + timeout_s
+        while self.running and time.monotonic() < deadline:
+            QCoreApplication.processEvents()
+            time.sleep(0.02)
+        ended = not self.running
+        self._detached = True
+        return ended
+
     def _on_returned(self, outcome: _Outcome) -> None:
+        if self._detached:
+            self._worker = None
+            return
         self._worker = None
         self._token = None
         if outcome.kind == "ok":

@@ -24,6 +24,8 @@ The rules (settings inherited from the model, compatible methods, versions) live
 
 from __future__ import annotations
 
+import shutil
+from datetime import datetime
 from pathlib import Path
 from typing import Any
 
@@ -45,6 +47,7 @@ from qtpy.QtWidgets import (
 from napari_sscce.inference.config import InferenceConfig
 from napari_sscce.inference.predict import predict_volume
 from napari_sscce.methods import method_label, method_names
+from napari_sscce.models.matching import check_classes_match, workspace_labels_classes
 from napari_sscce.progress import ProgressEvent
 from napari_sscce.training.config import TrainConfig
 from napari_sscce.training.finetune import (
@@ -57,6 +60,7 @@ from napari_sscce.training.finetune import (
     run_finetune,
 )
 from napari_sscce.widgets._annotation import DEFAULT_MODE, MODES, AnnotationTracker
+from napari_sscce.widgets._close_guard import CloseGuard
 from napari_sscce.widgets._layers import (
     CASE_KEY,
     ROLE_KEY,
@@ -65,7 +69,9 @@ from napari_sscce.widgets._layers import (
     show_prediction,
     volume_from_layer,
 )
+from napari_sscce.widgets._messages import explain_error
 from napari_sscce.widgets._plot import CurvePlot
+from napari_sscce.widgets._scroll import set_scrolling_layout
 from napari_sscce.widgets._state import (
     load_settings,
     model_label,
@@ -115,6 +121,9 @@ class FinetuneWidget(QWidget):
         self._keep: tuple[np.ndarray, np.ndarray] | None = None  # corrections to keep: (labels, mask)
         self._case_names: dict[str, str] = {}  # layer name -> workspace case name
         self._message = ""  # what the last training or revert did, shown above the re-segmentation line
+        self._closing = False  # the window is closing: results are dropped, nothing is adopted
+        self._run_folder: Path | None = None  # the running fine-tune's run folder (removed when cancelled)
+        self._previous_version: str | None = None  # the workspace's current version when the run started
         defaults = TrainConfig()
 
         self.image_combo = ImageLayerCombo(napari_viewer, self)
@@ -176,7 +185,7 @@ class FinetuneWidget(QWidget):
         version_row.addWidget(QLabel("model version", self))
         version_row.addWidget(self.version_combo, 1)
         version_row.addWidget(self.revert_button)
-        layout = QVBoxLayout(self)
+        layout = QVBoxLayout()
         layout.addLayout(form)
         layout.addWidget(self.counts)
         layout.addWidget(self.mark_button)
@@ -188,6 +197,7 @@ class FinetuneWidget(QWidget):
         layout.addLayout(version_row)
         layout.addWidget(self.status)
         layout.addStretch(1)
+        set_scrolling_layout(self, layout)
 
         self.image_combo.currentTextChanged.connect(lambda _: self._attach_tracker())
         napari_viewer.layers.events.inserted.connect(lambda e: self._attach_tracker())
@@ -209,6 +219,7 @@ class FinetuneWidget(QWidget):
 
         self._attach_tracker()
         self._refresh_versions()
+        self.close_guard = CloseGuard(napari_viewer, self._busy_text, self._close_while_running, self)
 
     # ------------------------------------------------------------------------------------- annotation
     @property
@@ -327,7 +338,8 @@ class FinetuneWidget(QWidget):
             name = ws.add_case(image, labels, mask, name=case if known else layer.name, update=known)
             layer.metadata[CASE_KEY] = name
         except (ValueError, OSError) as exc:
-            self.status.setText(f"could not add to the labeled set: {exc}")
+            reason = explain_error(exc, self.workspace_edit.text())
+            self.status.setText(f"could not add to the labeled set: {reason}")
             return None
         self._case_names[layer.name] = name
         self.status.setText(
@@ -389,16 +401,22 @@ class FinetuneWidget(QWidget):
             )
             return
         try:
-            check_compatible(self.method, model)
+            meta = check_compatible(self.method, model)
         except (ValueError, OSError) as exc:
-            self.status.setText(str(exc))
+            self.status.setText(explain_error(exc))
             return
         if self._prepare() is None:
+            return
+        try:
+            ws.reload()
+            check_classes_match(workspace_labels_classes(ws), meta, ws.folder)  # no wrong-model fine-tune
+        except (ValueError, OSError) as exc:
+            self.status.setText(explain_error(exc, ws.folder))
             return
         self._start_training(
             f"fine-tuning {model_label(Path(model))} with {self.method} for {self.iterations_spin.value()} "
             "iterations …",
-            ws.folder, model, self.method, self.iterations_spin.value(),
+            ws, model, self.method, self.iterations_spin.value(),
         )
 
     def train_new_model(self, iterations: int | None = None) -> None:
@@ -408,16 +426,40 @@ class FinetuneWidget(QWidget):
         ws = self.workspace()
         self._start_training(
             f"training a new model on {len(ws.labeled_cases)} labeled case(s) …",
-            ws.folder, None, self.method, iterations, cold_start=True,
+            ws, None, self.method, iterations, cold_start=True,
         )
 
-    def _start_training(self, text: str, *args: Any, **kwargs: Any) -> None:
+    def _start_training(self, text: str, ws: Workspace, *args: Any, **kwargs: Any) -> None:
         self._stage = "train"
         self._set_running(True)
         self.plot.clear()
         self.score_label.setText("")
         self.status.setText(text)
-        self.runner.start(run_finetune, *args, inference=self.inference_config(), **kwargs)
+        self._previous_version = ws.current_version
+        self._run_folder = ws.folder / "runs" / datetime.now().strftime("%Y%m%d-%H%M%S-%f")
+        self.runner.start(
+            run_finetune, ws.folder, *args, inference=self.inference_config(), out=self._run_folder, **kwargs
+        )
+
+    # ------------------------------------------------------------------------------------------ closing
+    def _busy_text(self) -> str:
+        """What runs now, for the close question (empty when idle)."""
+        if not self.runner.running:
+            return ""
+        return "Segmenting again" if self._stage == "segment" else "Training"
+
+    def _close_while_running(self, timeout_s: float = 30.0) -> None:
+        """The window closes during work: cancel, wait (bounded), adopt nothing, remove the run folder."""
+        self._closing = True
+        self.runner.shutdown(timeout_s)
+        self._discard_run()
+
+    def _discard_run(self) -> None:
+        """Remove the last training's run folder (only a real folder inside a ``runs/`` folder)."""
+        run, self._run_folder = self._run_folder, None
+        if run is None or run.is_symlink() or not run.is_dir() or run.parent.name != "runs":
+            return
+        shutil.rmtree(run, ignore_errors=True)
 
     def _add_unlabeled(self, ws: Workspace) -> None:
         """Other open images join the workspace as unlabeled data (once; by layer name)."""
@@ -494,6 +536,11 @@ class FinetuneWidget(QWidget):
             self.plot.add_dice(event.step, event.values["val_dice"])
 
     def _on_finished(self, result: Any) -> None:
+        if self._closing:
+            if self._stage == "train":
+                self._undo_adoption(result)
+            self._stage = ""
+            return
         if self._stage == "train":
             self._train_finished(result)
             return
@@ -513,6 +560,7 @@ class FinetuneWidget(QWidget):
         if result.cancelled:
             self._set_running(False)
             self._stage = ""
+            self._discard_run()
             self.status.setText(result.message)
             return
         self.session.set_model(result.current_path)
@@ -527,6 +575,15 @@ class FinetuneWidget(QWidget):
         self.status.setText(f"{result.message}; segmenting again …")
         self._resegment(result.current_path)
 
+    def _undo_adoption(self, result: FinetuneResult) -> None:
+        """A run that ended while the window closed adopts nothing: the version in use before it stays."""
+        if result.cancelled or not result.adopted or not self._previous_version:
+            return
+        try:
+            self.workspace().revert(self._previous_version)
+        except (KeyError, ValueError, OSError):
+            pass
+
     @staticmethod
     def _score_text(result: FinetuneResult) -> str:
         if result.before is None or result.after is None:
@@ -537,11 +594,16 @@ class FinetuneWidget(QWidget):
         )
 
     def _on_cancelled(self) -> None:
-        self._set_running(False)
         self._stage = ""
+        if self._closing:
+            return
+        self._set_running(False)
+        self._discard_run()
         self.status.setText("cancelled; the model in use is unchanged")
 
     def _on_failed(self, exc: Exception) -> None:
+        stage, self._stage = self._stage, ""
+        if self._closing:
+            return
         self._set_running(False)
-        self.status.setText(f"{self._stage or 'task'} failed: {exc}")
-        self._stage = ""
+        self.status.setText(f"{stage or 'task'} failed: {explain_error(exc)}")

@@ -30,6 +30,7 @@ from napari_sscce.inference.predict import Prediction, predict_volume
 from napari_sscce.io.validate import apply_nan_policy
 from napari_sscce.progress import ProgressEvent
 from napari_sscce.widgets._layers import ROLE_KEY, layer_kind, show_prediction, volume_from_layer
+from napari_sscce.widgets._scroll import set_scrolling_layout
 from napari_sscce.widgets._state import (
     known_models,
     model_label,
@@ -100,6 +101,8 @@ class ImageLayerCombo(QComboBox):
         if current in names:
             self.setCurrentText(current)
         self.blockSignals(False)
+        if self.currentText() != current:  # e.g. the first image opened: listeners learn of the new choice
+            self.currentTextChanged.emit(self.currentText())
 
     def layer(self) -> Any | None:
         """The chosen layer."""
@@ -124,6 +127,8 @@ class SegmentWidget(QWidget):
         #: how the last image segmented differs from the model's training data (shown on the status line)
         self.domain_warnings: list[str] = []
         self._run_layer: Any = None
+        #: a model the person picked is kept for every image; otherwise each image gets the model that fits it
+        self._model_picked = False
         defaults = InferenceConfig()
 
         self.image_combo = ImageLayerCombo(napari_viewer, self)
@@ -173,7 +178,7 @@ class SegmentWidget(QWidget):
         buttons = QHBoxLayout()
         buttons.addWidget(self.run_button)
         buttons.addWidget(self.cancel_button)
-        layout = QVBoxLayout(self)
+        layout = QVBoxLayout()
         layout.addLayout(form)
         for w in (self.tta_check, self.largest_check, self.per_network_check):
             layout.addWidget(w)
@@ -181,6 +186,7 @@ class SegmentWidget(QWidget):
         layout.addWidget(self.progress_bar)
         layout.addWidget(self.status)
         layout.addStretch(1)
+        set_scrolling_layout(self, layout)
 
         self.browse_button.clicked.connect(self._browse)
         self.model_combo.activated.connect(self._on_model_chosen)
@@ -192,9 +198,11 @@ class SegmentWidget(QWidget):
         self.runner.cancelled.connect(self._on_cancelled)
         self.runner.failed.connect(self._on_failed)
         self.session.model_changed.connect(self._on_session_model)
+        self.image_combo.currentTextChanged.connect(lambda _: self._propose_for_image())
         self.session.inference_config = self.config  # a re-segmentation after a fine-tune uses these settings
 
         self._fill_models()
+        self._propose_for_image()
         self._update_device_label(self.device_combo.currentText())
 
     # ------------------------------------------------------------------------------------------ controls
@@ -213,8 +221,15 @@ class SegmentWidget(QWidget):
         """The chosen model file."""
         return self.session.model_path
 
-    def set_model(self, path: str | Path) -> None:
+    def set_model(self, path: str | Path, picked: bool = True) -> None:
         """Use the model file ``path`` (shown with its metadata; shared with the other widgets).
+
+        Parameters
+        ----------
+        path : path-like
+            The model file.
+        picked : bool
+            Whether the person chose it (then it stays for every image); False for the widget's own proposal.
 
         Raises
         ------
@@ -228,8 +243,44 @@ class SegmentWidget(QWidget):
         metadata = read_checkpoint_metadata(path)
         self.model_info.setText("\n".join(t for t in (model_summary(metadata), card_summary(metadata)) if t))
         self.session.set_model(path)
+        self._model_picked = picked
         remember_model(path)
         self._fill_models()
+
+    def propose_model(self, layer: Any | None = None) -> Path | None:
+        """The known model whose training data fits ``layer`` (default: the chosen image) best.
+
+        Rules in :mod:`napari_sscce.models.matching` (field of view, spacing, intensities, modality hint).
+        """
+        from napari_sscce.models.checkpoint import read_checkpoint_metadata
+        from napari_sscce.models.matching import propose_model
+
+        layer = layer or self.image_combo.layer()
+        if layer is None:
+            return None
+        try:
+            volume = volume_from_layer(layer)
+        except ValueError:
+            return None
+        candidates = []
+        for _, path in known_models():
+            try:
+                candidates.append((path, read_checkpoint_metadata(path)))
+            except (ValueError, OSError):
+                continue
+        best = propose_model(volume, candidates)
+        return None if best is None else Path(best[0])
+
+    def _propose_for_image(self) -> None:
+        """Switch to the model that fits the chosen image, unless the person picked one."""
+        if self._model_picked or self.runner.running:
+            return
+        path = self.propose_model()
+        if path is not None and (self.model_path is None or path.resolve() != self.model_path.resolve()):
+            try:
+                self.set_model(path, picked=False)
+            except (ValueError, OSError) as exc:
+                self.model_info.setText(str(exc))
 
     def _fill_models(self) -> None:
         self.model_combo.blockSignals(True)
@@ -245,9 +296,9 @@ class SegmentWidget(QWidget):
             index = self.model_combo.findData(str(current))
             self.model_combo.setCurrentIndex(max(index, 0))
         self.model_combo.blockSignals(False)
-        if current is None and entries:  # adopt the first known model
+        if current is None and entries:  # the first known model until an image says which fits
             try:
-                self.set_model(entries[0][1])
+                self.set_model(entries[0][1], picked=False)
             except ValueError as exc:
                 self.model_info.setText(str(exc))
 
@@ -273,6 +324,7 @@ class SegmentWidget(QWidget):
 
     def _on_session_model(self, path: str) -> None:
         if path and Path(path) != self._combo_path():
+            self._model_picked = True  # a model the person trained or reverted to stays in use
             try:
                 from napari_sscce.models.checkpoint import read_checkpoint_metadata
 

@@ -18,9 +18,11 @@ from __future__ import annotations
 from typing import Any
 
 import numpy as np
+from qtpy.QtCore import Qt
 from qtpy.QtWidgets import (
     QAbstractItemView,
     QHBoxLayout,
+    QHeaderView,
     QLabel,
     QPushButton,
     QTableWidget,
@@ -37,6 +39,7 @@ from napari_sscce.widgets._layers import (
     find_result_layer,
     images_with_uncertainty,
 )
+from napari_sscce.widgets._scroll import set_scrolling_layout
 
 #: a region fills about this fraction of the canvas after a jump
 REGION_FILL = 0.4
@@ -100,7 +103,11 @@ class UncertaintyWidget(QWidget):
             table.setSelectionMode(QAbstractItemView.SelectionMode.SingleSelection)
             table.setEditTriggers(QAbstractItemView.EditTrigger.NoEditTriggers)
             table.verticalHeader().setVisible(False)
-            table.horizontalHeader().setStretchLastSection(True)
+            header = table.horizontalHeader()
+            header.setSectionResizeMode(QHeaderView.ResizeMode.ResizeToContents)  # columns fit their text
+            header.setStretchLastSection(True)
+            table.setHorizontalScrollBarPolicy(Qt.ScrollBarPolicy.ScrollBarAsNeeded)  # a narrow dock scrolls
+            table.setWordWrap(False)
         self.volume_table.setMaximumHeight(120)
         self.region_table.setMinimumHeight(160)
         self.slice_table.setMaximumHeight(160)
@@ -110,7 +117,7 @@ class UncertaintyWidget(QWidget):
         self.status = QLabel("Segment an image to see its uncertain regions.", self)
         self.status.setWordWrap(True)
 
-        layout = QVBoxLayout(self)
+        layout = QVBoxLayout()
         layout.addWidget(QLabel("Correct next (most uncertain scan first):", self))
         layout.addWidget(self.volume_table)
         layout.addWidget(QLabel("Uncertain regions (most expected errors first):", self))
@@ -123,6 +130,7 @@ class UncertaintyWidget(QWidget):
         nav.addWidget(self.refresh_button)
         layout.addLayout(nav)
         layout.addWidget(self.status)
+        set_scrolling_layout(self, layout)
 
         self.refresh_button.clicked.connect(lambda: self.refresh())
         self.next_button.clicked.connect(lambda: self.step(1))
@@ -261,10 +269,20 @@ class UncertaintyWidget(QWidget):
         region = self.regions[index]
         go_to_region(self.viewer, layer, region)
         z, y, x = (int(round(c)) for c in region.centroid)
+        z = self._slider_step(0, z)
         self.status.setText(
             f"region {region.id}: slice {z}, centre (y {y}, x {x}), {region.size_voxels} voxels, "
             f"mean uncertainty {region.mean_uncertainty:.2f}"
         )
+
+    def _slider_step(self, axis: int, fallback: int) -> int:
+        """The slice number the viewer's slider shows for data ``axis`` (the status says the same)."""
+        dims = self.viewer.dims
+        offset = dims.ndim - 3
+        try:
+            return int(dims.current_step[offset + axis])
+        except (IndexError, TypeError):
+            return fallback
 
     # ----------------------------------------------------------------------------------------- slices
     def _fill_slices(self) -> None:
@@ -294,4 +312,5 @@ class UncertaintyWidget(QWidget):
         world = np.asarray(layer.data_to_world(centre), dtype=float)
         offset = self.viewer.dims.ndim - world.size
         self.viewer.dims.set_point(offset + item.axis, world[item.axis])
-        self.status.setText(f"slice {item.index}: about {item.score:.0f} wrong voxels expected")
+        step = self._slider_step(item.axis, item.index)
+        self.status.setText(f"slice {step}: about {item.score:.0f} wrong voxels expected")
