@@ -87,7 +87,8 @@ def run(args) -> dict:
         "plan": config.get("plan"), "method": config.get("method"), "message": result.message,
         "eval_cases": len(scores), "mean_dice": float(np.mean(list(scores.values()))),
         "dice": scores, "inference_seconds_median": float(np.median(seconds)),
-        "changes": changes, "cpu": cpu_model(), "threads": args.threads, "seed": args.seed, "date": time.strftime("%Y-%m-%d"),
+        "changes": changes, "cpu": cpu_model(), "threads": args.threads, "seed": args.seed,
+        "date": time.strftime("%Y-%m-%d"),
     }
 
 

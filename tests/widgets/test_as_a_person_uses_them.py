@@ -6,7 +6,6 @@ import numpy as np
 import pytest
 import torch
 
-from conftest import SHAPE, SPACING
 from napari_sscce.io.volume import Volume
 from napari_sscce.models.checkpoint import save_checkpoint
 from napari_sscce.models.dual import build_dual_model
@@ -18,6 +17,8 @@ from napari_sscce.widgets.finetune import FinetuneWidget
 from napari_sscce.widgets.segment import SegmentWidget
 from napari_sscce.workspace import Workspace
 
+SHAPE = (16, 32, 32)  # as tests/widgets/conftest.py (conftest modules are not importable by name)
+SPACING = (2.0, 1.0, 0.5)
 WAIT_MS = 120_000
 
 
