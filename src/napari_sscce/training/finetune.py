@@ -89,8 +89,8 @@ COLD_START: dict[str, Any] = {
     "val_every": 0,
     "schedule": "poly",
     "precision": "fp32",
-    # intensity scaling/shift and noise: LA cold start (2 scans x 6 painted slices, 12-min plan, seed 0, 8 unseen
-    # scans) 0.670 -> 0.716 mean Dice (benchmarks/results/cold_start.md; one seed)
+    # intensity scaling/shift and noise: LA cold start (2 scans x 6 painted slices, 12-min plan, seed 0,
+    # 8 unseen scans) 0.670 -> 0.716 mean Dice (benchmarks/results/cold_start.md; one seed)
     "augment_intensity": True,
     "augment_noise": True,
 }
