@@ -283,6 +283,12 @@ def play(viewer: Any, widgets: dict[str, Any], model: Path, shots: Path | None, 
     result.dice_layer_after = mean_dice(layer_after, gt)
     result.corrections_kept = bool(np.array_equal(layer_after[~outside], corrected[~outside]))
     print(f"demo: {finetune.status.text()}", flush=True)
+    train = getattr(finetune.last_result, "train", None)
+    if train is not None:  # how much of the fine-tune trained (issue 22: no thrown-away steps)
+        numerics = train.numerics
+        print(f"demo: fine-tune steps: {train.effective_steps} of {train.iterations} learned from "
+              f"({numerics.get('skipped_steps', 0)} skipped, {numerics.get('reduced_precision_retries', 0)} "
+              f"redone in fp32), precision {numerics.get('precision')}", flush=True)
     _shot(viewer, shots, "demo_finetune.png")
     return result
 
