@@ -28,7 +28,7 @@ def _imports() -> list[tuple[str, str, bool]]:
         rel = path.relative_to(SRC).with_suffix("")
         parts = [p for p in rel.parts if p != "__init__"]
         module = ".".join(parts)
-        tree = ast.parse(path.read_text())
+        tree = ast.parse(path.read_text(encoding="utf-8"))
         top_level = {id(n) for n in tree.body}
         for node in ast.walk(tree):
             if isinstance(node, ast.Import):
