@@ -476,6 +476,8 @@ def _add_evaluate(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--empty", choices=("zero", "nan"), default="zero",
                    help="score of an empty prediction or ground truth: 0 as the papers (default) or nan")
     p.add_argument("--summary", action="store_true", help="print only each case's mean and the summary rows")
+    p.add_argument("--unexpected", choices=("error", "ignore"), default="error",
+                   help="ground-truth values outside --num-classes: refuse (default) or leave them out")
 
     def run(args: argparse.Namespace) -> int:
         import warnings
@@ -487,7 +489,7 @@ def _add_evaluate(sub: argparse._SubParsersAction) -> None:
         with warnings.catch_warnings(record=True) as caught:
             warnings.simplefilter("always")
             rows = evaluate_folders(args.pred, args.gt, args.out, num_classes=args.num_classes,
-                                    spacing=args.spacing, empty=args.empty)
+                                    spacing=args.spacing, empty=args.empty, unexpected=args.unexpected)
         for w in caught:
             print(f"sscce evaluate: warning: {w.message}", file=sys.stderr)
         print(format_table(rows, per_class=not args.summary))

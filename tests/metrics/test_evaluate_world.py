@@ -55,3 +55,18 @@ def test_a_stray_255_is_named_not_scored_as_256_classes(tmp_path):
         rows = evaluate_folders(tmp_path / "pred", tmp_path / "gt", num_classes=3, unexpected="ignore")
     mean = next(r for r in rows if r["case"] == "case" and r["class"] == "mean")
     assert mean["dice"] == pytest.approx(1.0)
+
+
+def test_sscce_evaluate_refuses_a_stray_value_and_ignores_it_when_asked(tmp_path, capsys):
+    from napari_sscce.cli import main
+
+    gt = _label()
+    gt[0, 0, 0] = 255
+    _save(tmp_path / "gt", "case.nii.gz", gt, np.eye(4))
+    _save(tmp_path / "pred", "case.nii.gz", _label(), np.eye(4))
+    base = ["evaluate", "--pred", str(tmp_path / "pred"), "--gt", str(tmp_path / "gt"), "--num-classes", "3"]
+    assert main(base) != 0
+    assert "--unexpected ignore" in capsys.readouterr().err
+    assert main(base + ["--unexpected", "ignore"]) == 0
+    captured = capsys.readouterr()
+    assert "left out of every metric" in captured.err and "100.00" in captured.out

@@ -258,7 +258,7 @@ def _checked_classes(num_classes: int | None, loaded: list, pairs: list, unexpec
                 f"{', '.join(map(str, stray[:10]))} (labels found: {', '.join(map(str, found[:20]))}; "
                 f"{', '.join(map(str, missing[:10]))} never occur): scoring would count {top + 1} classes. "
                 f"Give the number of classes (e.g. --num-classes {max(2, len(contiguous))}) and choose how "
-                "to treat the stray values (evaluate_folders(..., unexpected='ignore') leaves them out)"
+                "to treat the stray values (--unexpected ignore; unexpected='ignore' in Python)"
             )
         return max(2, top + 1)
     num_classes = int(num_classes)
@@ -270,7 +270,7 @@ def _checked_classes(num_classes: int | None, loaded: list, pairs: list, unexpec
                 f"{', '.join(where[:5])}: ground truth holds label value(s) "
                 f"{', '.join(map(str, stray[:10]))} outside the {num_classes} classes 0..{num_classes - 1}; "
                 "fix the files or leave those voxels out explicitly "
-                "(evaluate_folders(..., unexpected='ignore'))"
+                "(sscce evaluate --unexpected ignore; unexpected='ignore' in Python)"
             )
         warnings.warn(
             f"{', '.join(where[:5])}: ground-truth voxels with value(s) {', '.join(map(str, stray[:10]))} "
