@@ -2,7 +2,7 @@
 
 The scenario of issue 27: ``--scans`` scans of a dataset, the true label painted into ``--slices`` evenly
 spaced axial slices of each (the annotation mask marks only those slices), "Train new model" with its
-defaults and a time budget (:func:`napari_sscce.training.finetune.run_finetune` with ``cold_start=True`` and
+defaults and a time budget (:func:`napari_sscce.loop.run_finetune` with ``cold_start=True`` and
 ``budget_seconds``), then the model segments ``--eval`` other scans of the same dataset (full resolution,
 the product's own inference) and is scored with mean foreground Dice against their labels.
 
@@ -41,10 +41,10 @@ def run(args) -> dict:
     from napari_sscce.inference.config import InferenceConfig
     from napari_sscce.inference.predict import predict_volume
     from napari_sscce.io.datasets import open_dataset
+    from napari_sscce.loop import run_finetune
     from napari_sscce.metrics.surface import dice
     from napari_sscce.models.checkpoint import load_checkpoint
     from napari_sscce.precision import cpu_model
-    from napari_sscce.training.finetune import run_finetune
     from napari_sscce.workspace import Workspace
 
     torch.set_num_threads(args.threads)

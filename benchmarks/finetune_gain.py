@@ -3,7 +3,7 @@
 Start from a model trained on a few labeled cases; segment ``--n-cases`` cases of the unlabeled pool; in each,
 replace the ``--n-slices`` axial slices of highest summed entropy by the ground truth (as a person correcting
 them would) and record them as the annotation mask; put those cases and ``--n-unlabeled`` further unlabeled
-images into a workspace; fine-tune with :func:`napari_sscce.training.finetune.run_finetune` (the widget's and
+images into a workspace; fine-tune with :func:`napari_sscce.loop.run_finetune` (the widget's and
 ``sscce finetune``'s defaults); score the starting and every fine-tuned model on held-out cases never used in
 training (Dice, mean of the foreground classes). Conditions:
 
@@ -42,9 +42,9 @@ import torch  # noqa: E402
 from napari_sscce.inference.config import InferenceConfig  # noqa: E402
 from napari_sscce.inference.predict import predict_volume  # noqa: E402
 from napari_sscce.io.datasets import load_splits, open_dataset  # noqa: E402
-from napari_sscce.metrics.surface import dice  # noqa: E402
+from napari_sscce.loop import run_finetune  # noqa: E402
+from napari_sscce.metrics.surface import mean_dice as metrics_mean_dice  # noqa: E402
 from napari_sscce.models.checkpoint import load_checkpoint, read_checkpoint_metadata  # noqa: E402
-from napari_sscce.training.finetune import run_finetune  # noqa: E402
 from napari_sscce.workspace import Workspace  # noqa: E402
 
 RESULTS = Path(__file__).resolve().parent / "results"
@@ -72,9 +72,7 @@ ICFG = InferenceConfig(precision="fp32", device="cpu")
 
 def mean_dice(pred: np.ndarray, gt: np.ndarray, num_classes: int, where: np.ndarray | None = None) -> float:
     """Mean foreground Dice (optionally only on voxels ``where``)."""
-    if where is not None:
-        pred, gt = pred[where], gt[where]
-    return float(np.mean([dice(pred == c, gt == c) for c in range(1, num_classes)]))
+    return metrics_mean_dice(pred, gt, range(1, num_classes), where=where, absent="zero")
 
 
 def held_out_dice(model_path: Path, cases: list[tuple[Any, np.ndarray]], num_classes: int) -> float:

@@ -27,11 +27,11 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "src"))
 import numpy as np  # noqa: E402
 import torch  # noqa: E402
 
+from napari_sscce import loop as ft  # noqa: E402
 from napari_sscce.inference.config import InferenceConfig  # noqa: E402
 from napari_sscce.inference.predict import predict_volume  # noqa: E402
 from napari_sscce.io.sample_data import make_synthetic  # noqa: E402
 from napari_sscce.metrics.surface import dice  # noqa: E402
-from napari_sscce.training import finetune as ft  # noqa: E402
 from napari_sscce.workspace import Workspace  # noqa: E402
 
 RESULTS = Path(__file__).resolve().parent / "results"

@@ -37,7 +37,7 @@ Usage::
     python benchmarks/loop.py --strategies b_random d_supervised --name loop_part2
     python benchmarks/loop.py --combine benchmarks/results/loop_part1.json benchmarks/results/loop_part2.json
 
-The fine-tune is the plugin's own (:func:`finetune` calls ``training.finetune.run_finetune`` at its
+The fine-tune is the plugin's own (:func:`finetune` calls ``loop.run_finetune`` at its
 defaults): a quarter of each corrected case's slices is held aside to judge the new model, and the starting
 model's labeled set is replayed when its checkpoint records it (then the workspace does not hold those cases;
 otherwise they are added with full masks). The next round starts from the new version even when the held-aside
@@ -204,7 +204,7 @@ def rounds_needed(budget: int, cases_per_round: int, slices_per_case: int) -> in
 def finetune(workspace: Any, model: Path, method: str, iterations: int | None, seed: int, out: Path) -> Any:
     """Fine-tune ``model`` on the workspace with the plugin's headless fine-tune and its default settings.
 
-    The only call into the training code: :func:`napari_sscce.training.finetune.run_finetune` (held-aside
+    The only call into the training code: :func:`napari_sscce.loop.run_finetune` (held-aside
     check, replay of the starting model's labeled set when its checkpoint records it, poly schedule,
     ``FINETUNE_OVERRIDES`` iterations when ``iterations`` is None). Raises ``RuntimeError`` when the run was
     cancelled or produced no model.
@@ -214,7 +214,7 @@ def finetune(workspace: Any, model: Path, method: str, iterations: int | None, s
     FinetuneResult
         ``model_path`` is the new version's file (used for the next round even when it was not adopted).
     """
-    from napari_sscce.training.finetune import run_finetune
+    from napari_sscce.loop import run_finetune
 
     result = run_finetune(workspace, model=model, method=method, iterations=iterations, seed=int(seed),
                           out=out)
@@ -225,8 +225,8 @@ def finetune(workspace: Any, model: Path, method: str, iterations: int | None, s
 
 def replay_available(workspace: Any, checkpoint: Path) -> bool:
     """Whether the plugin's fine-tune will find and replay the labeled set ``checkpoint`` records."""
+    from napari_sscce.loop import find_replay_source
     from napari_sscce.models.checkpoint import read_checkpoint_metadata
-    from napari_sscce.training.finetune import find_replay_source
 
     return find_replay_source(checkpoint, read_checkpoint_metadata(checkpoint), workspace) is not None
 
@@ -241,13 +241,9 @@ def segment(model: Any, image: Any) -> Segmented:
 
 def mean_dice(pred: np.ndarray, gt: np.ndarray, num_classes: int) -> float:
     """Mean Dice over the foreground classes present in either map (1.0 when none is)."""
-    scores = []
-    for c in range(1, num_classes):
-        a, g = pred == c, gt == c
-        total = int(a.sum()) + int(g.sum())
-        if total:
-            scores.append(2.0 * int((a & g).sum()) / total)
-    return float(np.mean(scores)) if scores else 1.0
+    from napari_sscce.metrics.surface import mean_dice as _mean_dice
+
+    return _mean_dice(pred, gt, range(1, num_classes), none=1.0)
 
 
 def evaluate(model_path: Path, dataset: Any, val: list[str], num_classes: int) -> float:

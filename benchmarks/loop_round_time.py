@@ -34,9 +34,9 @@ def main(argv: list[str] | None = None) -> int:
 
     from napari_sscce.atomic import atomic_write_json
     from napari_sscce.inference.predict import predict_volume
+    from napari_sscce.loop import run_finetune
     from napari_sscce.models.checkpoint import load_checkpoint
     from napari_sscce.precision import cpu_model
-    from napari_sscce.training.finetune import run_finetune
     from napari_sscce.workspace import Workspace
 
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])

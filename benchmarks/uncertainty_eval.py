@@ -189,14 +189,10 @@ def calibration(cases: list[dict], temperature: float = 1.0, per_network: bool =
 
 def dice_of(cases: list[dict]) -> float:
     """Mean foreground Dice of the mean prediction over cases and classes."""
-    scores = []
-    for case in cases:
-        pred = mean_prob(case).argmax(0)
-        for c in range(1, case["pa"].shape[0]):
-            a, g = pred == c, case["gt"] == c
-            if a.sum() + g.sum():
-                scores.append(2.0 * (a & g).sum() / (a.sum() + g.sum()))
-    return float(np.mean(scores))
+    from napari_sscce.metrics.surface import mean_dice
+
+    scores = [mean_dice(mean_prob(c).argmax(0), c["gt"], range(1, c["pa"].shape[0])) for c in cases]
+    return float(np.nanmean(scores))
 
 
 def fit_t(cases: list[dict], band_only: bool) -> float:

@@ -12,7 +12,7 @@ from pathlib import Path
 import napari
 from qtpy.QtWidgets import QApplication
 
-from napari_sscce.demo_loop import add_dock_widgets, open_samples
+from napari_sscce.widgets.demo_loop import add_dock_widgets, open_samples
 
 
 def shoot(width: int, height: int, out: Path) -> None:

@@ -159,7 +159,7 @@ class _Result:
 
 
 def test_finetune_goes_through_run_finetune_and_fails_loudly(loop, tmp_path, monkeypatch) -> None:
-    import napari_sscce.training.finetune as ft
+    import napari_sscce.loop as ft
 
     made = tmp_path / "v0002.safetensors"
     made.write_bytes(b"x")

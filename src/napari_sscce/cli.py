@@ -380,7 +380,7 @@ def _check_init_compatible(method: str, init: str | None) -> None:
     """``--init`` follows the fine-tune's compatibility rule (one message for CLI and widget)."""
     if not init:
         return
-    from napari_sscce.training.finetune import IncompatibleModelError, check_compatible
+    from napari_sscce.methods import IncompatibleModelError, check_compatible
 
     try:
         check_compatible(method, init)
@@ -389,8 +389,8 @@ def _check_init_compatible(method: str, init: str | None) -> None:
 
 
 def _add_finetune(sub: argparse._SubParsersAction) -> None:
-    from napari_sscce.methods import method_names
-    from napari_sscce.training import finetune as ft
+    from napari_sscce import loop as ft
+    from napari_sscce.methods import IncompatibleModelError, method_names
 
     p = sub.add_parser(
         "finetune",
@@ -447,7 +447,7 @@ def _add_finetune(sub: argparse._SubParsersAction) -> None:
                 cold_start=args.new, holdout=args.holdout, replay=not args.no_replay, l2sp=args.l2sp,
                 distill=args.distill, **changes,
             )
-        except ft.IncompatibleModelError as exc:
+        except IncompatibleModelError as exc:
             raise UserError(str(exc)) from None
         finally:
             bar.close()

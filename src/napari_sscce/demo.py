@@ -2,12 +2,13 @@
 
 With no arguments (``make demo``), or with ``--loop``, it plays the whole interactive loop on a real
 hippocampus MRI with the packaged hippocampus model, through the dock widgets themselves
-(:mod:`napari_sscce.demo_loop`): segment, show the uncertainty layers and the ranked regions, correct the
-slices the Uncertainty widget ranks first (the ground truth is painted into them as a person would),
-fine-tune, and print the Dice of the first segmentation, of the corrected layer and of the fine-tuned
-model's own segmentation. It exits with a non-zero status when any stage fails. Headless (no ``DISPLAY``,
-or only the virtual screen of ``xvfb-run``), so that ``make demo`` works on a server, it saves a screenshot
-of each step in ``docs/`` (``demo_segment.png``, ``demo_uncertainty.png``, ``demo_finetune.png``).
+(:mod:`napari_sscce.widgets.demo_loop`): segment, show the uncertainty layers and the ranked regions,
+correct the slices the Uncertainty widget ranks first (the ground truth is painted into them as a person
+would), fine-tune, and print the Dice of the first segmentation, of the corrected layer and of the
+fine-tuned model's own segmentation. It exits with a non-zero status when any stage fails. Headless (no
+``DISPLAY``, or only the virtual screen of ``xvfb-run``), so that ``make demo`` works on a server, it saves
+a screenshot of each step in ``docs/`` (``demo_segment.png``, ``demo_uncertainty.png``,
+``demo_finetune.png``).
 
 ``--screenshot PATH`` opens the viewer with the widgets and the samples, saves a canvas screenshot and
 exits (``docs/demo.png``).
@@ -23,7 +24,7 @@ from pathlib import Path
 
 import numpy as np
 
-from napari_sscce.demo_loop import add_dock_widgets, open_samples
+from napari_sscce.widgets.demo_loop import add_dock_widgets, open_samples
 
 DEFAULT_SCREENSHOT = Path("docs") / "demo.png"
 
@@ -89,7 +90,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     import napari
 
     if args.loop or not given:
-        from napari_sscce.demo_loop import run_loop
+        from napari_sscce.widgets.demo_loop import run_loop
 
         return run_loop(args.shots, args.finetune_iterations, args.slices, headless=not has_real_display(),
                         model=args.model)

@@ -98,3 +98,44 @@ def test_shape_and_spacing_errors() -> None:
         surface.dice(a, np.ones((4, 4, 5), bool))
     with pytest.raises(ValueError, match="spacing"):
         surface.hd95(a, a, spacing=(1.0, 1.0))
+
+
+def test_mean_dice_one_rule_for_absent_classes():
+    from napari_sscce.metrics.surface import mean_dice
+
+    gt = np.zeros((4, 4), np.uint8)
+    gt[:2, :2] = 1
+    pred = gt.copy()
+    pred[0, 0] = 0  # class 1: 2*3/(3+4) = 6/7
+    assert mean_dice(pred, gt) == pytest.approx(6 / 7)  # classes present in either map: just 1
+    assert mean_dice(pred, gt, range(1, 3)) == pytest.approx(6 / 7)  # class 2 absent from both: skipped
+    assert mean_dice(pred, gt, range(1, 3), absent="zero") == pytest.approx(3 / 7)
+    assert mean_dice(pred, gt, range(1, 3), absent="one") == pytest.approx((6 / 7 + 1) / 2)
+    empty = np.zeros_like(gt)
+    assert np.isnan(mean_dice(empty, empty, range(1, 3)))
+    assert mean_dice(empty, empty, range(1, 3), none=1.0) == 1.0
+    assert mean_dice(pred, gt, where=np.arange(16).reshape(4, 4) % 4 == 1) == 1.0  # column 1 agrees
+    pred2 = pred.copy()
+    pred2[3, 3] = 2  # class 2 only in the prediction: Dice 0 for it
+    assert mean_dice(pred2, gt, range(1, 3)) == pytest.approx(3 / 7)
+    with pytest.raises(ValueError, match="absent"):
+        mean_dice(pred, gt, range(1, 3), absent="bogus")
+    with pytest.raises(ValueError, match="shapes"):
+        mean_dice(pred, gt[:2])
+
+
+def test_held_aside_dice_is_pooled_over_cases():
+    from napari_sscce.io.volume import Volume
+    from napari_sscce.loop.held_aside import HeldAside, held_aside_dice
+
+    gt = np.zeros((2, 4, 4), np.uint8)
+    gt[:, :2, :2] = 1
+    mask = np.zeros(gt.shape, bool)
+    mask[0] = True
+    small, big = gt.copy(), gt.copy()
+    small[0, 0, 0] = 0  # case A: 3 of 4 found in the held-aside plane
+    image = Volume(gt.astype(np.float32))
+    held = [HeldAside("a", image, gt, mask), HeldAside("b", image, gt, mask)]
+    # pooled: 2*(3+4)/(7+8) = 14/15 (not the mean of per-case Dice (6/7 + 1)/2)
+    assert held_aside_dice([small, big], held, 2) == pytest.approx(14 / 15)
+    assert held_aside_dice([], [], 2) is None

@@ -6,6 +6,7 @@ import numpy as np
 import pytest
 import torch
 
+from napari_sscce import loop as ft
 from napari_sscce.cli import main
 from napari_sscce.inference.config import InferenceConfig
 from napari_sscce.inference.predict import predict_volume
@@ -13,7 +14,6 @@ from napari_sscce.io.sample_data import make_synthetic
 from napari_sscce.metrics.surface import dice
 from napari_sscce.models.checkpoint import save_checkpoint
 from napari_sscce.models.dual import build_dual_model
-from napari_sscce.training import finetune as ft
 from napari_sscce.workspace import Workspace
 
 SHAPE = (16, 32, 32)

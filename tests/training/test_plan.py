@@ -77,7 +77,7 @@ def test_the_timing_probe_runs_the_real_step():
 
 
 def test_a_cold_start_with_a_budget_uses_the_plan(tmp_path, monkeypatch):
-    from napari_sscce.training import finetune as ft
+    from napari_sscce import loop as ft
     from napari_sscce.workspace import Workspace
 
     ws = Workspace(tmp_path / "ws")

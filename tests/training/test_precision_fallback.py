@@ -10,13 +10,13 @@ import numpy as np
 import pytest
 import torch
 
+from napari_sscce import loop as ft
 from napari_sscce import precision
 from napari_sscce.io.sample_data import make_synthetic, make_synthetic_dataset
 from napari_sscce.methods.supervised import SupervisedMethod
 from napari_sscce.models.checkpoint import load_checkpoint, save_checkpoint
 from napari_sscce.models.dual import build_dual_model
 from napari_sscce.precision import CACHE_ENV
-from napari_sscce.training import finetune as ft
 from napari_sscce.training.config import TrainConfig
 from napari_sscce.training.loop import PrecisionWatch, train
 from napari_sscce.workspace import Workspace

@@ -7,11 +7,11 @@ import pytest
 import torch
 
 from napari_sscce.io.volume import Volume
+from napari_sscce.loop import run_finetune
 from napari_sscce.models.checkpoint import save_checkpoint
 from napari_sscce.models.dual import build_dual_model
 from napari_sscce.models.matching import ClassMismatchError
 from napari_sscce.models.pretrained import training_statistics, write_packaged_model
-from napari_sscce.training.finetune import run_finetune
 from napari_sscce.widgets import _close_guard
 from napari_sscce.widgets.finetune import FinetuneWidget
 from napari_sscce.widgets.segment import SegmentWidget

@@ -23,6 +23,7 @@ from napari_sscce.inference.sliding_window import flip_combinations, plan_window
 from napari_sscce.io.geometry import parse_axes
 from napari_sscce.io.validate import apply_nan_policy
 from napari_sscce.io.volume import Volume
+from napari_sscce.metrics.surface import mean_dice
 from napari_sscce.precision import resolve_precision
 from napari_sscce.preprocessing import normalize_intensity, resample_to_shape, resampled_shape
 from napari_sscce.progress import CancelToken, ProgressCallback, ProgressEvent, report
@@ -437,16 +438,11 @@ def compare_predictions(
     """
     ref_labels = ref_prob.argmax(0) if ref_labels is None else ref_labels
     other_labels = other_prob.argmax(0) if other_labels is None else other_labels
-    dices = []
-    for cls in range(1, ref_prob.shape[0]):
-        a, b = ref_labels == cls, other_labels == cls
-        total = int(a.sum()) + int(b.sum())
-        if total:
-            dices.append(2.0 * int((a & b).sum()) / total)
+    dice = mean_dice(ref_labels, other_labels, range(1, ref_prob.shape[0]), none=1.0)
     diff = np.abs(ref_prob - other_prob)
     return {
         "changed_fraction": float((ref_labels != other_labels).mean()),
-        "dice": float(np.mean(dices)) if dices else 1.0,
+        "dice": dice,
         "max_abs_prob_diff": float(diff.max()),
         "mean_abs_prob_diff": float(diff.mean()),
     }

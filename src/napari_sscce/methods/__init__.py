@@ -10,7 +10,10 @@ from __future__ import annotations
 from napari_sscce.methods import cce, supervised, ugmcl  # noqa: F401 - importing registers them
 from napari_sscce.methods.registry import (
     METHODS,
+    IncompatibleModelError,
+    check_compatible,
     compatible_methods,
+    default_method,
     get_method,
     incompatibility,
     method_label,
@@ -21,7 +24,10 @@ from napari_sscce.methods.registry import (
 
 __all__ = [
     "METHODS",
+    "IncompatibleModelError",
+    "check_compatible",
     "compatible_methods",
+    "default_method",
     "get_method",
     "incompatibility",
     "method_label",

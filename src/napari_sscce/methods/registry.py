@@ -9,6 +9,7 @@ model (:func:`compatible_methods`).
 
 from __future__ import annotations
 
+import os
 from typing import TYPE_CHECKING, Any
 
 if TYPE_CHECKING:  # pragma: no cover
@@ -103,3 +104,37 @@ def incompatibility(method: str, arch: dict[str, Any], model_method: str | None,
             else "No registered method can; train a new model instead."
         )
     )
+
+
+# --------------------------------------------------------------------------------------------- compatibility
+class IncompatibleModelError(ValueError):
+    """A method cannot continue a model; the message names both methods and the ones that can."""
+
+
+def check_compatible(method: str, checkpoint: str | os.PathLike) -> dict[str, Any]:
+    """Raise :class:`IncompatibleModelError` unless ``method`` can continue the model in ``checkpoint``.
+
+    Returns
+    -------
+    dict
+        The checkpoint's metadata (read once, for the caller's use).
+    """
+    from napari_sscce.models.checkpoint import read_checkpoint_metadata
+
+    meta = read_checkpoint_metadata(checkpoint)
+    message = incompatibility(method, meta["arch"], meta.get("method"), f"the model {checkpoint}")
+    if message:
+        raise IncompatibleModelError(message)
+    return meta
+
+
+def default_method(metadata: dict[str, Any]) -> str:
+    """The method to continue a model with: the one that trained it, else the first compatible one."""
+    ok = compatible_methods(metadata.get("arch"))
+    if metadata.get("method") in ok:
+        return str(metadata["method"])
+    if not ok:
+        raise IncompatibleModelError(
+            f"no registered training method can continue this model ({metadata.get('arch')})"
+        )
+    return ok[0]

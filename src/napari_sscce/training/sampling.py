@@ -13,7 +13,7 @@ feed the pseudo-label and consistency terms exactly as the voxels of unlabeled r
 A *weighted* mask (values above 1, :data:`WEIGHTED_MASK_SCALE` = weight 1; :func:`mask_weights`) gives
 voxel weights in [0, 1]: the supervised terms take a weighted mean (a voxel of weight ``w`` counts ``w``
 times a confirmed one) and every voxel below weight 1 also feeds the unsupervised terms (the fine-tune's
-distillation from the starting model, :mod:`napari_sscce.training.finetune`).
+distillation from the starting model, :mod:`napari_sscce.loop`).
 
 Patches: a ``foreground_fraction`` (default 1/3) of labeled patches is centred on a random voxel (with a
 confirmed label) of a random present foreground class (nnU-Net's oversampling), the others are

@@ -70,9 +70,9 @@ def model_label(path: Path) -> str:
     """A short name for a model file: ``"<workspace> v0003"`` for workspace versions, else the file name.
 
     Whether a file is a workspace version is read from the workspace manifest
-    (:func:`napari_sscce.training.finetune.version_label`), not guessed from the folder layout.
+    (:func:`napari_sscce.workspace.version_label`), not guessed from the folder layout.
     """
-    from napari_sscce.training.finetune import version_label
+    from napari_sscce.workspace import version_label
 
     return version_label(path) or Path(path).name
 

@@ -7,7 +7,7 @@ The loop it closes:
    the current slice as checked without an edit;
 2. "Add to labeled set" writes the image, the corrected labels and the annotation mask to a workspace folder
    (:class:`napari_sscce.workspace.Workspace`, atomic writes);
-3. "Fine-tune" runs the headless fine-tune (:func:`napari_sscce.training.finetune.run_finetune`: the model's
+3. "Fine-tune" runs the headless fine-tune (:func:`napari_sscce.loop.run_finetune`: the model's
    own settings, replay of its labeled set or distillation from the starting model, held-aside scoring)
    from the model in use on the
    workspace's labeled set plus the other open images as unlabeled data, with a progress bar, a live loss
@@ -16,10 +16,10 @@ The loop it closes:
 4. the new model becomes a new workspace version (older ones are kept; "Revert" goes back); it is made current
    only when it scores at least as well as the starting model on the held-aside slices (both figures are
    shown), and the image is segmented again with the Segment widget's settings, keeping every confirmed
-   voxel of the corrections (:func:`~napari_sscce.training.finetune.merge_prediction`).
+   voxel of the corrections (:func:`~napari_sscce.loop.merge_prediction`).
 
 The rules (settings inherited from the model, compatible methods, versions) live in
-:mod:`napari_sscce.training.finetune`; this widget only gathers the inputs and shows the outcome.
+:mod:`napari_sscce.loop`; this widget only gathers the inputs and shows the outcome.
 """
 
 from __future__ import annotations
@@ -46,19 +46,18 @@ from qtpy.QtWidgets import (
 
 from napari_sscce.inference.config import InferenceConfig
 from napari_sscce.inference.predict import predict_volume
-from napari_sscce.methods import method_label, method_names
-from napari_sscce.models.matching import check_classes_match, workspace_labels_classes
-from napari_sscce.progress import ProgressEvent
-from napari_sscce.training.config import TrainConfig
-from napari_sscce.training.finetune import (
+from napari_sscce.loop import (
     COLD_START,
     FINETUNE_OVERRIDES,
     FinetuneResult,
     build_finetune_config,
-    check_compatible,
     merge_prediction,
     run_finetune,
 )
+from napari_sscce.methods import check_compatible, method_label, method_names
+from napari_sscce.models.matching import check_classes_match, workspace_labels_classes
+from napari_sscce.progress import ProgressEvent
+from napari_sscce.training.config import TrainConfig
 from napari_sscce.widgets._annotation import DEFAULT_MODE, MODES, AnnotationTracker
 from napari_sscce.widgets._close_guard import CloseGuard
 from napari_sscce.widgets._layers import (

@@ -98,13 +98,11 @@ def demo_model_path() -> Path:
 
 def mean_dice(pred: np.ndarray, gt: np.ndarray, where: np.ndarray | None = None) -> float:
     """Mean Dice over the foreground classes present in ``gt`` (within ``where`` when given)."""
-    from napari_sscce.metrics.surface import dice
+    from napari_sscce.metrics.surface import mean_dice as _mean_dice
 
-    pred, gt = np.asarray(pred), np.asarray(gt)
-    if where is not None:
-        pred, gt = pred[where], gt[where]
-    classes = [c for c in np.unique(gt) if c != 0]
-    return float(np.mean([dice(pred == c, gt == c) for c in classes])) if classes else float("nan")
+    gt_in = np.asarray(gt) if where is None else np.asarray(gt)[np.asarray(where, dtype=bool)]
+    classes = [int(c) for c in np.unique(gt_in) if c != 0]
+    return _mean_dice(pred, gt, classes, where=where)
 
 
 def outside_slices(shape: Sequence[int], axis: int, slices: Sequence[int]) -> np.ndarray:

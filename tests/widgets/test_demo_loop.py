@@ -11,8 +11,8 @@ import numpy as np
 import pytest
 import torch
 
-from napari_sscce import demo_loop
-from napari_sscce.demo_loop import mean_dice, outside_slices, ranked_slices
+from napari_sscce.widgets import demo_loop
+from napari_sscce.widgets.demo_loop import mean_dice, outside_slices, ranked_slices
 
 ROOT = Path(__file__).resolve().parents[2]
 
@@ -42,7 +42,8 @@ def test_helpers():
 def test_no_qt_in_core_modules_and_no_import_cycle():
     code = (
         "import sys\n"
-        "import napari_sscce.demo, napari_sscce.demo_loop, napari_sscce.cli, napari_sscce.models.pretrained\n"
+        "import napari_sscce.demo, napari_sscce.widgets.demo_loop, napari_sscce.cli, napari_sscce.loop\n"
+        "import napari_sscce.models.pretrained\n"
         "import napari_sscce.io.sample_data\n"
         "qt = ('qtpy', 'PyQt5', 'PyQt6', 'PySide2', 'PySide6')\n"
         "bad = sorted(m for m in sys.modules if m.split('.')[0] in qt)\n"
@@ -52,7 +53,7 @@ def test_no_qt_in_core_modules_and_no_import_cycle():
     result = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, env=env,
                             timeout=120)
     assert result.returncode == 0, result.stdout + result.stderr
-    source = (ROOT / "src" / "napari_sscce" / "demo_loop.py").read_text()
+    source = (ROOT / "src" / "napari_sscce" / "widgets" / "demo_loop.py").read_text(encoding="utf-8")
     assert "from napari_sscce.demo import" not in source and "import napari_sscce.demo\n" not in source
 
 
