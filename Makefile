@@ -40,7 +40,7 @@ models: install
 # the CPU recipes of the README (hours on 2 cores; on a GPU see benchmarks/ssl_parallel.sh)
 benchmark: install
 	$(PY) benchmarks/inference.py
-	OMP_NUM_THREADS=1 $(PY) benchmarks/ssl.py --methods supervised cce supervised_all ugmcl --seeds 0 1 \
+	OMP_NUM_THREADS=1 $(PY) benchmarks/semi_supervised.py --methods supervised cce supervised_all ugmcl --seeds 0 1 \
 		--iterations 1000 --base-filters 8 --no-dropout --device cpu
 
 clean:

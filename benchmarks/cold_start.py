@@ -11,8 +11,8 @@ the plan, the wall time and the per-case Dice. A failing stage raises (non-zero 
 
 Usage::
 
-    python -P benchmarks/cold_start.py --data ../shared/data/la2018 --budget 720
-    python -P benchmarks/cold_start.py --data ../shared/data/hippocampus --slices 4 --budget 600
+    python benchmarks/cold_start.py --data ../shared/data/la2018 --budget 720
+    python benchmarks/cold_start.py --data ../shared/data/hippocampus --slices 4 --budget 600
 """
 
 from __future__ import annotations

@@ -32,20 +32,16 @@ import time
 from pathlib import Path
 from typing import Any
 
-# benchmarks/ssl.py would shadow the standard library's ssl module (imported by torch): drop this folder
-sys.path[:] = [p for p in sys.path if Path(p or ".").resolve() != Path(__file__).resolve().parent]
-sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "src"))
+import numpy as np
+import torch
 
-import numpy as np  # noqa: E402
-import torch  # noqa: E402
-
-from napari_sscce.inference.config import InferenceConfig  # noqa: E402
-from napari_sscce.inference.predict import predict_volume  # noqa: E402
-from napari_sscce.io.datasets import load_splits, open_dataset  # noqa: E402
-from napari_sscce.loop import run_finetune  # noqa: E402
-from napari_sscce.metrics.surface import mean_dice as metrics_mean_dice  # noqa: E402
-from napari_sscce.models.checkpoint import load_checkpoint, read_checkpoint_metadata  # noqa: E402
-from napari_sscce.workspace import Workspace  # noqa: E402
+from napari_sscce.inference.config import InferenceConfig
+from napari_sscce.inference.predict import predict_volume
+from napari_sscce.io.datasets import load_splits, open_dataset
+from napari_sscce.loop import run_finetune
+from napari_sscce.metrics.surface import mean_dice as metrics_mean_dice
+from napari_sscce.models.checkpoint import load_checkpoint, read_checkpoint_metadata
+from napari_sscce.workspace import Workspace
 
 RESULTS = Path(__file__).resolve().parent / "results"
 

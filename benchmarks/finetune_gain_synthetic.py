@@ -20,19 +20,15 @@ import sys
 from pathlib import Path
 from typing import Any
 
-# benchmarks/ssl.py would shadow the standard library's ssl module (imported by torch): drop this folder
-sys.path[:] = [p for p in sys.path if Path(p or ".").resolve() != Path(__file__).resolve().parent]
-sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "src"))
+import numpy as np
+import torch
 
-import numpy as np  # noqa: E402
-import torch  # noqa: E402
-
-from napari_sscce import loop as ft  # noqa: E402
-from napari_sscce.inference.config import InferenceConfig  # noqa: E402
-from napari_sscce.inference.predict import predict_volume  # noqa: E402
-from napari_sscce.io.sample_data import make_synthetic  # noqa: E402
-from napari_sscce.metrics.surface import dice  # noqa: E402
-from napari_sscce.workspace import Workspace  # noqa: E402
+from napari_sscce import loop as ft
+from napari_sscce.inference.config import InferenceConfig
+from napari_sscce.inference.predict import predict_volume
+from napari_sscce.io.sample_data import make_synthetic
+from napari_sscce.metrics.surface import dice
+from napari_sscce.workspace import Workspace
 
 RESULTS = Path(__file__).resolve().parent / "results"
 SHAPE, SPACING = (16, 32, 32), (2.0, 1.0, 1.0)

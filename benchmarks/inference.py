@@ -51,11 +51,7 @@ import tempfile
 import time
 from pathlib import Path
 
-# benchmarks/ holds scripts whose names can shadow standard modules (e.g. ssl.py): keep it off sys.path
-if sys.path and Path(sys.path[0] or ".").resolve() == Path(__file__).resolve().parent:
-    sys.path.pop(0)
-
-import numpy as np  # noqa: E402
+import numpy as np
 
 PATCH = (80, 112, 112)
 VOLUMES = {"160x160x96": (96, 160, 160), "LA 190x142x88": (88, 142, 190)}

@@ -58,13 +58,9 @@ from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any
 
-# benchmarks/ holds scripts whose names can shadow standard modules: keep it off sys.path
-if sys.path and Path(sys.path[0] or ".").resolve() == Path(__file__).resolve().parent:
-    sys.path.pop(0)
+import numpy as np
 
-import numpy as np  # noqa: E402
-
-from napari_sscce.uncertainty import dilated_foreground, rank_slices, volume_score  # noqa: E402
+from napari_sscce.uncertainty import dilated_foreground, rank_slices, volume_score
 
 ROOT = Path(__file__).resolve().parents[1]
 DEFAULT_CHECKPOINT = Path("/tmp/models/hippo4_cce/best.safetensors")

@@ -21,10 +21,6 @@ import tempfile
 import time
 from pathlib import Path
 
-# benchmarks/ holds scripts whose names can shadow standard modules: keep it off sys.path
-if sys.path and Path(sys.path[0] or ".").resolve() == Path(__file__).resolve().parent:
-    sys.path.pop(0)
-
 ROOT = Path(__file__).resolve().parents[1]
 
 

@@ -15,8 +15,8 @@ evaluating on volumes the method saw unlabeled would flatter the semi-supervised
 the README (factor 3: about 29 x 48 x 69 voxels of 1.875 mm, patch 48 x 48 x 24)::
 
     python benchmarks/prepare_la.py --factor 3 --out /tmp/sscce_la_ds3
-    python benchmarks/ssl.py --data /tmp/sscce_la_ds3 --patch 48 48 24 --iterations 1000 --base-filters 8 \\
-        --no-dropout --device cpu --out benchmarks/results/ssl_la_cpu
+    python benchmarks/semi_supervised.py --data /tmp/sscce_la_ds3 --patch 48 48 24 --iterations 1000 \\
+        --base-filters 8 --no-dropout --device cpu --out benchmarks/results/ssl_la_cpu
 
 The full-resolution recipe of the papers (112 x 112 x 80, 6000 iterations, base 16) is one command on a GPU
 (README, "Semi-supervised benchmark").

@@ -43,12 +43,7 @@ from pathlib import Path
 
 import numpy as np
 
-ROOT = Path(__file__).resolve().parents[1]
-SRC = ROOT / "src"
-# benchmarks/ holds ssl.py, which would shadow the standard library's ssl for torch's imports
-sys.path[:] = [str(SRC)] + [p for p in sys.path if Path(p or ".").resolve() != ROOT / "benchmarks"]
-
-from napari_sscce.atomic import (  # noqa: E402
+from napari_sscce.atomic import (
     CRASH_ENV,
     CRASH_EXIT_CODE,
     TEMP_MARKER,
@@ -56,6 +51,8 @@ from napari_sscce.atomic import (  # noqa: E402
     atomic_write_json,
 )
 
+ROOT = Path(__file__).resolve().parents[1]
+SRC = ROOT / "src"
 SHAPE = (8, 12, 12)
 ADD_CASE_POINTS = [f"atomic.{stage}@{i}" for i in range(1, 5) for stage in ("written", "replaced")] \
     + ["workspace.committed"] + [f"workspace.old_removed@{i}" for i in range(1, 4)]

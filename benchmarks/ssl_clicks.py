@@ -30,10 +30,6 @@ import time
 from collections.abc import Iterator
 from pathlib import Path
 
-# benchmarks/ holds scripts whose names can shadow standard modules: keep it off sys.path
-if sys.path and Path(sys.path[0] or ".").resolve() == Path(__file__).resolve().parent:
-    sys.path.pop(0)
-
 ROOT = Path(__file__).resolve().parents[1]
 TEST = ROOT / "tests" / "methods" / "test_cce_learns_from_unlabeled.py"
 VARIANTS = ("none", "inverted", "no-cps-gradient", "no-rampup", "self-labels")

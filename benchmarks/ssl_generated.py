@@ -21,12 +21,8 @@ import tempfile
 import time
 from pathlib import Path
 
-# benchmarks/ holds scripts whose names can shadow standard modules: keep it off sys.path
-if sys.path and Path(sys.path[0] or ".").resolve() == Path(__file__).resolve().parent:
-    sys.path.pop(0)
-
-import numpy as np  # noqa: E402
-from scipy import ndimage  # noqa: E402
+import numpy as np
+from scipy import ndimage
 
 ROOT = Path(__file__).resolve().parents[1]
 SHAPE = (16, 24, 24)

@@ -41,23 +41,18 @@ from __future__ import annotations
 import argparse
 import json
 import platform
-import sys
 import time
 from pathlib import Path
 from typing import Any
 
-# benchmarks/ holds scripts whose names can shadow standard modules: keep it off sys.path
-if sys.path and Path(sys.path[0] or ".").resolve() == Path(__file__).resolve().parent:
-    sys.path.pop(0)
+import numpy as np
+from scipy import ndimage
 
-import numpy as np  # noqa: E402
-from scipy import ndimage  # noqa: E402
-
-from napari_sscce.atomic import atomic_write_bytes, atomic_write_json  # noqa: E402
-from napari_sscce.inference.config import InferenceConfig  # noqa: E402
-from napari_sscce.inference.predict import predict_volume, tta_axes  # noqa: E402
-from napari_sscce.io.datasets import open_dataset  # noqa: E402
-from napari_sscce.metrics.calibration import (  # noqa: E402
+from napari_sscce.atomic import atomic_write_bytes, atomic_write_json
+from napari_sscce.inference.config import InferenceConfig
+from napari_sscce.inference.predict import predict_volume, tta_axes
+from napari_sscce.io.datasets import open_dataset
+from napari_sscce.metrics.calibration import (
     auroc,
     error_band,
     expected_calibration_error,
@@ -65,8 +60,8 @@ from napari_sscce.metrics.calibration import (  # noqa: E402
     negative_log_likelihood,
     temperature_scale,
 )
-from napari_sscce.models.checkpoint import load_checkpoint  # noqa: E402
-from napari_sscce.uncertainty import (  # noqa: E402
+from napari_sscce.models.checkpoint import load_checkpoint
+from napari_sscce.uncertainty import (
     entropy,
     kl_divergence,
     label_regions,

@@ -5,7 +5,7 @@ Rules (issue 12):
 * A folder that holds a run's files (:data:`RUN_FILES`) is refused unless the run resumes it
   (``resume=True``, ``sscce train --resume``) or explicitly replaces it (``overwrite=True``,
   ``sscce train --overwrite``, which deletes those files first). Other files in the folder are left alone
-  (``benchmarks/ssl.py`` keeps its split file there).
+  (``benchmarks/semi_supervised.py`` keeps its split file there).
 * While a run owns the folder it holds ``.sscce-run.lock`` (a ``filelock.FileLock``); a second run on the
   same folder, in this process or another, fails at once with a :class:`RunFolderError` instead of
   mixing its files with the first one's.

@@ -19,11 +19,11 @@ agree). A row reports the mean over cases, then mean and standard deviation over
 Usage (the README's CPU table: 8 base filters without dropout, about 15 min per CCE run with two runs at a
 time; on a GPU use ``--device cuda`` and the papers' 16 filters with dropout)::
 
-    OMP_NUM_THREADS=1 python benchmarks/ssl.py --iterations 1000 --seeds 0 1 --base-filters 8 --no-dropout \\
-        --device cpu
-    python benchmarks/ssl.py --methods cce --tag "contrast off" --option contrast=false ...   # ablation row
-    python benchmarks/ssl.py --labeled 4 ...   # fewer labels: the first 4 labeled cases, 126 unlabeled
-    python benchmarks/ssl.py --iterations 6 --val-max 3 --methods supervised cce   # smoke check
+    OMP_NUM_THREADS=1 python benchmarks/semi_supervised.py --iterations 1000 --seeds 0 1 --base-filters 8 \\
+        --no-dropout --device cpu
+    python benchmarks/semi_supervised.py --methods cce --tag "no contrast" --option contrast=false  # ablation
+    python benchmarks/semi_supervised.py --labeled 4 ...   # the first 4 labeled cases, 126 unlabeled
+    python benchmarks/semi_supervised.py --iterations 6 --val-max 3 --methods supervised cce   # smoke check
 
 Other datasets in the images/ + labels/ + splits.json layout work the same way (``--data``): the LA row uses a
 down-sampled copy written by ``benchmarks/prepare_la.py``.
@@ -34,33 +34,26 @@ metrics.jsonl per run).
 
 from __future__ import annotations
 
-import os
+import argparse
+import json
+import platform
 import sys
+import time
+from pathlib import Path
 
-# This file is named like the standard library's ``ssl``: drop its folder from the import path (put there
-# by ``python benchmarks/ssl.py``) before anything imports ``ssl``.
-_HERE = os.path.dirname(os.path.abspath(__file__))
-sys.path[:] = [p for p in sys.path if os.path.abspath(p or os.curdir) != _HERE]
+import numpy as np
+import torch
 
-import argparse  # noqa: E402
-import json  # noqa: E402
-import platform  # noqa: E402
-import time  # noqa: E402
-from pathlib import Path  # noqa: E402
-
-import numpy as np  # noqa: E402
-import torch  # noqa: E402
-
-from napari_sscce.atomic import atomic_write_bytes, atomic_write_json  # noqa: E402
-from napari_sscce.inference.config import InferenceConfig  # noqa: E402
-from napari_sscce.inference.predict import predict_volume  # noqa: E402
-from napari_sscce.io.datasets import open_dataset  # noqa: E402
-from napari_sscce.io.sample_data import find_shared_data  # noqa: E402
-from napari_sscce.methods import METHODS  # noqa: E402
-from napari_sscce.metrics.evaluate import evaluate_case  # noqa: E402
-from napari_sscce.models.checkpoint import read_checkpoint_metadata  # noqa: E402
-from napari_sscce.training.config import TrainConfig, parse_method_options  # noqa: E402
-from napari_sscce.training.loop import train  # noqa: E402
+from napari_sscce.atomic import atomic_write_bytes, atomic_write_json
+from napari_sscce.inference.config import InferenceConfig
+from napari_sscce.inference.predict import predict_volume
+from napari_sscce.io.datasets import open_dataset
+from napari_sscce.io.sample_data import find_shared_data
+from napari_sscce.methods import METHODS
+from napari_sscce.metrics.evaluate import evaluate_case
+from napari_sscce.models.checkpoint import read_checkpoint_metadata
+from napari_sscce.training.config import TrainConfig, parse_method_options
+from napari_sscce.training.loop import train
 
 #: row name -> (training method, which cases are labeled)
 SPECIAL_ROWS = {"supervised": ("supervised", "labeled"), "supervised_all": ("supervised", "all")}
@@ -366,7 +359,7 @@ def main(argv=None) -> int:
         per_row.append(summarise(f"{row} [{args.tag}]" if args.tag else row, runs, splits))
     device = per_row[0]["runs"][0]["device"] if per_row else args.device
     report = {
-        "command": "python benchmarks/ssl.py " + " ".join(sys.argv[1:] if argv is None else argv),
+        "command": "python benchmarks/semi_supervised.py " + " ".join(sys.argv[1:] if argv is None else argv),
         "config": {
             "iterations": args.iterations,
             "patch_xyz": list(args.patch),
