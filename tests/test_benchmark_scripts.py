@@ -1,5 +1,5 @@
-"""Benchmark scripts run as plain ``python benchmarks/NAME.py``: no name shadows a standard module (the script's
-folder is first on the import path) and no script edits ``sys.path`` to work around one."""
+"""Benchmark scripts run as plain ``python benchmarks/NAME.py``: no name shadows a standard module (the
+script's folder is first on the import path) and no script edits ``sys.path`` to work around one."""
 
 from __future__ import annotations
 

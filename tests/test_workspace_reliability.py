@@ -31,6 +31,7 @@ import sys
 import numpy as np
 from napari_sscce.io.volume import Volume
 from napari_sscce.workspace import Workspace
+from napari_sscce.models.checkpoint import save_checkpoint
 folder, mode, value = sys.argv[1], sys.argv[2], int(sys.argv[3])
 shape = (4, 5, 6)
 def case(v, name):
@@ -244,11 +245,9 @@ def test_paths_outside_the_workspace_are_refused(tmp_path, bad_path):
 
 
 def test_the_workspace_records_its_classes_from_the_first_model(tmp_path):
-    from napari_sscce.models.checkpoint import save_checkpoint
-    from napari_sscce.models.dual import build_dual_model
+    from sscce_factory import tiny_model_file
 
-    model = build_dual_model("cce", num_classes=3, base_filters=2)
-    ckpt = save_checkpoint(tmp_path / "m.safetensors", model, {})
+    ckpt = tiny_model_file(tmp_path / "m.safetensors", num_classes=3, seed=None, has_dropout=None)
     ws = Workspace(tmp_path / "ws")
     ws.add_model_version(ckpt)
     assert Workspace(tmp_path / "ws").num_classes == 3

@@ -7,12 +7,12 @@ import argparse
 import nibabel as nib
 import numpy as np
 import pytest
-import torch
 
 from napari_sscce.cli import main
 from napari_sscce.inference.config import InferenceConfig
 from napari_sscce.inference.files import predict_files
 from napari_sscce.progress import Cancelled, CancelToken
+from sscce_factory import tiny_model_file
 
 AFFINE = np.array(
     [[0.0, 0.0, -1.5, 30.0], [0.9, 0.1, 0.0, -12.0], [0.0, 1.2, 0.0, 7.5], [0.0, 0.0, 0.0, 1.0]]
@@ -21,14 +21,8 @@ AFFINE = np.array(
 
 @pytest.fixture(scope="module")
 def checkpoint(tmp_path_factory):
-    from napari_sscce.models.checkpoint import save_checkpoint
-    from napari_sscce.models.dual import build_dual_model
-
-    torch.manual_seed(0)
-    model = build_dual_model("cce", base_filters=2, has_dropout=False)
     path = tmp_path_factory.mktemp("model") / "model.safetensors"
-    meta = {"method": "cce", "patch_size": [16, 16, 16], "normalization": {"mode": "zscore"}}
-    return save_checkpoint(path, model, meta)
+    return tiny_model_file(path, patch_size=[16, 16, 16], normalization={"mode": "zscore"})
 
 
 @pytest.fixture

@@ -14,6 +14,7 @@ from napari_sscce.inference.plausibility import SpacingWarning
 from napari_sscce.inference.predict import predict_volume
 from napari_sscce.io.errors import VolumeError
 from napari_sscce.io.volume import Volume
+from sscce_factory import tiny_model_file
 
 from ._stand_ins import tiny_dual
 
@@ -67,13 +68,10 @@ def test_the_resampled_grid_is_bounded_by_memory_before_allocating(monkeypatch):
 
 def test_same_file_names_in_different_folders_get_unique_outputs(tmp_path):
     from napari_sscce.inference.files import output_paths, predict_files
-    from napari_sscce.models.checkpoint import save_checkpoint
-    from napari_sscce.models.dual import build_dual_model
 
     with pytest.warns(UserWarning, match="scan-2"):
         assert unique_output_names(["scan", "scan", "Scan", "other"]) == ["scan", "scan-2", "Scan-3", "other"]
-    model = build_dual_model("cce", base_filters=2, has_dropout=False)
-    ckpt = save_checkpoint(tmp_path / "m.safetensors", model, {"method": "cce"})
+    ckpt = tiny_model_file(tmp_path / "m.safetensors", seed=None)
     inputs = []
     for k, folder in enumerate(("a", "b")):
         (tmp_path / folder).mkdir()

@@ -18,8 +18,8 @@ from napari_sscce.cli import build_parser
 from napari_sscce.io.errors import VolumeError
 from napari_sscce.io.formats import DicomSeriesWarning
 from napari_sscce.io.readers import read_volume
-from napari_sscce.models.checkpoint import CheckpointError, load_checkpoint, save_checkpoint
-from napari_sscce.models.dual import build_dual_model
+from napari_sscce.models.checkpoint import CheckpointError, load_checkpoint
+from sscce_factory import tiny_model_file
 
 HUGE_XYZ = (2000, 1000, 1000)  # 7.5 GiB of float32
 
@@ -78,8 +78,7 @@ def test_honest_files_still_read(tmp_path):
 @pytest.fixture(scope="module")
 def small_model(tmp_path_factory):
     path = tmp_path_factory.mktemp("ckpt") / "small.safetensors"
-    model = build_dual_model("cce", base_filters=2, has_dropout=False)
-    return save_checkpoint(path, model, {"method": "cce"})
+    return tiny_model_file(path, seed=None)
 
 
 def _with_arch_arg(src, dst, key, value, keep_tensors=False):

@@ -12,9 +12,8 @@ from napari_sscce.inference.config import InferenceConfig
 from napari_sscce.inference.predict import predict_volume
 from napari_sscce.io.sample_data import make_synthetic
 from napari_sscce.metrics.surface import dice
-from napari_sscce.models.checkpoint import save_checkpoint
-from napari_sscce.models.dual import build_dual_model
 from napari_sscce.workspace import Workspace
+from sscce_factory import tiny_model_file
 
 SHAPE = (16, 32, 32)
 SPACING = (2.0, 1.0, 1.0)
@@ -36,13 +35,8 @@ def add_corrected(ws: Workspace, seed: int, planes=PLANES, name: str | None = No
 
 @pytest.fixture
 def tiny_model(tmp_path):
-    torch.manual_seed(0)
-    model = build_dual_model("cce", base_filters=4, has_dropout=False)
-    path = tmp_path / "tiny.safetensors"
-    save_checkpoint(
-        path, model, {"method": "cce", "patch_size": list(SHAPE), "normalization": {"mode": "zscore"}}
-    )
-    return path
+    return tiny_model_file(tmp_path / "tiny.safetensors", base_filters=4, patch_size=list(SHAPE),
+                           normalization={"mode": "zscore"})
 
 
 @pytest.fixture(scope="module")

@@ -14,12 +14,12 @@ from napari_sscce import loop as ft
 from napari_sscce import precision
 from napari_sscce.io.sample_data import make_synthetic, make_synthetic_dataset
 from napari_sscce.methods.supervised import SupervisedMethod
-from napari_sscce.models.checkpoint import load_checkpoint, save_checkpoint
-from napari_sscce.models.dual import build_dual_model
+from napari_sscce.models.checkpoint import load_checkpoint
 from napari_sscce.precision import CACHE_ENV
 from napari_sscce.training.config import TrainConfig
 from napari_sscce.training.loop import PrecisionWatch, train
 from napari_sscce.workspace import Workspace
+from sscce_factory import tiny_model_file
 
 
 @pytest.fixture(scope="module")
@@ -197,10 +197,8 @@ def _poison_every_step(monkeypatch, method_cls):
 def test_a_finetune_whose_steps_were_all_skipped_is_not_adopted(tmp_path, monkeypatch, one_torch_thread):
     from napari_sscce.methods.cce import CCEMethod
 
-    torch.manual_seed(0)
-    start = tmp_path / "start.safetensors"
-    save_checkpoint(start, build_dual_model("cce", base_filters=2, has_dropout=False),
-                    {"method": "cce", "patch_size": list(SHAPE), "normalization": {"mode": "zscore"}})
+    start = tiny_model_file(tmp_path / "start.safetensors", patch_size=list(SHAPE),
+                            normalization={"mode": "zscore"})
     ws, gt = _workspace_with_a_corrected_case(tmp_path / "ws")
     labels_before = (ws.folder / ws.labeled_cases[0].label).read_bytes()
     _poison_every_step(monkeypatch, CCEMethod)

@@ -4,18 +4,16 @@ from __future__ import annotations
 
 import numpy as np
 import pytest
-import torch
 
 from napari_sscce.io.volume import Volume
 from napari_sscce.loop import run_finetune
-from napari_sscce.models.checkpoint import save_checkpoint
-from napari_sscce.models.dual import build_dual_model
 from napari_sscce.models.matching import ClassMismatchError
 from napari_sscce.models.pretrained import training_statistics, write_packaged_model
 from napari_sscce.widgets import _close_guard
 from napari_sscce.widgets.finetune import FinetuneWidget
 from napari_sscce.widgets.segment import SegmentWidget
 from napari_sscce.workspace import Workspace
+from sscce_factory import tiny_model_file
 
 SHAPE = (16, 32, 32)  # as tests/widgets/conftest.py (conftest modules are not importable by name)
 SPACING = (2.0, 1.0, 0.5)
@@ -23,12 +21,9 @@ WAIT_MS = 120_000
 
 
 def _model(path, num_classes, class_names, spacing=SPACING):
-    torch.manual_seed(0)
-    model = build_dual_model("cce", in_channels=1, num_classes=num_classes, base_filters=4)
-    meta = {"method": "cce", "patch_size": list(SHAPE), "spacing": list(spacing),
-            "normalization": {"mode": "zscore"}, "class_names": class_names}
-    save_checkpoint(path, model, meta)
-    return path
+    return tiny_model_file(path, num_classes=num_classes, base_filters=4, has_dropout=None,
+                           patch_size=list(SHAPE), spacing=list(spacing), normalization={"mode": "zscore"},
+                           class_names=class_names)
 
 
 @pytest.fixture
