@@ -194,3 +194,17 @@ def test_real_la_case(shared_data):
     assert image.shape == label.shape and image.shape[0] == 88  # 88 slices, z first
     assert image.spacing == (0.625, 0.625, 0.625)
     assert set(np.unique(label.array)) == {0, 1}
+
+
+def test_the_reader_claims_exactly_the_formats_it_reads():
+    import yaml
+
+    from napari_sscce.io.readers import SUFFIX_FORMATS
+
+    manifest = Path(__file__).resolve().parents[2] / "src" / "napari_sscce" / "napari.yaml"
+    (reader,) = yaml.safe_load(manifest.read_text(encoding="utf-8"))["contributions"]["readers"]
+    patterns = set(reader["filename_patterns"])
+    assert "*" not in patterns  # napari offers other readers every file we do not read
+    expected = {f"*{s}" for s in SUFFIX_FORMATS} | {f"*{s.upper()}" for s in SUFFIX_FORMATS}
+    assert patterns == expected
+    assert reader["accepts_directories"] is True  # DICOM series folders
