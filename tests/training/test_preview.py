@@ -4,12 +4,12 @@ from __future__ import annotations
 
 import numpy as np
 import pytest
-from sscce_factory import tiny_model_file
 
 from napari_sscce.inference.config import InferenceConfig
 from napari_sscce.io.volume import Volume
 from napari_sscce.loop.preview import preview_update
 from napari_sscce.models.checkpoint import load_checkpoint
+from sscce_factory import tiny_model_file
 
 
 def _scan():
@@ -36,6 +36,27 @@ def test_preview_learns_from_the_corrections_and_saves_nothing(tmp_path, one_tor
     np.testing.assert_array_equal(result.prediction.labels[mask], labels[mask])  # corrections kept
     assert result.prediction.entropy[mask].max() == 0.0
     assert "nothing saved" in result.message
+    assert result.before is not None and result.after is not None  # one of the four slices was held aside
+    assert result.adapted == (result.after >= result.before)
+
+
+def test_a_preview_that_gets_worse_is_not_shown(tmp_path, monkeypatch, one_torch_thread):
+    import napari_sscce.loop.preview as pv
+    from napari_sscce.inference.predict import predict_volume
+
+    path = tiny_model_file(tmp_path / "m.safetensors", base_filters=4, patch_size=[16, 32, 32],
+                           normalization={"mode": "zscore"})
+    image, truth = _scan()
+    mask = np.zeros(truth.shape, bool)
+    mask[4:12] = True
+    icfg = InferenceConfig(device="cpu", precision="fp32")
+    ckpt = load_checkpoint(path)
+    current = predict_volume(ckpt.model, image, icfg, metadata=ckpt.metadata)
+    monkeypatch.setattr(pv, "LR", 50.0)  # a step that wrecks the copy
+    result = preview_update(ckpt, image, truth, mask, seconds=60, max_steps=3, inference=icfg, current=current)
+    assert result.after < result.before and not result.adapted
+    np.testing.assert_array_equal(result.prediction.labels[~mask], current.labels[~mask])  # the current one
+    assert "worse" in result.message
 
 
 def test_preview_refuses_without_corrections(tmp_path):
