@@ -79,8 +79,11 @@ class Strategy:
         Short key (``a_ranked`` ...).
     cases : {"score", "random"}
         Highest :func:`volume_score` among the candidates, or random pool cases.
-    slices : {"ranked", "random", "all"}
-        :func:`rank_slices`, random slices across the predicted structure, or the whole volume.
+    slices : {"ranked", "random", "uniform", "even", "stratified", "all"}
+        :func:`rank_slices`; random slices across the predicted structure (foreground-aware random, the
+        field's strong baseline); random slices anywhere; evenly spaced slices across the predicted
+        structure; class-stratified expected errors with noise (ClaSP PE-like, :func:`stratified_slices`);
+        or the whole volume.
     method : str
         Fine-tune method (``"cce"`` uses the unlabeled pool, ``"supervised"`` does not).
     """
@@ -103,8 +106,13 @@ STRATEGIES = {
         Strategy("b_random", "random", "random", "cce"),
         Strategy("c_whole", "random", "all", "cce"),
         Strategy("d_supervised", "score", "ranked", "supervised"),
+        Strategy("e_uniform", "random", "uniform", "cce"),
+        Strategy("f_even", "random", "even", "cce"),
+        Strategy("g_stratified", "score", "stratified", "cce"),
     )
 }
+#: the noise of the class-stratified entropy strategy: Gumbel scale on the log of a slice's expected errors
+STRATIFIED_NOISE = 0.25
 
 
 @dataclass
@@ -149,16 +157,50 @@ def choose_slices(
     k = min(int(k), n)
     if how == "ranked":
         return [s.index for s in rank_slices(seg.entropy, seg.kl, seg.labels, axis=axis, top=k)]
+    if how == "uniform":
+        return sorted(int(i) for i in rng.choice(n, size=k, replace=False))
+    if how == "stratified":
+        return stratified_slices(seg, k, rng, axis)
+    near = dilated_foreground(seg.labels)
+    other = tuple(a for a in range(near.ndim) if a != axis)
+    crossing = np.flatnonzero(near.any(axis=other))
+    rest = np.setdiff1d(np.arange(n), crossing)
     if how == "random":
-        near = dilated_foreground(seg.labels)
-        other = tuple(a for a in range(near.ndim) if a != axis)
-        crossing = np.flatnonzero(near.any(axis=other))
-        rest = np.setdiff1d(np.arange(n), crossing)
         picked = list(rng.permutation(crossing)[:k])
-        if len(picked) < k:
-            picked += list(rng.permutation(rest)[: k - len(picked)])
-        return sorted(int(i) for i in picked)
-    raise ValueError(f"unknown slice choice {how!r}")
+    elif how == "even":
+        spots = [int(crossing[int((i + 0.5) * len(crossing) / k)]) for i in range(k)] if len(crossing) else []
+        picked = list(dict.fromkeys(spots))
+    else:
+        raise ValueError(f"unknown slice choice {how!r}")
+    if len(picked) < k:
+        picked += list(rng.permutation(np.setdiff1d(rest, picked))[: k - len(picked)])
+    return sorted(int(i) for i in picked)
+
+
+def stratified_slices(seg: Segmented, k: int, rng: np.random.Generator, axis: int = SLICE_AXIS) -> list[int]:
+    """Class-stratified expected errors with noise (after ClaSP PE, TMLR 2026): for every foreground class,
+    the slices ranked by the expected errors near that class (sum of ``error_probability`` over the class's
+    predicted voxels dilated by 3), perturbed by Gumbel noise on the log score (:data:`STRATIFIED_NOISE`);
+    the classes take turns. Classes never predicted fall back to the whole-volume ranking."""
+    from napari_sscce.uncertainty import combined_uncertainty, error_probability
+
+    e = error_probability(combined_uncertainty(seg.entropy, seg.kl))
+    other = tuple(a for a in range(e.ndim) if a != axis)
+    n = e.shape[axis]
+    classes = [int(c) for c in np.unique(seg.labels) if c != 0] or [0]
+    orders = []
+    for c in classes:
+        near = dilated_foreground(seg.labels == c) if c else np.ones(e.shape, bool)
+        score = np.where(near, e, 0.0).sum(axis=other) + 1e-9
+        noisy = np.log(score) + rng.gumbel(0.0, STRATIFIED_NOISE, size=n)
+        orders.append([int(i) for i in np.argsort(-noisy, kind="stable")])
+    picked: list[int] = []
+    while len(picked) < min(k, n):
+        for order in orders:
+            nxt = next((i for i in order if i not in picked), None)
+            if nxt is not None and len(picked) < k:
+                picked.append(nxt)
+    return sorted(picked)
 
 
 @dataclass
@@ -498,6 +540,8 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
     parser.add_argument("--data", type=Path, default=DEFAULT_DATA)
     parser.add_argument("--strategies", nargs="+", default=list(STRATEGIES), choices=list(STRATEGIES))
     parser.add_argument("--seeds", nargs="+", type=int, default=[0, 1])
+    parser.add_argument("--method", default=None,
+                        help="fine-tune every strategy with this method (default: each strategy's own)")
     parser.add_argument("--budget", type=int, default=32, help="corrected slices")
     parser.add_argument("--cases-per-round", type=int, default=2)
     parser.add_argument("--slices-per-case", type=int, default=4)
@@ -552,9 +596,15 @@ def main(argv: list[str] | None = None) -> int:
     num_classes = int(load_checkpoint(args.checkpoint).num_classes)
     start = RoundRecord(0, [], 0, 0, evaluate(Path(args.checkpoint), dataset, val, num_classes))
     print(f"start model: val Dice {start.dice:.4f} on {len(val)} cases", flush=True)
-    players = [new_player(STRATEGIES[n], s, args.checkpoint, dataset, labeled, pool, work, start)
-               for n in args.strategies for s in args.seeds]
-    meta = {"checkpoint": str(args.checkpoint), "n_val": len(val), "val_cases": val, "seeds": args.seeds,
+    chosen = [STRATEGIES[n] for n in args.strategies]
+    if args.method:
+        from dataclasses import replace as _replace
+
+        chosen = [_replace(s, method=args.method) for s in chosen]
+    players = [new_player(s, seed, args.checkpoint, dataset, labeled, pool, work, start)
+               for s in chosen for seed in args.seeds]
+    meta = {"checkpoint": str(args.checkpoint), "method": args.method, "n_val": len(val), "val_cases": val,
+            "seeds": args.seeds,
             "cases_per_round": args.cases_per_round, "slices_per_case": args.slices_per_case,
             "iterations": args.iterations, "budget": args.budget, "smoke": args.smoke,
             "cpu": cpu_model(), "threads": torch.get_num_threads(), "torch": torch.__version__,

@@ -72,6 +72,27 @@ def test_ranked_slices_find_the_errors_random_ones_stay_on_the_organ(loop) -> No
         loop.choose_slices("best", seg, 1, rng)
 
 
+def test_uniform_even_and_stratified_slices(loop) -> None:
+    pred, entropy, _ = _case((4, 7))
+    seg = loop.Segmented(labels=pred, entropy=entropy)
+    picks = [tuple(loop.choose_slices("uniform", seg, 3, np.random.default_rng(s))) for s in range(20)]
+    assert all(len(set(p)) == 3 for p in picks) and len(set(picks)) > 5  # random, anywhere
+    # evenly spaced over the slices crossing the dilated structure (0..11 here): bins of 4 -> 2, 6, 10
+    assert loop.choose_slices("even", seg, 3, np.random.default_rng(0)) == [2, 6, 10]
+    padded = np.pad(pred[3:9], ((0, 20), (0, 0), (0, 0)))  # structure z 0..5, dilated to 0..8
+    small = loop.Segmented(labels=padded, entropy=np.zeros(padded.shape, np.float32))
+    assert loop.choose_slices("even", small, 3, np.random.default_rng(0)) == [1, 4, 7]
+    # two classes: the stratified choice takes the most doubtful slice of each class, not two of one
+    labels = np.zeros((12, 16, 16), np.uint8)
+    labels[2:5, 2:6, 2:6], labels[7:10, 10:14, 10:14] = 1, 2
+    h = np.zeros(labels.shape, np.float32)
+    h[3, 2:6, 2:6], h[4, 2:6, 2:6], h[8, 10:14, 10:14] = 0.95, 0.9, 0.5  # class 1 is the louder
+    two = loop.Segmented(labels=labels, entropy=h)
+    assert loop.choose_slices("ranked", two, 2, np.random.default_rng(0)) == [3, 4]
+    assert loop.choose_slices("stratified", two, 2, np.random.default_rng(0)) == [3, 8]
+    assert len(set(loop.choose_slices("stratified", two, 5, np.random.default_rng(1)))) == 5
+
+
 def test_cases_by_volume_score_take_the_most_uncertain(loop) -> None:
     calm_pred, calm_h, _ = _case((5,), uncertain=0.3)
     busy_pred, busy_h, _ = _case((3, 4, 5, 6), uncertain=0.9)
@@ -94,7 +115,8 @@ def test_budget_and_strategies(loop) -> None:
     assert loop.rounds_needed(32, 2, 4) == 4
     assert loop.rounds_needed(32, 3, 4) == 3
     assert loop.rounds_needed(5, 2, 4) == 1
-    assert set(loop.STRATEGIES) == {"a_ranked", "b_random", "c_whole", "d_supervised"}
+    assert set(loop.STRATEGIES) == {"a_ranked", "b_random", "c_whole", "d_supervised", "e_uniform", "f_even",
+                                    "g_stratified"}
     assert loop.STRATEGIES["a_ranked"].uses_unlabeled and not loop.STRATEGIES["d_supervised"].uses_unlabeled
     assert loop.mean_dice(np.array([0, 1, 2]), np.array([0, 1, 1]), 3) == pytest.approx((2 / 3 + 0) / 2)
 

@@ -53,7 +53,8 @@ def test_a_preview_that_gets_worse_is_not_shown(tmp_path, monkeypatch, one_torch
     ckpt = load_checkpoint(path)
     current = predict_volume(ckpt.model, image, icfg, metadata=ckpt.metadata)
     monkeypatch.setattr(pv, "LR", 50.0)  # a step that wrecks the copy
-    result = preview_update(ckpt, image, truth, mask, seconds=60, max_steps=3, inference=icfg, current=current)
+    result = preview_update(ckpt, image, truth, mask, seconds=60, max_steps=3, inference=icfg,
+                            current=current)
     assert result.after < result.before and not result.adapted
     np.testing.assert_array_equal(result.prediction.labels[~mask], current.labels[~mask])  # the current one
     assert "worse" in result.message
