@@ -2,7 +2,7 @@
 
 Long-running functions (inference, training) take ``progress: ProgressCallback | None`` and
 ``cancel: CancelToken | None``. They call ``progress(ProgressEvent(...))`` as they go and check
-``cancel.raise_if_cancelled()`` between units of work. The CLI turns events into a tqdm bar; the
+``cancel.raise_if_cancelled()`` between units of work. The CLI turns events into a status line; the
 napari widgets run the same function in a ``thread_worker`` and turn events into a progress bar
 and a loss curve. Nothing here imports Qt.
 """
