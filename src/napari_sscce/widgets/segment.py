@@ -30,6 +30,7 @@ from napari_sscce.inference.predict import Prediction, predict_volume
 from napari_sscce.io.validate import apply_nan_policy
 from napari_sscce.progress import ProgressEvent
 from napari_sscce.widgets._layers import ROLE_KEY, layer_kind, show_prediction, volume_from_layer
+from napari_sscce.widgets._messages import assumed_spacing_note
 from napari_sscce.widgets._scroll import set_scrolling_layout
 from napari_sscce.widgets._state import (
     known_models,
@@ -127,6 +128,7 @@ class SegmentWidget(QWidget):
         #: how the last image segmented differs from the model's training data (shown on the status line)
         self.domain_warnings: list[str] = []
         self._run_layer: Any = None
+        self._note = ""  # the assumed-spacing note of the image being segmented (shown once)
         #: a model the person picked is kept for every image; otherwise each image gets the model that fits it
         self._model_picked = False
         defaults = InferenceConfig()
@@ -273,6 +275,9 @@ class SegmentWidget(QWidget):
 
     def _propose_for_image(self) -> None:
         """Switch to the model that fits the chosen image, unless the person picked one."""
+        note = assumed_spacing_note(self.image_combo.layer())
+        if note:
+            self.status.setText(note)
         if self._model_picked or self.runner.running:
             return
         path = self.propose_model()
@@ -363,6 +368,7 @@ class SegmentWidget(QWidget):
         self._run_layer = layer
         self._set_running(True)
         self.domain_warnings = self._check_domain(volume)
+        self._note = assumed_spacing_note(layer)  # said once per layer (here, or when it was chosen)
         self.status.setText(f"segmenting {layer.name} …" + self._warning_text())
         self.runner.start(
             predict_with_session, self.session, predict_volume, str(self.model_path), volume, config
@@ -379,9 +385,8 @@ class SegmentWidget(QWidget):
             return []
 
     def _warning_text(self) -> str:
-        if not self.domain_warnings:
-            return ""
-        return "\n" + "\n".join(f"warning: {w}" for w in self.domain_warnings)
+        lines = [f"warning: {w}" for w in self.domain_warnings] + ([self._note] if self._note else [])
+        return "".join(f"\n{line}" for line in lines)
 
     def _set_running(self, running: bool) -> None:
         self.run_button.setEnabled(not running)
