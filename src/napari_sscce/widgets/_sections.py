@@ -64,3 +64,16 @@ class Section(QWidget):
     def add_full(self, field: QWidget | QLayout) -> None:
         """A row spanning both columns (buttons, read-outs, plots)."""
         self.form.addRow(field)
+
+
+def align_labels(sections: list[Section]) -> None:
+    """Give every section's label column the width of the widest, so the controls line up down the dock."""
+    labels = []
+    for section in sections:
+        for row in range(section.form.rowCount()):
+            item = section.form.itemAt(row, QFormLayout.ItemRole.LabelRole)
+            if item is not None and item.widget() is not None:
+                labels.append(item.widget())
+    width = max((label.sizeHint().width() for label in labels), default=0)
+    for label in labels:
+        label.setMinimumWidth(width)

@@ -74,7 +74,7 @@ from napari_sscce.widgets._layers import (
 from napari_sscce.widgets._messages import explain_error
 from napari_sscce.widgets._plot import CurvePlot
 from napari_sscce.widgets._scroll import set_scrolling_layout
-from napari_sscce.widgets._sections import Section
+from napari_sscce.widgets._sections import Section, align_labels
 from napari_sscce.widgets._state import (
     load_settings,
     model_label,
@@ -185,6 +185,7 @@ class FinetuneWidget(QWidget):
         self._classes_typed = False  # the person typed class names: the field is no longer filled in
         self._clock: tuple[float, int] | None = None  # (time, step) of the first training step seen
         self._plan_shown = False
+        self._offered: set[str] = set()  # the Labels layers listed at the last refresh
 
     def _build_annotation_controls(self) -> None:
         self.image_combo = ImageLayerCombo(self.viewer, self)
@@ -294,6 +295,7 @@ class FinetuneWidget(QWidget):
             layout.addWidget(section)
         layout.addWidget(self.status)
         layout.addStretch(1)
+        align_labels(list(s.values()))
         set_scrolling_layout(self, layout)
 
     def _connect(self) -> None:
@@ -338,7 +340,8 @@ class FinetuneWidget(QWidget):
         return layer if image is not None and on_grid_of(layer, image) else None
 
     def _refresh_labels(self) -> None:
-        """List the Labels layers on the chosen image's grid; keep the choice, else prefer its result."""
+        """List the Labels layers on the chosen image's grid; keep the choice unless the image just got a
+        segmentation (then that one), else prefer its segmentation, else the first."""
         image = self.image_combo.layer()
         current = self.labels_combo.currentData()
         names = [] if image is None else [lab.name for lab in labels_layers_on(self.viewer, image)]
@@ -347,6 +350,9 @@ class FinetuneWidget(QWidget):
         for name in names:
             self.labels_combo.addItem(name, name)
         own = result_name(image.name, SEGMENTATION) if image is not None else None
+        if own in names and own not in self._offered:  # a new segmentation of the image: correct that
+            current = own
+        self._offered = set(names)
         choice = current if current in names else own if own in names else (names[0] if names else None)
         if choice is not None:
             self.labels_combo.setCurrentIndex(names.index(choice))
