@@ -56,7 +56,7 @@ def test_labels_never_cover_their_controls_and_long_names_do_not_widen_the_dock(
 
 
 def test_sections_fold_away(qtbot, docks):
-    section = docks["finetune"].sections["new model"]
+    section = docks["finetune"].sections["training"]
     assert section.expanded
     section.toggle.click()
     assert not section.expanded and section.body.isHidden()

@@ -235,9 +235,9 @@ class FinetuneWidget(QWidget):
         self.budget_spin.setToolTip(BUDGET_TIP)
         self.new_button = QPushButton("Train new model", self)
         self.new_button.setToolTip(
-            f"Train a first model from scratch on the workspace's labeled cases ({COLD_START['method']}): a "
-            "short timing probe measures a training step here, then spacing, patch and iterations are "
-            "fitted to the time budget; the plan is shown before training starts"
+            "Train a first model from scratch on the workspace's labeled cases with the method above "
+            f"(default {COLD_START['method']}): a short timing probe measures a training step here, then "
+            "spacing, patch and iterations are fitted to the time budget; the plan is shown before training"
         )
         self.plan_label = QLabel("", self)
         self.plan_label.setWordWrap(True)
@@ -257,8 +257,7 @@ class FinetuneWidget(QWidget):
         self.sections = {
             "corrections": Section("Corrections", True, self),
             "labeled set": Section("Labeled set", True, self),
-            "fine-tune": Section("Fine-tune the model in use", True, self),
-            "new model": Section("Train a new model", True, self),
+            "training": Section("Training (the method applies to both)", True, self),
             "progress": Section("Progress", True, self),
             "versions": Section("Model versions", False, self),
         }
@@ -274,11 +273,11 @@ class FinetuneWidget(QWidget):
         s["labeled set"].add_row("workspace", ws_row)
         s["labeled set"].add_row("classes", self.classes_edit)
         s["labeled set"].add_full(self.add_button)
-        s["fine-tune"].add_row("method", self.method_combo)
-        s["fine-tune"].add_row("steps", self.iterations_spin)
-        s["fine-tune"].add_full(self.finetune_button)
-        s["new model"].add_row("time budget", self.budget_spin)
-        s["new model"].add_full(self.new_button)
+        s["training"].add_row("method", self.method_combo)
+        s["training"].add_row("steps", self.iterations_spin)
+        s["training"].add_full(self.finetune_button)
+        s["training"].add_row("time budget", self.budget_spin)
+        s["training"].add_full(self.new_button)
         s["progress"].add_full(self.plan_label)
         run_row = QHBoxLayout()
         run_row.addWidget(self.progress_bar, 1)
@@ -794,7 +793,8 @@ class FinetuneWidget(QWidget):
             self._discard_run()
             self.status.setText(result.message)
             return
-        self.session.set_model(result.current_path)
+        if result.current_path is not None:  # a first model kept but not used leaves the model in use
+            self.session.set_model(result.current_path)
         self._refresh_versions()
         self.score_label.setText(self._score_text(result))
         self.status.setText(result.message)
