@@ -90,14 +90,16 @@ def test_train_new_model_from_a_painted_layer_asks_names_plans_and_shows_steps(
 def test_confirmed_classes_are_fixed_for_the_workspace(qtbot, painted, tmp_path):
     viewer, _, widget, layer = painted
     widget.set_workspace(tmp_path / "ws")
-    assert widget.add_to_labeled_set() == "scan"
+    qtbot.mouseClick(widget.add_button, Qt.MouseButton.LeftButton)
     ws = Workspace(tmp_path / "ws")
+    assert [c.name for c in ws.labeled_cases] == ["scan"], widget.status.text()
     assert ws.class_names == ["background", "class 1"]  # the proposal, confirmed by the first add
     assert widget.classes_edit.isReadOnly() and widget.classes_edit.text() == "background, class 1"
     layer.data[2, :4, :4] = 2  # a stray value does not add a class: it is refused, in words
     layer.paint((2, 10, 10), 1)
-    assert widget.add_to_labeled_set() is None
+    qtbot.mouseClick(widget.add_button, Qt.MouseButton.LeftButton)
     assert "value 2, outside the 2 classes" in widget.status.text()
+    assert Workspace(tmp_path / "ws").class_names == ["background", "class 1"]
 
 
 def test_proposed_names_follow_the_model_when_it_fits():
