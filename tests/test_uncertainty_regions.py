@@ -98,3 +98,24 @@ def test_region_classes_are_the_labels_inside_or_touching_in_26_neighbourhood():
     labels[1:, 0, 0] = 4  # far away
     (region,) = label_regions(u, None, labels, threshold=0.5, min_size=1)[1]
     assert region.classes == (0, 1, 2)
+
+
+def test_expected_threshold_keeps_as_many_voxels_as_are_expected_wrong():
+    from napari_sscce.uncertainty import error_probability, expected_threshold
+
+    rng = np.random.default_rng(0)
+    u = rng.uniform(0.0, 1.0, (20, 20, 20)).astype(np.float32)
+    t = expected_threshold(u, floor=0.0)
+    expected = float(error_probability(u).sum())
+    assert abs(int((u >= t).sum()) - round(expected)) <= 1
+    assert expected_threshold(u) >= 0.5  # the floor
+    assert expected_threshold(np.zeros((4, 4, 4), np.float32)) > 0.0  # nothing expected wrong: no region
+    assert label_regions(np.zeros((4, 4, 4), np.float32), None)[1] == []
+    # 100 voxels at 0.99 (44 expected wrong) + 900 at 0.6 (135): the 100 are not enough, the 0.6 ones come in
+    mixed = np.full((10, 10, 10), 0.6, np.float32)
+    mixed[0] = 0.99
+    assert expected_threshold(mixed, floor=0.0) == pytest.approx(0.6)
+    # 500 at 0.99 (220 expected) + 500 at 0.1 (6): the 500 most uncertain already hold more than expected
+    half = np.full((10, 10, 10), 0.1, np.float32)
+    half[:5] = 0.99
+    assert expected_threshold(half, floor=0.0) == pytest.approx(0.99)

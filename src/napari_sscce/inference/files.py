@@ -9,17 +9,21 @@ from pathlib import Path
 
 import numpy as np
 
+from napari_sscce.atomic import atomic_write_json
 from napari_sscce.inference.config import InferenceConfig
 from napari_sscce.inference.predict import Prediction, load_model, predict_volume
 from napari_sscce.io.readers import read_volume
 from napari_sscce.io.volume import file_stem
 from napari_sscce.io.writers import write_volume
 from napari_sscce.progress import CancelToken, ProgressCallback, ProgressEvent, check, report
+from napari_sscce.uncertainty.export import rank_scans, ranking_report, write_regions
 
 #: Output file suffixes, after the input's name.
 SEG_SUFFIX = "_seg.nii.gz"
 ENTROPY_SUFFIX = "_entropy.nii.gz"
 KL_SUFFIX = "_kl.nii.gz"
+#: with ``regions`` and several inputs: the scans ranked by their expected errors
+SCANS_RANKED = "scans_ranked.json"
 
 
 def output_paths(name: str, out_dir: str | os.PathLike) -> dict[str, Path]:
@@ -92,6 +96,7 @@ def predict_files(
     cancel: CancelToken | None = None,
     *,
     channel: int | None = None,
+    regions: bool = False,
 ) -> list[Path]:
     """Segment each input file and write its label, entropy and KL maps (see :func:`write_prediction`).
 
@@ -110,6 +115,10 @@ def predict_files(
         (stage ``"files"``) after each file; cancel is checked between files and between window batches.
     channel : int, optional
         The channel (or time point) to segment of 4D inputs (``read_volume(..., channel=)``).
+    regions : bool
+        Also write the ranking beside the maps: ``<name>_regions.nii.gz`` and ``<name>_regions.json``
+        (:mod:`napari_sscce.uncertainty.export`); with several inputs also ``scans_ranked.json``, the
+        scans ordered by the errors they are expected to hold (which scan to correct next).
 
     Returns
     -------
@@ -131,6 +140,7 @@ def predict_files(
     out = Path(out_dir)
     out.mkdir(parents=True, exist_ok=True)
     written: list[Path] = []
+    reports: list[dict] = []
     names = unique_output_names([file_stem(p) for p in paths], paths)
     for index, path in enumerate(paths, start=1):
         check(cancel)
@@ -149,6 +159,11 @@ def predict_files(
 
         prediction = predict_volume(model, volume, config, relay, cancel, metadata=metadata)
         written.extend(write_prediction(prediction, out, name))
+        if regions:
+            image, ranking = ranking_report(prediction.labels, prediction.entropy, prediction.kl,
+                                            volume.spacing, source=str(path))
+            written.extend(write_regions(volume, image, ranking, out, name))
+            reports.append(ranking)
         report(
             progress,
             ProgressEvent(
@@ -158,4 +173,7 @@ def predict_files(
                 f"{volume.name} done in {prediction.seconds:.1f} s on {prediction.device}",
             ),
         )
+    if regions and len(reports) > 1:
+        atomic_write_json(out / SCANS_RANKED, {"scans": rank_scans(reports)})
+        written.append(out / SCANS_RANKED)
     return written

@@ -1,0 +1,213 @@
+"""An update in seconds: adapt the current model to one corrected scan and show the re-segmentation.
+
+A full fine-tune (:func:`napari_sscce.loop.run_finetune`) makes a new model version in minutes. Between two of
+them a person wants to see what the corrections teach the model *now*: :func:`preview_update` copies the
+model, trains the copy for a few seconds on patches of this scan centred on the confirmed voxels (the
+supervised CE + Dice of both networks on the confirmed voxels only, the method's own supervised loss), with
+an L2-SP pull toward the starting weights (the starting model as a regulariser, Li et al. 2018) and BatchNorm
+statistics frozen (batches of two patches from one scan would overwrite them), then segments the scan with the
+copy. Nothing is saved: the workspace, its versions and the model file are untouched; the result is a
+preview whose confirmed voxels keep the person's labels
+(:func:`~napari_sscce.loop.corrections.merge_prediction`).
+
+Choices where no paper speaks (one scan, seconds on a CPU): SGD with the training recipe's momentum, the
+learning rate :data:`LR` (measured, see there), L2-SP weight :data:`L2SP_WEIGHT`, a wall-time budget
+(:data:`DEFAULT_SECONDS`) and a step cap (:data:`MAX_STEPS`), whichever comes first.
+"""
+
+from __future__ import annotations
+
+import copy
+import os
+import time
+from dataclasses import dataclass
+from typing import Any
+
+import numpy as np
+import torch
+from torch import nn
+
+from napari_sscce.io.volume import Volume
+from napari_sscce.loop.corrections import merge_prediction
+from napari_sscce.methods.losses import supervised_loss
+from napari_sscce.preprocessing import (
+    normalize_intensity,
+    resample_annotation,
+    resample_to_shape,
+    resampled_shape,
+)
+from napari_sscce.progress import CancelToken, ProgressCallback, ProgressEvent, check, report
+
+#: wall-time budget of the adaptation, seconds (the re-segmentation comes on top)
+DEFAULT_SECONDS = 12.0
+#: at most this many steps
+MAX_STEPS = 40
+#: learning rate of the adaptation (SGD, momentum 0.9). Chosen on one hippocampus case (hippocampus_007,
+#: left out of benchmarks/results/preview_*.md): 40 steps at 0.01 diverged (Dice outside the corrections
+#: 0.87 -> 0.31), at 0.001 +1.9 points, at 0.003 +2.9
+LR = 0.003
+#: L2-SP weight toward the starting weights
+L2SP_WEIGHT = 0.01
+#: patches per step
+BATCH = 2
+
+
+@dataclass
+class PreviewResult:
+    """What :func:`preview_update` did.
+
+    Attributes
+    ----------
+    prediction : Prediction
+        The adapted copy's segmentation of the scan (confirmed voxels keep the person's labels).
+    steps : int
+        Adaptation steps taken.
+    seconds : float
+        Wall time of the adaptation and of the re-segmentation together.
+    loss_first, loss_last : float
+        Supervised loss on the confirmed voxels at the first and the last step.
+    message : str
+    """
+
+    prediction: Any
+    steps: int
+    seconds: float
+    loss_first: float
+    loss_last: float
+    message: str
+
+
+def _prepare(image: Volume, labels: np.ndarray, mask: np.ndarray, meta: dict[str, Any], num_classes: int):
+    """Image, labels and confirmed-voxel weights on the model's grid, normalised as the model was trained."""
+    from napari_sscce.inference.predict import DEFAULT_NORMALIZATION
+
+    norm = meta.get("normalization")
+    if isinstance(norm, dict):
+        mode = str(norm.get("mode", DEFAULT_NORMALIZATION))
+    else:
+        mode = str(norm or DEFAULT_NORMALIZATION)
+    array = normalize_intensity(np.asarray(image.array, dtype=np.float32), mode)
+    spacing = meta.get("spacing")
+    shape = tuple(image.shape)
+    if spacing and not np.allclose(image.spacing, spacing, rtol=1e-3):
+        shape = resampled_shape(image.shape, image.spacing, [float(s) for s in spacing])
+        array = resample_to_shape(array, shape, order=1)
+    weights = (np.asarray(mask) > 0).astype(np.float32)
+    lab, weights = resample_annotation(np.asarray(labels).astype(np.int64), weights, num_classes, shape)
+    return array.astype(np.float32), lab, weights
+
+
+def _patch_starts(weights: np.ndarray, patch: tuple[int, ...], n: int, rng: np.random.Generator) -> list:
+    """``n`` patch corners, each centred on a random confirmed voxel (clipped to the volume)."""
+    coords = np.argwhere(weights > 0)
+    picks = coords[rng.integers(0, len(coords), n)]
+    return [
+        tuple(int(np.clip(c - p // 2, 0, max(s - p, 0)))
+              for c, p, s in zip(pick, patch, weights.shape, strict=True))
+        for pick in picks
+    ]
+
+
+def _crop(array: np.ndarray, start: tuple[int, ...], patch: tuple[int, ...]) -> np.ndarray:
+    """A patch of ``array`` at ``start``, zero-padded where the volume is smaller than the patch."""
+    sl = tuple(slice(s, s + p) for s, p in zip(start, patch, strict=True))
+    out = array[sl]
+    pad = [(0, p - n) for p, n in zip(patch, out.shape, strict=True)]
+    return np.pad(out, pad) if any(b for _, b in pad) else out
+
+
+def _frozen_batchnorm(model: nn.Module) -> None:
+    for module in model.modules():
+        if isinstance(module, nn.modules.batchnorm._BatchNorm):
+            module.eval()
+
+
+def preview_update(
+    model: str | os.PathLike | Any,
+    image: Volume,
+    labels: np.ndarray,
+    mask: np.ndarray,
+    *,
+    seconds: float = DEFAULT_SECONDS,
+    max_steps: int = MAX_STEPS,
+    seed: int = 0,
+    inference: Any = None,
+    progress: ProgressCallback | None = None,
+    cancel: CancelToken | None = None,
+) -> PreviewResult:
+    """Adapt a copy of ``model`` to the corrections of one scan and segment the scan with it.
+
+    Parameters
+    ----------
+    model : path-like or Checkpoint
+        The current model (left unchanged).
+    image : Volume
+        The scan.
+    labels : ndarray
+        The corrected segmentation (z, y, x), on the scan's grid.
+    mask : ndarray
+        Nonzero on the voxels a person confirmed (painted or accepted).
+    seconds, max_steps : float, int
+        Budget of the adaptation: whichever ends first.
+    seed : int
+        Patch sampling.
+    inference : InferenceConfig, optional
+        Settings of the re-segmentation.
+    progress, cancel
+        Events of stage ``"preview"`` per step; the cancel flag is checked every step.
+
+    Raises
+    ------
+    ValueError
+        When no voxel is confirmed, or the shapes differ.
+    """
+    from napari_sscce.inference.predict import predict_volume
+    from napari_sscce.models.checkpoint import load_checkpoint
+
+    if np.shape(labels) != tuple(image.shape) or np.shape(mask) != tuple(image.shape):
+        raise ValueError(f"labels {np.shape(labels)} and mask {np.shape(mask)} must match the scan "
+                         f"{image.shape}")
+    if not np.any(mask):
+        raise ValueError("no confirmed voxel: correct or confirm some voxels first")
+    start = time.perf_counter()
+    ckpt = load_checkpoint(model) if isinstance(model, str | os.PathLike) else model
+    meta = dict(ckpt.metadata)
+    net = copy.deepcopy(ckpt.model).float().cpu().train()
+    _frozen_batchnorm(net)
+    for p in net.parameters():
+        p.requires_grad_(True)
+    anchor = [p.detach().clone() for p in net.parameters()]
+    classes = int(net.num_classes)
+    array, lab, weights = _prepare(image, labels, mask, meta, classes)
+    patch = tuple(int(p) for p in (meta.get("patch_size") or (32, 32, 32)))  # the model's, zero-padded
+    optimizer = torch.optim.SGD(net.parameters(), lr=LR, momentum=0.9)
+    rng = np.random.default_rng(seed)
+    losses: list[float] = []
+    steps = 0
+    while steps < max_steps and (time.perf_counter() - start) < seconds:
+        check(cancel)
+        starts = _patch_starts(weights, patch, BATCH, rng)
+        x = torch.from_numpy(np.stack([_crop(array, s, patch) for s in starts]))[:, None]
+        y = torch.from_numpy(np.stack([_crop(lab, s, patch) for s in starts]).astype(np.int64))
+        w = torch.from_numpy(np.stack([_crop(weights, s, patch) for s in starts]))
+        logits_a, logits_b = net(x)
+        loss = supervised_loss(logits_a, y, w) + supervised_loss(logits_b, y, w)
+        pull = sum(((p - a) ** 2).sum() for p, a in zip(net.parameters(), anchor, strict=True))
+        optimizer.zero_grad(set_to_none=True)
+        (loss + L2SP_WEIGHT * pull).backward()
+        optimizer.step()
+        losses.append(float(loss.detach()))
+        steps += 1
+        report(progress, ProgressEvent("preview", steps, max_steps,
+                                       f"adapting: step {steps}, loss {losses[-1]:.3f}"))
+    net.eval()
+    from napari_sscce.inference.config import InferenceConfig
+
+    icfg = inference or InferenceConfig(precision="fp32")
+    prediction = predict_volume(net, image, icfg, metadata=meta)
+    preview = merge_prediction(prediction, np.asarray(labels), np.asarray(mask))
+    took = time.perf_counter() - start
+    message = (f"preview: the model adapted to your corrections in {steps} steps; {took:.0f} s; "
+               "nothing saved (fine-tune to make a new version)")
+    return PreviewResult(preview, steps, took, losses[0] if losses else float("nan"),
+                         losses[-1] if losses else float("nan"), message)
