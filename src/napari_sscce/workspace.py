@@ -317,6 +317,36 @@ class Workspace:
             manifest["num_classes"] = int(num_classes)
             self._save(manifest)
 
+    @property
+    def class_names(self) -> list[str] | None:
+        """The class names a person confirmed (background first; :meth:`confirm_classes`), or ``None``."""
+        names = self._manifest.get("class_names")
+        return [str(n) for n in names] if isinstance(names, list) and len(names) >= 2 else None
+
+    def confirm_classes(self, names: list[str]) -> None:
+        """Record the classes a person confirmed: their names (background first) fix the class count.
+
+        Labels added later must be ``0..len(names)-1`` (:meth:`add_case`); labels already stored must fit.
+        """
+        names = [str(n).strip() for n in names]
+        if len(names) < 2 or not all(names) or len({n.lower() for n in names}) != len(names):
+            raise WorkspaceError(
+                f"{self.folder}: give at least two different, non-empty class names, background first "
+                f"(got {', '.join(map(repr, names)) or 'none'})"
+            )
+        with self._locked() as manifest:
+            for entry in manifest["cases"].values():
+                if entry.get("label"):
+                    top = int(np.max(np.asarray(_read_volume(self._path(entry["label"]), True).array)))
+                    if top >= len(names):
+                        raise WorkspaceError(
+                            f"{self.folder}: case {entry['name']!r} has label {top}, but only {len(names)} "
+                            f"classes were named ({', '.join(names)}): name every class its labels use"
+                        )
+            manifest["class_names"] = names
+            manifest["num_classes"] = len(names)
+            self._save(manifest)
+
     def case(self, name: str) -> CaseEntry:
         """The entry of case ``name`` (``KeyError`` naming it when absent)."""
         try:

@@ -290,6 +290,8 @@ def read_h5(path: Path, key: str = "image") -> RawVolume:
         channel_axis = 3
     affine_ras = np.diag([*spacing_xyz[:3], 1.0])
     metadata = {"h5_dataset": key, "source_dtype": str(data.dtype)}
+    if spacing_attr is None:  # said to the person once (widgets), not silently taken
+        metadata["spacing_assumed"] = f"{LA_SPACING:g} mm, the voxel size of the LA 2018 .h5 files"
     affine = geometry.ras_xyz_to_volume(affine_ras)
     return RawVolume(np.ascontiguousarray(data), affine, metadata, channel_axis)
 

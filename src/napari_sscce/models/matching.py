@@ -134,13 +134,19 @@ def labels_classes(labels: Iterable[Any]) -> int:
     return max(top + 1, 2)
 
 
-def workspace_labels_classes(workspace: Any) -> int:
-    """The classes a workspace's labels use (:func:`labels_classes` of its labeled cases' label maps).
+def workspace_labels_classes(workspace: Any) -> int | list[str]:
+    """The classes of a workspace: the names a person confirmed, else the count its labels use.
 
-    Counted from what a person added (the labels), never from a model that trained on the workspace.
-    ``workspace`` is a :class:`napari_sscce.workspace.Workspace` (duck-typed: ``labeled_cases``,
-    ``load_case``).
+    A workspace's classes are fixed by what a person confirmed (``workspace.class_names``, recorded by
+    :meth:`napari_sscce.workspace.Workspace.confirm_classes` when the fine-tune widget adds the first case or
+    trains a new model), never by a model that trained on it nor by which values happen to be painted.
+    A workspace built without that confirmation (a script) falls back to :func:`labels_classes` of its
+    labeled cases' label maps. ``workspace`` is duck-typed: ``class_names``, ``labeled_cases``,
+    ``load_case``.
     """
+    confirmed = getattr(workspace, "class_names", None)
+    if confirmed:
+        return list(confirmed)
     return labels_classes(workspace.load_case(c.name)[1].array for c in workspace.labeled_cases)
 
 
@@ -163,7 +169,8 @@ def check_classes_match(
     Raises
     ------
     ClassMismatchError
-        When the counts differ, or both sides name their classes and the names differ.
+        When the counts differ, or both sides name their classes (not the generic ``"class 1"`` ...) and
+        the names differ.
     """
     if isinstance(workspace_labels_classes, int):
         count, names = workspace_labels_classes, None
@@ -181,7 +188,10 @@ def check_classes_match(
             f"({', '.join(names) if names else f'labels 0 to {count - 1}'}): fine-tuning it would train it "
             "on the wrong classes. Choose a model made for these labels, or train a new model on them."
         )
-    if names and model_names and [n.lower() for n in names] != [n.lower() for n in model_names]:
+    generic = ["background"] + [f"class {i}" for i in range(1, count)]  # checkpoint.default_class_names
+    named = names and [n.lower() for n in names] != generic
+    model_named = model_names and [n.lower() for n in model_names] != generic
+    if named and model_named and [n.lower() for n in names] != [n.lower() for n in model_names]:
         raise ClassMismatchError(
             f"{model}'s classes ({shown}) are not those of {where} ({', '.join(names)}): choose a model made "
             "for these labels, or train a new model on them."

@@ -3,10 +3,12 @@
 from __future__ import annotations
 
 from qtpy.QtCore import Qt
-from qtpy.QtWidgets import QFrame, QLayout, QScrollArea, QVBoxLayout, QWidget
+from qtpy.QtWidgets import QComboBox, QFrame, QLayout, QScrollArea, QVBoxLayout, QWidget
 
 #: the height below which a dock's contents scroll rather than shrink
 MIN_HEIGHT = 180
+#: characters a combo box keeps visible when the dock is narrow (longer entries are elided, not cut off)
+COMBO_MIN_CHARS = 12
 
 
 def set_scrolling_layout(widget: QWidget, layout: QLayout) -> QScrollArea:
@@ -22,6 +24,9 @@ def set_scrolling_layout(widget: QWidget, layout: QLayout) -> QScrollArea:
     """
     inner = QWidget()
     inner.setLayout(layout)
+    for combo in inner.findChildren(QComboBox):  # a long model or layer name must not widen the dock
+        combo.setSizeAdjustPolicy(QComboBox.SizeAdjustPolicy.AdjustToMinimumContentsLengthWithIcon)
+        combo.setMinimumContentsLength(COMBO_MIN_CHARS)
     area = QScrollArea(widget)
     area.setWidgetResizable(True)
     area.setFrameShape(QFrame.Shape.NoFrame)

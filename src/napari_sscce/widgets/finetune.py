@@ -25,6 +25,7 @@ The rules (settings inherited from the model, compatible methods, versions) live
 from __future__ import annotations
 
 import shutil
+import time
 from datetime import datetime
 from pathlib import Path
 from typing import Any
@@ -32,8 +33,8 @@ from typing import Any
 import numpy as np
 from qtpy.QtWidgets import (
     QComboBox,
+    QDoubleSpinBox,
     QFileDialog,
-    QFormLayout,
     QHBoxLayout,
     QLabel,
     QLineEdit,
@@ -55,6 +56,7 @@ from napari_sscce.loop import (
     run_finetune,
 )
 from napari_sscce.methods import check_compatible, method_label, method_names
+from napari_sscce.models.checkpoint import read_checkpoint_metadata
 from napari_sscce.models.matching import check_classes_match, workspace_labels_classes
 from napari_sscce.progress import ProgressEvent
 from napari_sscce.training.config import TrainConfig
@@ -64,13 +66,15 @@ from napari_sscce.widgets._layers import (
     CASE_KEY,
     ROLE_KEY,
     SEGMENTATION,
-    find_result_layer,
+    layer_kind,
+    result_name,
     show_prediction,
     volume_from_layer,
 )
 from napari_sscce.widgets._messages import explain_error
 from napari_sscce.widgets._plot import CurvePlot
 from napari_sscce.widgets._scroll import set_scrolling_layout
+from napari_sscce.widgets._sections import Section, align_labels
 from napari_sscce.widgets._state import (
     load_settings,
     model_label,
@@ -92,6 +96,18 @@ METHOD_TIP = (
 __all__ = ["FINETUNE_OVERRIDES", "FinetuneWidget", "build_finetune_config", "method_choices"]
 
 DEFAULT_WORKSPACE = Path.home() / "napari-sscce-workspace"
+#: the time budget a new model is planned for, minutes
+DEFAULT_BUDGET_MINUTES = 10.0
+CLASSES_TIP = (
+    "The classes of your labels, background first, comma separated (label 0, 1, 2, ...). They are confirmed "
+    "for the workspace when you add the first case or train a new model, fix how many classes it has, and "
+    "are stored in a new model."
+)
+BUDGET_TIP = (
+    "How long a new model may train on this machine. A short timing probe measures one training step, "
+    "then the spacing, patch, width and number of steps are fitted to this budget; the plan and its "
+    "estimate ('about N min on this CPU') are shown before training starts."
+)
 MODE_LABELS = {"slices": "edited slices", "voxels": "edited voxels", "volume": "whole volume"}
 
 
@@ -100,8 +116,39 @@ def method_choices() -> list[tuple[str, str]]:
     return [(method_label(name), name) for name in method_names()]
 
 
+def duration_text(seconds: float) -> str:
+    """``"40 s"`` below a minute and a half, else ``"12 min"``."""
+    return f"{max(1, round(seconds / 60))} min" if seconds >= 90 else f"{max(1, round(seconds))} s"
+
+
+def parse_class_names(text: str) -> list[str]:
+    """Class names from ``"background, atrium"`` (comma separated; blanks dropped)."""
+    return [part.strip() for part in str(text).split(",") if part.strip()]
+
+
+def proposed_class_names(top_label: int, model_names: list[str] | None = None) -> list[str]:
+    """Names to propose for labels whose largest value is ``top_label``: the model's names when it has
+    exactly that many classes, else ``background, class 1, ...`` (at least two)."""
+    count = max(int(top_label) + 1, 2)
+    if model_names and len(model_names) == count:
+        return [str(n) for n in model_names]
+    return ["background"] + [f"class {i}" for i in range(1, count)]
+
+
+def on_grid_of(labels: Any, image: Any) -> bool:
+    """Whether Labels layer ``labels`` lies voxel for voxel on image layer ``image`` (shape and scale)."""
+    if labels.ndim != image.ndim or tuple(np.shape(labels.data)) != tuple(np.shape(image.data)):
+        return False
+    return bool(np.allclose(labels.scale, image.scale, rtol=1e-3))
+
+
+def labels_layers_on(viewer: Any, image: Any) -> list[Any]:
+    """The viewer's Labels layers on ``image``'s grid (any name: painted from scratch or segmented)."""
+    return [layer for layer in viewer.layers if layer_kind(layer) == "labels" and on_grid_of(layer, image)]
+
+
 class FinetuneWidget(QWidget):
-    """Correct a segmentation, add it to a labeled set and fine-tune the model on it.
+    """Correct a segmentation (or paint one), add it to a labeled set and fine-tune or train a model on it.
 
     Parameters
     ----------
@@ -113,6 +160,18 @@ class FinetuneWidget(QWidget):
         self.viewer = napari_viewer
         self.session = session_for(napari_viewer)
         self.runner = WorkRunner(self)
+        self._init_state()
+        self._build_annotation_controls()
+        self._build_workspace_controls()
+        self._build_training_controls()
+        self._build_layout()
+        self._connect()
+        self._refresh_labels()
+        self._refresh_versions()
+        self.close_guard = CloseGuard(napari_viewer, self._busy_text, self._close_while_running, self)
+
+    # -------------------------------------------------------------------------------------- building
+    def _init_state(self) -> None:
         self.tracker: AnnotationTracker | None = None
         self.last_result: FinetuneResult | None = None
         self._stage = ""
@@ -123,10 +182,20 @@ class FinetuneWidget(QWidget):
         self._closing = False  # the window is closing: results are dropped, nothing is adopted
         self._run_folder: Path | None = None  # the running fine-tune's run folder (removed when cancelled)
         self._previous_version: str | None = None  # the workspace's current version when the run started
-        defaults = TrainConfig()
+        self._classes_typed = False  # the person typed class names: the field is no longer filled in
+        self._clock: tuple[float, int] | None = None  # (time, step) of the first training step seen
+        self._plan_shown = False
+        self._offered: set[str] = set()  # the Labels layers listed at the last refresh
 
-        self.image_combo = ImageLayerCombo(napari_viewer, self)
+    def _build_annotation_controls(self) -> None:
+        self.image_combo = ImageLayerCombo(self.viewer, self)
+        self.labels_combo = QComboBox(self)
+        self.labels_combo.setToolTip(
+            "The Labels layer holding your segmentation: any Labels layer on the image's grid (the Segment "
+            "widget's result, or one you painted from scratch with the layer list's new-labels button)"
+        )
         self.counts = QLabel(self)
+        self.counts.setWordWrap(True)
         self.mode_combo = QComboBox(self)
         for mode in MODES:
             self.mode_combo.addItem(MODE_LABELS[mode], mode)
@@ -136,25 +205,42 @@ class FinetuneWidget(QWidget):
             "changed, or the whole volume"
         )
         self.mark_button = QPushButton("Mark slice as checked", self)
+
+    def _build_workspace_controls(self) -> None:
         self.workspace_edit = QLineEdit(str(load_settings().get("workspace", DEFAULT_WORKSPACE)), self)
         self.workspace_button = QPushButton("…", self)
         self.workspace_button.setMaximumWidth(32)
+        self.classes_edit = QLineEdit(self)
+        self.classes_edit.setPlaceholderText("background, atrium")
+        self.classes_edit.setToolTip(CLASSES_TIP)
         self.add_button = QPushButton("Add to labeled set", self)
+
+    def _build_training_controls(self) -> None:
         self.method_combo = QComboBox(self)
         for label, name in method_choices():
             self.method_combo.addItem(label, name)
-        self.method_combo.setCurrentIndex(max(0, self.method_combo.findData(defaults.method)))
+        self.method_combo.setCurrentIndex(max(0, self.method_combo.findData(TrainConfig().method)))
         self.method_combo.setToolTip(METHOD_TIP)
         self.iterations_spin = QSpinBox(self)
         self.iterations_spin.setRange(1, 100_000)
         self.iterations_spin.setValue(int(FINETUNE_OVERRIDES["iterations"]))
+        self.iterations_spin.setToolTip("Training steps of a fine-tune (the starting model's settings stay)")
         self.finetune_button = QPushButton("Fine-tune", self)
+        self.budget_spin = QDoubleSpinBox(self)
+        self.budget_spin.setRange(0.5, 600.0)
+        self.budget_spin.setDecimals(1)
+        self.budget_spin.setSingleStep(1.0)
+        self.budget_spin.setSuffix(" min")
+        self.budget_spin.setValue(DEFAULT_BUDGET_MINUTES)
+        self.budget_spin.setToolTip(BUDGET_TIP)
         self.new_button = QPushButton("Train new model", self)
         self.new_button.setToolTip(
-            f"Train a first model from scratch on the workspace's labeled cases: {COLD_START['method']}, "
-            f"{COLD_START['base_filters']} filters, patch from the data, {COLD_START['iterations']} "
-            "iterations"
+            "Train a first model from scratch on the workspace's labeled cases with the method above "
+            f"(default {COLD_START['method']}): a short timing probe measures a training step here, then "
+            "spacing, patch and iterations are fitted to the time budget; the plan is shown before training"
         )
+        self.plan_label = QLabel("", self)
+        self.plan_label.setWordWrap(True)
         self.score_label = QLabel("", self)
         self.score_label.setWordWrap(True)
         self.cancel_button = QPushButton("Cancel", self)
@@ -167,44 +253,60 @@ class FinetuneWidget(QWidget):
         self.status = QLabel("", self)
         self.status.setWordWrap(True)
 
-        form = QFormLayout()
-        form.addRow("image", self.image_combo)
-        form.addRow("confirmed", self.mode_combo)
+    def _build_layout(self) -> None:
+        self.sections = {
+            "corrections": Section("Corrections", True, self),
+            "labeled set": Section("Labeled set", True, self),
+            "training": Section("Training (the method applies to both)", True, self),
+            "progress": Section("Progress", True, self),
+            "versions": Section("Model versions", False, self),
+        }
+        s = self.sections
+        s["corrections"].add_row("image", self.image_combo)
+        s["corrections"].add_row("labels", self.labels_combo)
+        s["corrections"].add_row("confirmed", self.mode_combo)
+        s["corrections"].add_full(self.counts)
+        s["corrections"].add_full(self.mark_button)
         ws_row = QHBoxLayout()
         ws_row.addWidget(self.workspace_edit, 1)
         ws_row.addWidget(self.workspace_button)
-        form.addRow("workspace", ws_row)
-        form.addRow("method", self.method_combo)
-        form.addRow("iterations", self.iterations_spin)
+        s["labeled set"].add_row("workspace", ws_row)
+        s["labeled set"].add_row("classes", self.classes_edit)
+        s["labeled set"].add_full(self.add_button)
+        s["training"].add_row("method", self.method_combo)
+        s["training"].add_row("steps", self.iterations_spin)
+        s["training"].add_full(self.finetune_button)
+        s["training"].add_row("time budget", self.budget_spin)
+        s["training"].add_full(self.new_button)
+        s["progress"].add_full(self.plan_label)
         run_row = QHBoxLayout()
-        run_row.addWidget(self.finetune_button)
-        run_row.addWidget(self.new_button)
+        run_row.addWidget(self.progress_bar, 1)
         run_row.addWidget(self.cancel_button)
+        s["progress"].add_full(run_row)
+        s["progress"].add_full(self.plot)
+        s["progress"].add_full(self.score_label)
         version_row = QHBoxLayout()
-        version_row.addWidget(QLabel("model version", self))
         version_row.addWidget(self.version_combo, 1)
         version_row.addWidget(self.revert_button)
+        s["versions"].add_row("version", version_row)
         layout = QVBoxLayout()
-        layout.addLayout(form)
-        layout.addWidget(self.counts)
-        layout.addWidget(self.mark_button)
-        layout.addWidget(self.add_button)
-        layout.addLayout(run_row)
-        layout.addWidget(self.progress_bar)
-        layout.addWidget(self.plot)
-        layout.addWidget(self.score_label)
-        layout.addLayout(version_row)
+        for section in s.values():
+            layout.addWidget(section)
         layout.addWidget(self.status)
         layout.addStretch(1)
+        align_labels(list(s.values()))
         set_scrolling_layout(self, layout)
 
-        self.image_combo.currentTextChanged.connect(lambda _: self._attach_tracker())
-        napari_viewer.layers.events.inserted.connect(lambda e: self._attach_tracker())
-        napari_viewer.layers.events.removed.connect(lambda e: self._attach_tracker())
+    def _connect(self) -> None:
+        self.image_combo.currentTextChanged.connect(lambda _: self._refresh_labels())
+        self.labels_combo.currentIndexChanged.connect(lambda _: self._attach_tracker())
+        self.viewer.layers.events.inserted.connect(lambda e: self._refresh_labels())
+        self.viewer.layers.events.removed.connect(lambda e: self._refresh_labels())
         self.mode_combo.currentIndexChanged.connect(lambda _: self._update_counts())
         self.mark_button.clicked.connect(lambda: self.mark_current_slice())
         self.workspace_button.clicked.connect(self._choose_workspace)
         self.workspace_edit.editingFinished.connect(self._workspace_edited)
+        self.classes_edit.textEdited.connect(lambda _: setattr(self, "_classes_typed", True))
         self.add_button.clicked.connect(lambda: self.add_to_labeled_set())
         self.finetune_button.clicked.connect(lambda: self.finetune())
         self.new_button.clicked.connect(lambda: self.train_new_model())
@@ -215,10 +317,6 @@ class FinetuneWidget(QWidget):
         self.runner.cancelled.connect(self._on_cancelled)
         self.runner.failed.connect(self._on_failed)
         self.session.model_changed.connect(lambda _: self._refresh_versions())
-
-        self._attach_tracker()
-        self._refresh_versions()
-        self.close_guard = CloseGuard(napari_viewer, self._busy_text, self._close_while_running, self)
 
     # ------------------------------------------------------------------------------------- annotation
     @property
@@ -232,9 +330,34 @@ class FinetuneWidget(QWidget):
         return str(self.mode_combo.currentData())
 
     def segmentation_layer(self) -> Any | None:
-        """The ``<image> segmentation`` layer of the chosen image."""
-        name = self.image_combo.currentText()
-        return find_result_layer(self.viewer, name, SEGMENTATION) if name else None
+        """The Labels layer chosen for the image (any Labels layer on its grid; no naming rule)."""
+        name = self.labels_combo.currentData()
+        if not name or name not in self.viewer.layers:
+            return None
+        layer = self.viewer.layers[name]
+        image = self.image_combo.layer()
+        return layer if image is not None and on_grid_of(layer, image) else None
+
+    def _refresh_labels(self) -> None:
+        """List the Labels layers on the chosen image's grid; keep the choice unless the image just got a
+        segmentation (then that one), else prefer its segmentation, else the first."""
+        image = self.image_combo.layer()
+        current = self.labels_combo.currentData()
+        names = [] if image is None else [lab.name for lab in labels_layers_on(self.viewer, image)]
+        self.labels_combo.blockSignals(True)
+        self.labels_combo.clear()
+        for name in names:
+            self.labels_combo.addItem(name, name)
+        own = result_name(image.name, SEGMENTATION) if image is not None else None
+        if own in names and own not in self._offered:  # a new segmentation of the image: correct that
+            current = own
+        self._offered = set(names)
+        choice = current if current in names else own if own in names else (names[0] if names else None)
+        if choice is not None:
+            self.labels_combo.setCurrentIndex(names.index(choice))
+        self.labels_combo.blockSignals(False)
+        self._attach_tracker()
+        self._fill_classes()
 
     def _plane_axis(self) -> int:
         dims = self.viewer.dims
@@ -258,7 +381,8 @@ class FinetuneWidget(QWidget):
     def _update_counts(self) -> None:
         if self.tracker is None:
             self.counts.setText(
-                "Segment the image first (Segment widget); then correct it with the label tools."
+                "Segment the image (Segment widget) and correct it with the label tools, or add a Labels "
+                "layer (the layer list's new-labels button) and paint a few slices."
             )
             return
         axis_planes = sorted({i for a, i in self.tracker.planes})
@@ -289,6 +413,47 @@ class FinetuneWidget(QWidget):
             return
         self.status.setText(f"slice {index} marked as checked")
 
+    # ---------------------------------------------------------------------------------------- classes
+    def class_names(self) -> list[str]:
+        """The class names in the classes field (comma separated, background first)."""
+        return parse_class_names(self.classes_edit.text())
+
+    def _fill_classes(self) -> None:
+        """Show the workspace's confirmed classes (fixed), or propose names from the labels' values."""
+        ws = self._open_quietly()
+        confirmed = ws.class_names if ws is not None else None
+        self.classes_edit.setReadOnly(bool(confirmed))
+        if confirmed:
+            self.classes_edit.setText(", ".join(confirmed))
+            self.classes_edit.setToolTip(f"The classes confirmed for this workspace: {', '.join(confirmed)}")
+            return
+        self.classes_edit.setToolTip(CLASSES_TIP)
+        if self._classes_typed:
+            return
+        seg = self.segmentation_layer()
+        top = int(np.max(seg.data)) if seg is not None and np.size(seg.data) else 1
+        model_names = None
+        if self.session.model_path is not None:
+            try:
+                model_names = read_checkpoint_metadata(self.session.model_path).get("class_names")
+            except (ValueError, OSError):
+                model_names = None
+        self.classes_edit.setText(", ".join(proposed_class_names(top, model_names)))
+
+    def _confirm_classes(self, ws: Workspace) -> list[str] | None:
+        """The workspace's classes; the first time, the names in the field become its confirmed classes."""
+        if ws.class_names:
+            return ws.class_names
+        if not self._classes_typed:
+            self._fill_classes()  # the labels painted since the field was filled
+        try:
+            ws.confirm_classes(self.class_names())
+        except (ValueError, OSError) as exc:
+            self.status.setText(f"classes: {explain_error(exc, ws.folder)}")
+            return None
+        self._fill_classes()
+        return ws.class_names
+
     # -------------------------------------------------------------------------------------- workspace
     def set_workspace(self, folder: str | Path) -> None:
         """Use (and remember) ``folder`` as the workspace."""
@@ -298,6 +463,7 @@ class FinetuneWidget(QWidget):
     def _workspace_edited(self) -> None:
         update_settings(workspace=self.workspace_edit.text())
         self._refresh_versions()
+        self._fill_classes()
 
     def _choose_workspace(self) -> None:
         folder = QFileDialog.getExistingDirectory(self, "Workspace folder", self.workspace_edit.text())
@@ -311,31 +477,44 @@ class FinetuneWidget(QWidget):
             raise ValueError("choose a workspace folder first")
         return Workspace(text)
 
+    def _open_workspace(self) -> Workspace | None:
+        """The workspace, or None with a sentence on the status line (read-only, full disk, ...)."""
+        try:
+            return self.workspace()
+        except (ValueError, OSError) as exc:
+            self.status.setText(explain_error(exc, self.workspace_edit.text().strip() or None))
+            return None
+
+    def _open_quietly(self) -> Workspace | None:
+        """The workspace when it already exists and opens; None otherwise (nothing created, nothing said)."""
+        text = self.workspace_edit.text().strip()
+        if not text or not (Path(text).expanduser() / "manifest.json").is_file():
+            return None
+        try:
+            return Workspace(text, cleanup=False)
+        except (ValueError, OSError):
+            return None
+
     def add_to_labeled_set(self) -> str | None:
-        """Write the image, its corrected segmentation and the annotation mask to the workspace."""
+        """Write the image, its corrected segmentation and the annotation mask to the workspace.
+
+        The first case added confirms the workspace's classes (the classes field).
+        """
         layer = self.image_combo.layer()
         seg = self.segmentation_layer()
         if layer is None or seg is None or self.tracker is None:
-            self.status.setText("Segment the image and correct it first.")
+            self.status.setText("Segment the image or paint a Labels layer on it first.")
             return None
         if self.mode != "volume" and not self.tracker.has_edits:
             self.status.setText(
                 "Nothing corrected or marked yet: edit the segmentation or mark checked slices."
             )
             return None
+        ws = self._open_workspace()
+        if ws is None or self._confirm_classes(ws) is None:
+            return None
         try:
-            image = volume_from_layer(layer)
-            labels = image.with_array(seg.data, is_label=True)
-            ws = self.workspace()
-            case = layer.metadata.get(CASE_KEY) or self._case_names.get(layer.name)
-            known = case in {c.name for c in ws.cases}  # added before: update that case explicitly
-            confirmed = self.tracker.mask(self.mode) > 0
-            earlier = ws.load_case(case)[2] if known else None
-            if earlier is not None and earlier.shape == confirmed.shape:
-                confirmed |= np.asarray(earlier.array) > 0  # corrections of earlier rounds stay confirmed
-            mask = image.with_array(confirmed.astype(np.uint8), is_label=True)
-            name = ws.add_case(image, labels, mask, name=case if known else layer.name, update=known)
-            layer.metadata[CASE_KEY] = name
+            name = self._write_case(ws, layer, seg)
         except (ValueError, OSError) as exc:
             reason = explain_error(exc, self.workspace_edit.text())
             self.status.setText(f"could not add to the labeled set: {reason}")
@@ -345,6 +524,21 @@ class FinetuneWidget(QWidget):
             f"added {name} to {ws.folder} ({len(ws.labeled_cases)} labeled case(s); "
             f"{100 * ws.case(name).confirmed_fraction:.1f} % of its voxels confirmed)"
         )
+        return name
+
+    def _write_case(self, ws: Workspace, layer: Any, seg: Any) -> str:
+        """Add (or update) the case of image ``layer`` with labels ``seg`` and the confirmed mask."""
+        image = volume_from_layer(layer)
+        labels = image.with_array(seg.data, is_label=True)
+        case = layer.metadata.get(CASE_KEY) or self._case_names.get(layer.name)
+        known = case in {c.name for c in ws.cases}  # added before: update that case explicitly
+        confirmed = self.tracker.mask(self.mode) > 0
+        earlier = ws.load_case(case)[2] if known else None
+        if earlier is not None and earlier.shape == confirmed.shape:
+            confirmed |= np.asarray(earlier.array) > 0  # corrections of earlier rounds stay confirmed
+        mask = image.with_array(confirmed.astype(np.uint8), is_label=True)
+        name = ws.add_case(image, labels, mask, name=case if known else layer.name, update=known)
+        layer.metadata[CASE_KEY] = name
         return name
 
     def _stored_mask(self, ws: Workspace, layer_name: str) -> np.ndarray | None:
@@ -362,17 +556,17 @@ class FinetuneWidget(QWidget):
     # --------------------------------------------------------------------------------------- fine-tune
     def _prepare(self) -> Workspace | None:
         """Add the corrections and the other open images to the workspace; None (with a message) on error."""
-        try:
-            ws = self.workspace()
-        except (ValueError, OSError) as exc:
-            self.status.setText(str(exc))
+        ws = self._open_workspace()
+        if ws is None:
             return None
         if self.tracker is not None and self.tracker.has_edits:
             if self.add_to_labeled_set() is None:
                 return None
             ws.reload()
         if not ws.labeled_cases:
-            self.status.setText("The labeled set is empty: correct a segmentation and add it first.")
+            self.status.setText(
+                "The labeled set is empty: correct a segmentation (or paint a Labels layer) and add it first."
+            )
             return None
         self._add_unlabeled(ws)
         self._target = self.image_combo.layer()
@@ -388,10 +582,8 @@ class FinetuneWidget(QWidget):
 
     def finetune(self) -> None:
         """Fine-tune the model in use on the workspace, in the background; segments again at the end."""
-        try:
-            ws = self.workspace()
-        except (ValueError, OSError) as exc:
-            self.status.setText(str(exc))
+        ws = self._open_workspace()
+        if ws is None:
             return
         model = self.session.model_path or ws.current_model_path
         if model is None:
@@ -412,27 +604,43 @@ class FinetuneWidget(QWidget):
         except (ValueError, OSError) as exc:
             self.status.setText(explain_error(exc, ws.folder))
             return
+        steps = self.iterations_spin.value()
         self._start_training(
-            f"fine-tuning {model_label(Path(model))} with {self.method} for {self.iterations_spin.value()} "
-            "iterations …",
-            ws, model, self.method, self.iterations_spin.value(),
+            f"fine-tuning {model_label(Path(model))} with {self.method} for {steps} iterations …",
+            ws, model, self.method, steps,
         )
 
     def train_new_model(self, iterations: int | None = None) -> None:
-        """Train a first model from scratch on the workspace (cold start), in the background; then segment."""
-        if self._prepare() is None:
+        """Train a first model from scratch on the workspace (cold start), in the background; then segment.
+
+        The classes are the workspace's confirmed ones (the classes field confirms them the first time) and
+        are stored in the new model. Without ``iterations`` the training is planned to fit the time budget
+        box (:func:`napari_sscce.loop.cold_start_config`); the plan is shown before the steps start.
+        """
+        ws = self._prepare()
+        if ws is None:
             return
-        ws = self.workspace()
-        self._start_training(
-            f"training a new model on {len(ws.labeled_cases)} labeled case(s) …",
-            ws, None, self.method, iterations, cold_start=True,
-        )
+        names = self._confirm_classes(ws)
+        if names is None:
+            return
+        changes: dict[str, Any] = {"num_classes": len(names), "class_names": list(names)}
+        if iterations is None:
+            changes["budget_seconds"] = 60.0 * float(self.budget_spin.value())
+            text = (
+                f"planning a new model on {len(ws.labeled_cases)} labeled case(s): measuring a training "
+                f"step on this machine to fit {self.budget_spin.value():g} min …"
+            )
+        else:
+            text = f"training a new model on {len(ws.labeled_cases)} labeled case(s) for {iterations} steps …"
+        self._start_training(text, ws, None, self.method, iterations, cold_start=True, **changes)
 
     def _start_training(self, text: str, ws: Workspace, *args: Any, **kwargs: Any) -> None:
         self._stage = "train"
         self._set_running(True)
         self.plot.clear()
         self.score_label.setText("")
+        self.plan_label.setText("")
+        self._clock, self._plan_shown = None, False
         self.status.setText(text)
         self._previous_version = ws.current_version
         self._run_folder = ws.folder / "runs" / datetime.now().strftime("%Y%m%d-%H%M%S-%f")
@@ -472,7 +680,8 @@ class FinetuneWidget(QWidget):
             try:
                 layer.metadata[CASE_KEY] = ws.add_unlabeled(volume_from_layer(layer), name=layer.name)
             except (ValueError, OSError) as exc:
-                self.status.setText(f"skipped {layer.name} as unlabeled data: {exc}")
+                reason = explain_error(exc, ws.folder)
+                self.status.setText(f"skipped {layer.name} as unlabeled data: {reason}")
 
     def _resegment(self, model: Path) -> None:
         layer = self._target or self.image_combo.layer()
@@ -495,8 +704,11 @@ class FinetuneWidget(QWidget):
             return
         try:
             path = self.workspace().revert(version)
-        except (KeyError, ValueError, OSError) as exc:
-            self.status.setText(str(exc))
+        except KeyError as exc:
+            self.status.setText(str(exc).strip("'\""))
+            return
+        except (ValueError, OSError) as exc:
+            self.status.setText(explain_error(exc, self.workspace_edit.text()))
             return
         self.session.set_model(path)
         self._refresh_versions()
@@ -507,9 +719,8 @@ class FinetuneWidget(QWidget):
 
     def _refresh_versions(self) -> None:
         self.version_combo.clear()
-        try:
-            ws = self.workspace()
-        except (ValueError, OSError):
+        ws = self._open_quietly()
+        if ws is None:
             return
         for v in reversed(ws.versions):
             dice = v.metrics.get("held_aside_dice") or v.metrics.get("best_val_dice") or v.metrics.get("dice")
@@ -528,11 +739,31 @@ class FinetuneWidget(QWidget):
 
     def _on_progress(self, event: ProgressEvent) -> None:
         self.progress_bar.setValue(int(round(100 * event.fraction)))
-        self.status.setText(describe_event(event))
+        if event.stage == "train" and event.step == 0 and event.message and not self._plan_shown:
+            self._plan_shown = True  # the run's first line says what is trained: keep it in view
+            self.plan_label.setText(f"plan: {event.message}")
+        if event.stage == "train" and event.step > 0 and event.total:
+            self.status.setText(self._step_text(event))
+        else:
+            self.status.setText(describe_event(event))
         if event.stage == "train" and "loss" in event.values:
             self.plot.add_loss(event.step, event.values["loss"])
         if "val_dice" in event.values:
             self.plot.add_dice(event.step, event.values["val_dice"])
+
+    def _step_text(self, event: ProgressEvent) -> str:
+        """``"step n of N, about 3 min left"`` from the pace of the steps seen so far."""
+        now = time.monotonic()
+        if self._clock is None or event.step <= self._clock[1]:
+            self._clock = (now, event.step)
+        text = f"training: step {event.step} of {event.total}"
+        start, first = self._clock
+        if event.step > first:
+            left = (now - start) / (event.step - first) * max(0, event.total - event.step)
+            text += f", about {duration_text(left)} left"
+        if "loss" in event.values:
+            text += f" (loss {float(event.values['loss']):.3f})"
+        return text
 
     def _on_finished(self, result: Any) -> None:
         if self._closing:
@@ -562,7 +793,8 @@ class FinetuneWidget(QWidget):
             self._discard_run()
             self.status.setText(result.message)
             return
-        self.session.set_model(result.current_path)
+        if result.current_path is not None:  # a first model kept but not used leaves the model in use
+            self.session.set_model(result.current_path)
         self._refresh_versions()
         self.score_label.setText(self._score_text(result))
         self.status.setText(result.message)

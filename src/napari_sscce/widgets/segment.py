@@ -12,11 +12,8 @@ from pathlib import Path
 from typing import Any
 
 from qtpy.QtWidgets import (
-    QCheckBox,
     QComboBox,
-    QDoubleSpinBox,
     QFileDialog,
-    QFormLayout,
     QHBoxLayout,
     QLabel,
     QProgressBar,
@@ -29,8 +26,11 @@ from napari_sscce.inference.config import DEVICES, InferenceConfig
 from napari_sscce.inference.predict import Prediction, predict_volume
 from napari_sscce.io.validate import apply_nan_policy
 from napari_sscce.progress import ProgressEvent
+from napari_sscce.widgets._config_form import config_values, config_widgets
 from napari_sscce.widgets._layers import ROLE_KEY, layer_kind, show_prediction, volume_from_layer
+from napari_sscce.widgets._messages import assumed_spacing_note
 from napari_sscce.widgets._scroll import set_scrolling_layout
+from napari_sscce.widgets._sections import Section, align_labels
 from napari_sscce.widgets._state import (
     known_models,
     model_label,
@@ -42,6 +42,14 @@ from napari_sscce.widgets._state import (
 from napari_sscce.widgets._worker import WorkRunner, describe_event
 
 BROWSE = "Choose a model file…"
+#: the inference options the widget shows: InferenceConfig fields with their control's options (magicgui)
+OPTION_SPECS = {
+    "device": {"choices": list(DEVICES)},
+    "overlap": {"min": 0.0, "max": 0.95, "step": 0.05},
+    "tta": {"text": "mirror test-time augmentation"},
+    "largest_component": {"text": "keep largest component"},
+    "return_per_network": {"text": "show each network's probabilities"},
+}
 
 
 def image_layers(viewer: Any) -> list[Any]:
@@ -127,11 +135,22 @@ class SegmentWidget(QWidget):
         #: how the last image segmented differs from the model's training data (shown on the status line)
         self.domain_warnings: list[str] = []
         self._run_layer: Any = None
+        self._note = ""  # the assumed-spacing note of the image being segmented (shown once)
         #: a model the person picked is kept for every image; otherwise each image gets the model that fits it
         self._model_picked = False
-        defaults = InferenceConfig()
+        self._build_model_controls()
+        self._build_options()
+        self._build_run_controls()
+        self._build_layout()
+        self._connect()
+        self.session.inference_config = self.config  # a re-segmentation after a fine-tune uses these settings
+        self._fill_models()
+        self._propose_for_image()
+        self._update_device_label(self.device_combo.currentText())
 
-        self.image_combo = ImageLayerCombo(napari_viewer, self)
+    # -------------------------------------------------------------------------------------- building
+    def _build_model_controls(self) -> None:
+        self.image_combo = ImageLayerCombo(self.viewer, self)
         self.model_combo = QComboBox(self)
         self.model_combo.setToolTip(
             "A packaged model (trained on real scans; see `sscce models`), or a napari-sscce model file"
@@ -141,22 +160,19 @@ class SegmentWidget(QWidget):
         self.browse_button.setMaximumWidth(32)
         self.model_info = QLabel("no model chosen", self)
         self.model_info.setWordWrap(True)
-        self.device_combo = QComboBox(self)
-        self.device_combo.addItems(list(DEVICES))
-        self.device_combo.setCurrentText(defaults.device)
+
+    def _build_options(self) -> None:
+        """The inference options: a magicgui form over :class:`InferenceConfig` (its defaults and docs)."""
+        self.options = config_widgets(InferenceConfig, OPTION_SPECS)
+        self.device_combo = self.options["device"].native
         self.device_combo.setToolTip(device_tooltip())
         self.device_label = QLabel(self)
-        self.overlap_spin = QDoubleSpinBox(self)
-        self.overlap_spin.setRange(0.0, 0.95)
-        self.overlap_spin.setSingleStep(0.05)
-        self.overlap_spin.setValue(defaults.overlap)
-        self.overlap_spin.setToolTip("How much neighbouring windows overlap (more = smoother, slower)")
-        self.tta_check = QCheckBox("mirror test-time augmentation", self)
-        self.tta_check.setChecked(defaults.tta)
-        self.largest_check = QCheckBox("keep largest component", self)
-        self.largest_check.setChecked(defaults.largest_component)
-        self.per_network_check = QCheckBox("show each network's probabilities", self)
-        self.per_network_check.setChecked(defaults.return_per_network)
+        self.overlap_spin = self.options["overlap"].native
+        self.tta_check = self.options["tta"].native
+        self.largest_check = self.options["largest_component"].native
+        self.per_network_check = self.options["return_per_network"].native
+
+    def _build_run_controls(self) -> None:
         self.run_button = QPushButton("Segment", self)
         self.cancel_button = QPushButton("Cancel", self)
         self.cancel_button.setEnabled(False)
@@ -165,29 +181,36 @@ class SegmentWidget(QWidget):
         self.status = QLabel("", self)
         self.status.setWordWrap(True)
 
+    def _build_layout(self) -> None:
+        self.sections = {"model": Section("Image and model", True, self),
+                         "options": Section("Options", True, self)}
         model_row = QHBoxLayout()
         model_row.addWidget(self.model_combo, 1)
         model_row.addWidget(self.browse_button)
-        form = QFormLayout()
-        form.addRow("image", self.image_combo)
-        form.addRow("model", model_row)
-        form.addRow("", self.model_info)
-        form.addRow("device", self.device_combo)
-        form.addRow("", self.device_label)
-        form.addRow("overlap", self.overlap_spin)
+        model = self.sections["model"]
+        model.add_row("image", self.image_combo)
+        model.add_row("model", model_row)
+        model.add_full(self.model_info)
+        options = self.sections["options"]
+        options.add_row("device", self.device_combo)
+        options.add_full(self.device_label)
+        options.add_row("overlap", self.overlap_spin)
+        for name in ("tta", "largest_component", "return_per_network"):
+            options.add_full(self.options[name].native)
         buttons = QHBoxLayout()
         buttons.addWidget(self.run_button)
         buttons.addWidget(self.cancel_button)
         layout = QVBoxLayout()
-        layout.addLayout(form)
-        for w in (self.tta_check, self.largest_check, self.per_network_check):
-            layout.addWidget(w)
+        layout.addWidget(model)
+        layout.addWidget(options)
         layout.addLayout(buttons)
         layout.addWidget(self.progress_bar)
         layout.addWidget(self.status)
         layout.addStretch(1)
+        align_labels(list(self.sections.values()))
         set_scrolling_layout(self, layout)
 
+    def _connect(self) -> None:
         self.browse_button.clicked.connect(self._browse)
         self.model_combo.activated.connect(self._on_model_chosen)
         self.device_combo.currentTextChanged.connect(self._update_device_label)
@@ -199,22 +222,11 @@ class SegmentWidget(QWidget):
         self.runner.failed.connect(self._on_failed)
         self.session.model_changed.connect(self._on_session_model)
         self.image_combo.currentTextChanged.connect(lambda _: self._propose_for_image())
-        self.session.inference_config = self.config  # a re-segmentation after a fine-tune uses these settings
-
-        self._fill_models()
-        self._propose_for_image()
-        self._update_device_label(self.device_combo.currentText())
 
     # ------------------------------------------------------------------------------------------ controls
     def config(self) -> InferenceConfig:
-        """The inference settings the controls describe."""
-        return InferenceConfig(
-            overlap=float(self.overlap_spin.value()),
-            tta=self.tta_check.isChecked(),
-            largest_component=self.largest_check.isChecked(),
-            device=self.device_combo.currentText(),
-            return_per_network=self.per_network_check.isChecked(),
-        )
+        """The inference settings the controls describe (the magicgui form's values)."""
+        return InferenceConfig(**config_values(self.options))
 
     @property
     def model_path(self) -> Path | None:
@@ -273,6 +285,9 @@ class SegmentWidget(QWidget):
 
     def _propose_for_image(self) -> None:
         """Switch to the model that fits the chosen image, unless the person picked one."""
+        note = assumed_spacing_note(self.image_combo.layer())
+        if note:
+            self.status.setText(note)
         if self._model_picked or self.runner.running:
             return
         path = self.propose_model()
@@ -363,6 +378,7 @@ class SegmentWidget(QWidget):
         self._run_layer = layer
         self._set_running(True)
         self.domain_warnings = self._check_domain(volume)
+        self._note = assumed_spacing_note(layer)  # said once per layer (here, or when it was chosen)
         self.status.setText(f"segmenting {layer.name} …" + self._warning_text())
         self.runner.start(
             predict_with_session, self.session, predict_volume, str(self.model_path), volume, config
@@ -379,9 +395,8 @@ class SegmentWidget(QWidget):
             return []
 
     def _warning_text(self) -> str:
-        if not self.domain_warnings:
-            return ""
-        return "\n" + "\n".join(f"warning: {w}" for w in self.domain_warnings)
+        lines = [f"warning: {w}" for w in self.domain_warnings] + ([self._note] if self._note else [])
+        return "".join(f"\n{line}" for line in lines)
 
     def _set_running(self, running: bool) -> None:
         self.run_button.setEnabled(not running)

@@ -40,6 +40,7 @@ from napari_sscce.widgets._layers import (
     images_with_uncertainty,
 )
 from napari_sscce.widgets._scroll import set_scrolling_layout
+from napari_sscce.widgets._sections import Section
 
 #: a region fills about this fraction of the canvas after a jump
 REGION_FILL = 0.4
@@ -72,6 +73,21 @@ def go_to_region(viewer: Any, layer: Any, region: Region) -> None:
     canvas = getattr(viewer, "canvas", None)
     canvas_size = canvas.size if canvas is not None else getattr(viewer, "_canvas_size", (600, 800))
     viewer.camera.zoom = REGION_FILL * float(min(canvas_size)) / extent
+
+
+#: rows the scan and slice tables show before they scroll (the regions table takes the rest of the dock)
+VOLUME_ROWS, SLICE_ROWS = 4, 6
+
+
+def fit_rows(table: QTableWidget, most: int) -> None:
+    """Make ``table`` as tall as its header and rows (one empty row at least, ``most`` at most; then it
+    scrolls), so a short table leaves no blank space and its header stays in view."""
+    rows = min(max(table.rowCount(), 1), most)
+    row_height = table.verticalHeader().defaultSectionSize()
+    scroll = table.horizontalScrollBar().sizeHint().height()
+    header = table.horizontalHeader().sizeHint().height()
+    height = header + rows * row_height + 2 * table.frameWidth() + scroll
+    table.setFixedHeight(height)
 
 
 class UncertaintyWidget(QWidget):
@@ -108,22 +124,26 @@ class UncertaintyWidget(QWidget):
             header.setStretchLastSection(True)
             table.setHorizontalScrollBarPolicy(Qt.ScrollBarPolicy.ScrollBarAsNeeded)  # a narrow dock scrolls
             table.setWordWrap(False)
-        self.volume_table.setMaximumHeight(120)
         self.region_table.setMinimumHeight(160)
-        self.slice_table.setMaximumHeight(160)
+        fit_rows(self.volume_table, VOLUME_ROWS)
+        fit_rows(self.slice_table, SLICE_ROWS)
         self.refresh_button = QPushButton("Refresh", self)
         self.prev_button = QPushButton("◀ Previous", self)
         self.next_button = QPushButton("Next ▶", self)
         self.status = QLabel("Segment an image to see its uncertain regions.", self)
         self.status.setWordWrap(True)
 
+        self.sections = {
+            "volumes": Section("Correct next (most uncertain scan first)", True, self),
+            "regions": Section("Uncertain regions (most expected errors first)", True, self),
+            "slices": Section("Slices to check next (most expected errors first)", True, self),
+        }
+        self.sections["volumes"].add_full(self.volume_table)
+        self.sections["regions"].add_full(self.region_table)
+        self.sections["slices"].add_full(self.slice_table)
         layout = QVBoxLayout()
-        layout.addWidget(QLabel("Correct next (most uncertain scan first):", self))
-        layout.addWidget(self.volume_table)
-        layout.addWidget(QLabel("Uncertain regions (most expected errors first):", self))
-        layout.addWidget(self.region_table, 1)
-        layout.addWidget(QLabel("Slices to check next (most expected errors first):", self))
-        layout.addWidget(self.slice_table)
+        for section in self.sections.values():
+            layout.addWidget(section)
         nav = QHBoxLayout()
         nav.addWidget(self.prev_button)
         nav.addWidget(self.next_button)
@@ -163,6 +183,7 @@ class UncertaintyWidget(QWidget):
         )
         self.volume_table.blockSignals(True)
         self.volume_table.setRowCount(len(self._scores))
+        fit_rows(self.volume_table, VOLUME_ROWS)
         for row, (name, score) in enumerate(self._scores):
             self.volume_table.setItem(row, 0, QTableWidgetItem(name))
             self.volume_table.setItem(row, 1, QTableWidgetItem(f"{score:.3f}"))
@@ -289,6 +310,7 @@ class UncertaintyWidget(QWidget):
         self.slice_table.blockSignals(True)
         self.slice_table.clearSelection()
         self.slice_table.setRowCount(len(self.slices))
+        fit_rows(self.slice_table, SLICE_ROWS)
         for row, item in enumerate(self.slices):
             self.slice_table.setItem(row, 0, QTableWidgetItem(str(item.index)))
             self.slice_table.setItem(row, 1, QTableWidgetItem(f"{item.score:.0f}"))
