@@ -105,8 +105,8 @@ def test_expected_threshold_keeps_as_many_voxels_as_are_expected_wrong():
 
     rng = np.random.default_rng(0)
     u = rng.uniform(0.0, 1.0, (20, 20, 20)).astype(np.float32)
-    t = expected_threshold(u, floor=0.0)
     expected = float(error_probability(u).sum())
+    t = expected_threshold(u, floor=0.0, ceiling=1.0)
     assert abs(int((u >= t).sum()) - round(expected)) <= 1
     assert expected_threshold(u) >= 0.5  # the floor
     assert expected_threshold(np.zeros((4, 4, 4), np.float32)) > 0.0  # nothing expected wrong: no region
@@ -118,4 +118,5 @@ def test_expected_threshold_keeps_as_many_voxels_as_are_expected_wrong():
     # 500 at 0.99 (220 expected) + 500 at 0.1 (6): the 500 most uncertain already hold more than expected
     half = np.full((10, 10, 10), 0.1, np.float32)
     half[:5] = 0.99
-    assert expected_threshold(half, floor=0.0) == pytest.approx(0.99)
+    assert expected_threshold(half, floor=0.0, ceiling=1.0) == pytest.approx(0.99)
+    assert expected_threshold(half, floor=0.0) == pytest.approx(0.8)  # the ceiling: 0.8 is always a region

@@ -19,28 +19,36 @@ DEFAULT_PERCENTILE = 95.0
 DEFAULT_MAX_EXTENT = 32
 #: default region threshold: ``"expected"`` (:func:`expected_threshold`): the regions together are about
 #: as large as the number of voxels the model expects to be wrong. On unseen scans
-#: (benchmarks/results/ranking_*.md, mirroring TTA) the top-5 regions' precision rose from 28.6 % to 37.4 %
-#: on the LA and from 30.8 % to 42.7 % on the hippocampus (the fixed 0.5 drew one thick shell); a
-#: calibrated model cannot go far beyond: its voxels at error probability 0.45-0.5 are wrong 48 % of the time
+#: (benchmarks/results/ranking_*.md) the top-5 regions' precision rose from 30.1 % to 36.9 % on the LA and
+#: from 31.3 % to 41.2 % on the hippocampus (the fixed 0.5 drew one thick shell); a calibrated model cannot
+#: go far beyond: its voxels at error probability 0.45-0.5 are wrong 48 % of the time
 DEFAULT_THRESHOLD = "expected"
 
 
-def expected_threshold(u: np.ndarray, floor: float = DEFAULT_MIN_THRESHOLD) -> float:
-    """The threshold that keeps as many voxels as the model expects to be wrong: ``round(sum e)`` voxels of
-    highest ``u`` (``e`` = :func:`error_probability` of ``u``), never below ``floor``.
+#: voxels at least this uncertain always belong to a region (a one-in-four chance of being wrong): the
+#: expected-errors threshold never rises above it, so a second, smaller doubtful place is not dropped because
+#: a large one already holds the expected number of errors
+DEFAULT_CEILING = 0.8
 
-    Parameter-free and adaptive: a confident scan gets few, tight regions, a doubtful one more; the regions'
-    voxels are the model's best guess of where its errors are.
+
+def expected_threshold(
+    u: np.ndarray, floor: float = DEFAULT_MIN_THRESHOLD, ceiling: float = DEFAULT_CEILING
+) -> float:
+    """The threshold that keeps as many voxels as the model expects to be wrong: ``round(sum e)`` voxels of
+    highest ``u`` (``e`` = :func:`error_probability` of ``u``), within ``[floor, ceiling]``.
+
+    Adaptive: a confident scan gets few, tight regions, a doubtful one more; the regions' voxels are the
+    model's best guess of where its errors are.
     """
     u = np.asarray(u, dtype=np.float32)
     if u.size == 0:
         return float(floor)
     n = int(round(float(error_probability(u).sum(dtype=np.float64))))
     if n <= 0:
-        return float(max(floor, float(u.max()) + 1e-6))
+        return float(min(ceiling, max(floor, float(u.max()) + 1e-6)))
     n = min(n, u.size)
     kth = np.partition(u.ravel(), u.size - n)[u.size - n]
-    return float(max(floor, kth))
+    return float(min(ceiling, max(floor, kth)))
 
 
 def adaptive_threshold(u: np.ndarray, labels: np.ndarray | None = None) -> float:
