@@ -94,9 +94,11 @@ def test_missing_input_is_reported_before_any_work(checkpoint, tmp_path, capsys)
 def test_cli_defaults_come_from_the_config():
     from napari_sscce.cli import build_parser
 
+    from napari_sscce.cli.predict import inference_config
+
     args = build_parser().parse_args(["predict", "x.nii.gz", "--model", "m", "--out", "o"])
-    d = InferenceConfig()
-    assert (args.overlap, args.mode, args.batch_size, args.device, args.precision, args.tta) == (
+    d, c = InferenceConfig(), inference_config(args)
+    assert (c.overlap, c.mode, c.batch_size, c.device, c.precision, c.tta) == (
         d.overlap, d.mode, d.batch_size, d.device, d.precision, d.tta)
 
 

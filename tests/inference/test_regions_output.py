@@ -65,3 +65,28 @@ def test_ranking_report_on_a_known_map():
     assert image[5, 5, 5] == 1
     scans = rank_scans([{**report, "source": "a"}, {**report, "source": "b", "expected_errors": 1e9}])
     assert [s["source"] for s in scans] == ["b", "a"]
+
+
+def test_sscce_predict_regions_writes_the_ranking(tmp_path):
+    from napari_sscce.cli import main
+
+    model = tiny_model_file(tmp_path / "m.safetensors", patch_size=[16, 16, 16],
+                            normalization={"mode": "zscore"})
+    scan = _scan(tmp_path / "scan.nii.gz", 0, 2.0)
+    out = tmp_path / "out"
+    assert main(["predict", str(scan), "--model", str(model), "--out", str(out), "--regions",
+                 "--device", "cpu"]) == 0
+    report = json.loads((out / "scan_regions.json").read_text())
+    assert report["source"] == str(scan) and report["slices"][0]["axis"] == 0
+    assert (out / "scan_regions.nii.gz").is_file() and not (out / SCANS_RANKED).exists()  # one input
+    assert main(["predict", str(scan), "--model", str(model), "--out", str(tmp_path / "plain"),
+                 "--device", "cpu"]) == 0
+    assert not (tmp_path / "plain" / "scan_regions.json").exists()
+    from napari_sscce.cli import build_parser
+    from napari_sscce.cli.predict import inference_config
+
+    parse = build_parser().parse_args
+    assert inference_config(parse(["predict", "x", "--model", "m", "--out", "o", "--regions"])).tta
+    assert not inference_config(parse(["predict", "x", "--model", "m", "--out", "o", "--regions",
+                                       "--no-tta"])).tta
+    assert not inference_config(parse(["predict", "x", "--model", "m", "--out", "o"])).tta

@@ -8,8 +8,8 @@ from napari_sscce.cli._common import ProgressPrinter, add_device_options, resolv
 from napari_sscce.progress import CancelToken, ProgressCallback
 
 DESCRIPTION = ("Writes <name>_seg.nii.gz, <name>_entropy.nii.gz and <name>_kl.nii.gz per input, on the "
-               "input's grid (its affine). Ctrl-C stops before the next batch of windows; the unfinished "
-               "input writes nothing.")
+               "input's grid (its affine); with --regions also the ranked regions and slices. Ctrl-C stops "
+               "before the next batch of windows; the unfinished input writes nothing.")
 
 
 def add_parser(sub: argparse._SubParsersAction) -> argparse.ArgumentParser:
@@ -31,7 +31,13 @@ def add_parser(sub: argparse._SubParsersAction) -> argparse.ArgumentParser:
     add("--batch-size", type=int, default=d.batch_size, help="windows per forward pass")
     add("--patch", "--patch-size", dest="patch", type=int, nargs=3, default=None, metavar=("X", "Y", "Z"),
         help="window size in X Y Z, like `sscce train --patch` (default: the model's training patch)")
-    add("--tta", action="store_true", default=d.tta, help="mirroring test-time augmentation")
+    add("--tta", action=argparse.BooleanOptionalAction, default=None,
+        help="mirroring test-time augmentation (default: on with --regions, where it ranks better: the "
+        "10 top-ranked LA slices hold 90 %% of the truly worst ten's errors with it, 87 %% without)")
+    add("--regions", action="store_true",
+        help="also write the ranking: <name>_regions.nii.gz (voxel value k = the region ranked k) and "
+        "<name>_regions.json (ranked regions and slices, z y x order); with several inputs also "
+        "scans_ranked.json, the scans by expected errors (which scan to correct next)")
     add("--mc-dropout", type=int, default=d.mc_dropout, metavar="N",
         help="N Monte-Carlo dropout passes per network for the disagreement map (models with dropout "
         "layers only; default: %(default)s, off)")
@@ -56,7 +62,9 @@ def inference_config(args: argparse.Namespace):
     mode = {"mode": "uniform", "stride": LITERATURE_STRIDE} if literature else {"mode": args.mode}
     return InferenceConfig(
         patch_size=tuple(reversed(args.patch)) if args.patch else None,  # X Y Z -> (z, y, x)
-        overlap=args.overlap, batch_size=args.batch_size, tta=args.tta, mc_dropout=args.mc_dropout,
+        overlap=args.overlap, batch_size=args.batch_size,
+        tta=bool(getattr(args, "regions", False)) if args.tta is None else bool(args.tta),
+        mc_dropout=args.mc_dropout,
         largest_component=args.largest_component, device=args.device, precision=args.precision,
         return_per_network=args.per_network, nan_policy=args.nan_policy, **mode,
     )
@@ -73,10 +81,12 @@ def run(args: argparse.Namespace, cancel: CancelToken | None = None,
 
     model = resolve_model_arg(args.model)
     printer = ProgressPrinter("window")
-    channel = {"channel": args.channel} if args.channel is not None else {}
+    extra = {"channel": args.channel} if args.channel is not None else {}
+    if getattr(args, "regions", False):
+        extra["regions"] = True
     try:
         written = predict_files(model, args.inputs, args.out, inference_config(args), progress or printer,
-                                cancel=cancel, **channel)
+                                cancel=cancel, **extra)
     finally:
         printer.close()
     for path in written:
