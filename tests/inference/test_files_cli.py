@@ -93,7 +93,6 @@ def test_missing_input_is_reported_before_any_work(checkpoint, tmp_path, capsys)
 
 def test_cli_defaults_come_from_the_config():
     from napari_sscce.cli import build_parser
-
     from napari_sscce.cli.predict import inference_config
 
     args = build_parser().parse_args(["predict", "x.nii.gz", "--model", "m", "--out", "o"])
