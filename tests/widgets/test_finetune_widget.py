@@ -206,3 +206,34 @@ def test_train_new_model_on_two_generated_cases(qtbot, viewer_with_scan, tmp_pat
     assert "scan segmentation" in viewer.layers
     assert viewer.layers["scan segmentation"].data.shape == viewer.layers["scan"].data.shape
     assert "from scratch" in widget.status.text() and "segmented again" in widget.status.text()
+
+
+def test_update_preview_shows_the_adapted_segmentation_and_saves_nothing(qtbot, segmented, tmp_path,
+                                                                          monkeypatch, tiny_model_path):
+    viewer, segment, widget = segmented
+    monkeypatch.setattr(finetune_module, "PREVIEW_SECONDS", 2.0)
+    model_bytes = tiny_model_path.read_bytes()
+    seg = viewer.layers["scan segmentation"]
+    seg.brush_size = 6
+    for z in (4, 8, 12):
+        seg.paint((z, 16, 16), 1 - int(seg.data[z, 16, 16]))
+    corrected = np.array(seg.data)
+    assert widget.tracker is not None and widget.tracker.has_edits
+    mask = widget.tracker.mask(widget.mode).astype(bool)
+    widget.set_workspace(tmp_path / "ws")
+    widget.update_preview()
+    assert widget._stage == "preview" and not widget.preview_button.isEnabled()
+    qtbot.waitUntil(lambda: not widget.runner.running and widget._stage == "", timeout=WAIT_MS)
+    assert "preview" in widget.status.text(), widget.status.text()
+    shown = viewer.layers["scan segmentation"].data
+    np.testing.assert_array_equal(shown[mask], corrected[mask])  # the corrections are on screen
+    np.testing.assert_array_equal(widget.tracker.mask(widget.mode).astype(bool), mask)  # and still recorded
+    assert tiny_model_path.read_bytes() == model_bytes  # nothing saved
+    assert not (tmp_path / "ws").exists()
+    assert widget.preview_button.isEnabled()
+
+
+def test_update_preview_needs_corrections(segmented):
+    viewer, segment, widget = segmented
+    widget.update_preview()
+    assert not widget.runner.running and "Correct or mark" in widget.status.text()
