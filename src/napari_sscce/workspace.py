@@ -19,10 +19,14 @@ Safety rules:
 * **The manifest switch is the only commit point.** A case version is written under new file names
   (``<case>__<uid>``); until the manifest names them they are orphans. A crash at any point leaves either the
   old case or the new one, never a mix. The files an update replaced are deleted after the commit.
-* **Opening cleans up.** :class:`Workspace` removes, under the lock, the temporary files of
-  :mod:`napari_sscce.atomic` and the orphans a crash left: files named ``<case>__<8 hex>.<ext>`` in
-  ``images/``, ``labels/``, ``masks/`` that the manifest does not name, and ``models/vNNNN/`` folders the
-  manifest does not list that hold only a model file. Nothing else is ever deleted.
+* **Opening tidies, and deletes only what it owns** (issue 24, :mod:`napari_sscce.workspace_files`).
+  Under the lock it deletes the :mod:`napari_sscce.atomic` temporaries of its own files that are older than
+  the last manifest commit, and moves to ``quarantine/<time>/`` (recoverable, never deleted) the orphans a
+  crash left: files named ``<case>__<8 hex>.<ext>`` in ``images/``, ``labels/``, ``masks/`` that the
+  manifest does not name, and ``models/vNNNN/`` folders it does not list that hold only a model file.
+  Nothing is moved or deleted while ``manifest.json`` is missing or names no case, through a symlinked
+  folder or file, or outside the resolved workspace folder; what was left alone is in
+  :attr:`Workspace.notes`.
 * **Paths stay inside.** Every manifest path is resolved and must lie inside the workspace folder
   (:class:`WorkspaceError` otherwise), so a doctored manifest cannot make :meth:`Workspace.remove_case`
   delete files elsewhere.
@@ -52,10 +56,19 @@ from typing import Any
 import numpy as np
 from filelock import FileLock, Timeout
 
-from napari_sscce.atomic import atomic_path, atomic_write_json, crash_point, remove_stale_temporaries
+from napari_sscce.atomic import TEMP_MARKER, atomic_path, atomic_write_json, crash_point
 from napari_sscce.io.readers import read_volume
 from napari_sscce.io.volume import Volume
 from napari_sscce.io.writers import write_volume
+from napari_sscce.workspace_files import (
+    CASE_FILE,
+    VERSION_DIR,
+    Quarantine,
+    our_temporary,
+    owned_file,
+    owned_folder,
+    size_of,
+)
 
 __all__ = ["CaseEntry", "ModelVersion", "Workspace", "WorkspaceError", "manifest_cases", "safe_case_name"]
 
@@ -68,8 +81,8 @@ CASE_FOLDERS = ("images", "labels", "masks")
 #: seconds to wait for another process's manifest change before giving up
 LOCK_TIMEOUT = 120.0
 #: a case file written by :meth:`Workspace.add_case`: ``<case>__<8 hex digits>.nii.gz``
-_CASE_FILE = re.compile(r"^.+__[0-9a-f]{8}\.nii\.gz$")
-_VERSION_DIR = re.compile(r"^v\d{4,}$")
+_CASE_FILE = CASE_FILE
+_VERSION_DIR = VERSION_DIR
 #: relative tolerance on the spacing of labels / masks against their image
 SPACING_RTOL = 1e-3
 MAX_NAME_LENGTH = 80
@@ -218,9 +231,13 @@ class Workspace:
         self.folder.mkdir(parents=True, exist_ok=True)
         self._lock = FileLock(str(self.folder / LOCK), timeout=LOCK_TIMEOUT)
         self.cleaned: dict[str, int] = {"temporaries": 0, "orphans": 0, "bytes": 0}
+        #: what opening found and left alone (symlinked folders, files without a manifest, ...), as sentences
+        self.notes: list[str] = []
+        #: the quarantine folder that opening moved unreferenced files to, if any
+        self.quarantined: Path | None = None
         if cleanup:
             with self._locked() as manifest:
-                self.cleaned = self._cleanup(manifest)
+                self.cleaned = self._cleanup(manifest, self.manifest_path.is_file())
         else:
             self._manifest = self._load()
 
@@ -260,37 +277,118 @@ class Workspace:
     def _path(self, rel: str) -> Path:
         return inside(self.folder, rel, self.manifest_path)
 
+    def _delete(self, rel: str) -> None:
+        """Delete the case file ``rel`` when it is a regular file in a real folder of the workspace (never
+        through a symlink: the link's target may be another workspace's); otherwise leave it, noted."""
+        self._path(rel)
+        root = self.folder.resolve()
+        parts = Path(rel).parts
+        folder = owned_folder(root, parts[0]) if len(parts) == 2 else None
+        path = root / rel
+        if folder is not None and owned_file(path, folder):
+            path.unlink(missing_ok=True)
+        elif path.is_symlink() or path.exists():
+            self.notes.append(f"{path}: not deleted (a symlink, or not in a real folder of this workspace)")
+
     # ------------------------------------------------------------------------------------------ cleanup
-    def _cleanup(self, manifest: dict[str, Any]) -> dict[str, int]:
-        """Remove crash leftovers (lock held): temporaries and unreferenced case / model files."""
-        temps, size = remove_stale_temporaries(self.folder)
-        for sub in (*CASE_FOLDERS, "models"):
-            n, b = remove_stale_temporaries(self.folder / sub, recursive=sub == "models")
-            temps, size = temps + n, size + b
+    def _cleanup(self, manifest: dict[str, Any], found: bool) -> dict[str, int]:
+        """Tidy crash leftovers (lock held): delete our stale temporaries, quarantine unreferenced case files
+        and version folders. ``found``: whether ``manifest.json`` exists. Nothing is deleted or moved through
+        a symlink, outside the resolved workspace folder, or while the manifest is missing or names no case
+        (a sync tool or a partial copy must not cost a person their files); what was left is in
+        :attr:`notes`."""
+        root = self.folder.resolve()
+        commit = self.manifest_path.stat().st_mtime if found else None
+        temps, size = self._remove_temporaries(root, commit)
+        quarantine = Quarantine(root)
+        orphans = 0
         referenced = {self._path(p) for e in manifest["cases"].values()
                       for p in (e.get("image"), e.get("label"), e.get("mask")) if p}
-        orphans = 0
         for sub in CASE_FOLDERS:
-            folder = self.folder / sub
-            if not folder.is_dir():
+            folder = self._owned(root, sub)
+            if folder is None:
                 continue
-            for path in folder.iterdir():
-                if path.is_file() and not path.is_symlink() and _CASE_FILE.match(path.name) \
-                        and path.resolve() not in referenced:
-                    size += path.stat().st_size
-                    path.unlink()
-                    orphans += 1
+            candidates = [p for p in folder.iterdir() if _CASE_FILE.match(p.name) and owned_file(p, folder)
+                          and p not in referenced]
+            if candidates and not (found and manifest["cases"]):
+                self.notes.append(self._unmanaged(folder, len(candidates), "case files", found))
+                continue
+            for path in candidates:
+                n = size_of(path)
+                if quarantine.move(path, sub):
+                    orphans, size = orphans + 1, size + n
+        n, b = self._quarantine_versions(root, manifest, found, quarantine)
+        self.quarantined = quarantine.folder
+        if quarantine.moved:
+            self.notes.append(f"{len(quarantine.moved)} file(s) or folder(s) the manifest does not name were "
+                              f"moved to {quarantine.folder} (recoverable; never deleted by napari-sscce)")
+        self.notes.extend(quarantine.problems)
+        return {"temporaries": temps, "orphans": orphans + n, "bytes": size + b}
+
+    def _owned(self, root: Path, sub: str) -> Path | None:
+        """``root / sub`` when it is a real folder of the workspace; notes a symlinked one."""
+        folder = owned_folder(root, sub)
+        if folder is None and (root / sub).is_symlink():
+            self.notes.append(f"{root / sub} is a symlink (to {(root / sub).resolve()}): nothing in it is "
+                              "cleaned up, it may belong to another workspace")
+        return folder
+
+    def _unmanaged(self, folder: Path, count: int, what: str, found: bool) -> str:
+        why = "there is no manifest.json" if not found else f"{self.manifest_path} names none"
+        return (f"{folder}: {count} {what} kept although {why} (a partial copy or a sync tool?); nothing was "
+                "deleted or moved: restore the manifest, or add the cases again")
+
+    def _remove_temporaries(self, root: Path, commit: float | None) -> tuple[int, int]:
+        """Delete our atomic-write temporaries older than the last manifest commit (none without one)."""
+        if commit is None:
+            return 0, 0
+        places = [(root, "root")] + [(f, "case") for f in map(lambda s: owned_folder(root, s), CASE_FOLDERS)
+                                     if f is not None]
+        models = owned_folder(root, "models")
+        if models is not None:
+            places.append((models, "model"))
+            places += [(v, "model") for v in models.iterdir() if _VERSION_DIR.match(v.name)
+                       and owned_folder(models, v.name) is not None]
+        count = size = 0
+        for folder, kind in places:
+            for path in folder.glob(f".*{TEMP_MARKER}*"):
+                if not (our_temporary(path.name, kind) and owned_file(path, folder)):
+                    continue
+                with contextlib.suppress(OSError):
+                    stat = path.stat()
+                    if stat.st_mtime < commit:
+                        path.unlink()
+                        count, size = count + 1, size + stat.st_size
+        return count, size
+
+    def _quarantine_versions(
+        self, root: Path, manifest: dict[str, Any], found: bool, quarantine: Quarantine
+    ) -> tuple[int, int]:
+        """Quarantine ``models/vNNNN/`` folders the manifest does not list that hold only model files."""
+        models = self._owned(root, "models")
+        if models is None:
+            return 0, 0
         listed = {v["version"] for v in manifest["models"]}
-        models = self.folder / "models"
-        if models.is_dir():
-            for folder in models.iterdir():
-                if folder.is_dir() and _VERSION_DIR.match(folder.name) and folder.name not in listed:
-                    files = list(folder.iterdir())
-                    if all(f.is_file() and f.name.startswith("model.") for f in files):
-                        size += sum(f.stat().st_size for f in files)
-                        shutil.rmtree(folder)
-                        orphans += 1
-        return {"temporaries": temps, "orphans": orphans, "bytes": size}
+        candidates = []
+        for folder in models.iterdir():
+            if not (_VERSION_DIR.match(folder.name) and folder.name not in listed
+                    and owned_folder(models, folder.name) is not None):
+                continue
+            files = list(folder.iterdir())
+            if not files:
+                with contextlib.suppress(OSError):
+                    folder.rmdir()  # an empty folder a crash left between mkdir and the commit
+            elif all(f.name.startswith("model.") and owned_file(f, folder) for f in files):
+                candidates.append(folder)
+        if candidates and not (found and (manifest["models"] or manifest["cases"])):
+            self.notes.append(self._unmanaged(models, len(candidates), "model version folders", found))
+            return 0, 0
+        count = size = 0
+        for folder in candidates:
+            n = size_of(folder)
+            if quarantine.move(folder, "models"):
+                count, size = count + 1, size + n
+        return count, size
 
     # --------------------------------------------------------------------------------------------- cases
     @property
@@ -419,7 +517,7 @@ class Workspace:
         for key in ("image", "label", "mask"):
             rel = old.get(key)
             if rel and rel not in keep:
-                self._path(rel).unlink(missing_ok=True)
+                self._delete(rel)
                 crash_point("workspace.old_removed")
 
     def add_unlabeled(self, image: Volume, name: str | None = None, *, update: bool = False) -> str:
@@ -450,11 +548,12 @@ class Workspace:
             if name not in manifest["cases"]:
                 raise KeyError(f"no case {name!r} in workspace {self.folder}")
             entry = CaseEntry(**manifest["cases"][name])
-            paths = [self._path(rel) for rel in entry.files]  # raises before anything is changed
+            for rel in entry.files:  # raises before anything is changed
+                self._path(rel)
             del manifest["cases"][name]
             self._save(manifest)
-            for path in paths:
-                path.unlink(missing_ok=True)
+            for rel in entry.files:
+                self._delete(rel)
 
     def dataset_folder(self, val_cases: list[str] | None = None) -> Path:
         """Write ``splits.json`` and return the folder for ``io.datasets.open_dataset`` / the training loop.
