@@ -46,6 +46,7 @@ import json
 import os
 import re
 import shutil
+import unicodedata
 import uuid
 from collections.abc import Iterator
 from dataclasses import asdict, dataclass, field
@@ -141,9 +142,11 @@ def safe_case_name(name: str) -> str:
     characters become one ``_``; at most :data:`MAX_NAME_LENGTH` characters; ``"case"`` when nothing is left.
 
     ``"patient 1"`` and ``"patient_1"`` both give ``"patient_1"`` (:meth:`Workspace.add_case` then suffixes
-    the second); ``"患者"`` stays ``"患者"``.
+    the second); ``"患者"`` stays ``"患者"``. Names are NFC-normalised first: ``"José"`` typed on macOS
+    (NFD, ``e`` + combining accent) and elsewhere (NFC, ``é``) are one case.
     """
-    kept = "".join(ch if (ch.isalnum() or ch in "._-") else "\0" for ch in str(name))
+    text = unicodedata.normalize("NFC", str(name))
+    kept = "".join(ch if (ch.isalnum() or ch in "._-") else "\0" for ch in text)
     cleaned = re.sub("\0+", "_", kept).strip("._")[:MAX_NAME_LENGTH].strip("._")
     return cleaned or "case"
 
@@ -416,11 +419,24 @@ class Workspace:
             self._save(manifest)
 
     def case(self, name: str) -> CaseEntry:
-        """The entry of case ``name`` (``KeyError`` naming it when absent)."""
-        try:
-            return CaseEntry(**self._manifest["cases"][name])
-        except KeyError:
-            raise KeyError(f"no case {name!r} in workspace {self.folder}") from None
+        """The entry of case ``name`` (``KeyError`` naming it when absent; NFD and NFC spellings are one)."""
+        key = _case_key(self._manifest["cases"], name)
+        if key is None:
+            raise KeyError(f"no case {name!r} in workspace {self.folder}")
+        return CaseEntry(**self._manifest["cases"][key])
+
+    def _update_name(self, name: str | None, image: Volume, update: bool) -> str:
+        """The cleaned case name; with ``update`` refused unless it is the name asked for (NFC aside):
+        ``update=True`` under ``"patient 1"`` must not replace case ``"patient_1"``, maybe another patient."""
+        requested = unicodedata.normalize("NFC", str(name or image.name))
+        wanted = safe_case_name(requested)
+        if update and wanted != requested:
+            raise WorkspaceError(
+                f"workspace {self.folder}: update of case {requested!r} refused: its file-safe name is "
+                f"{wanted!r}, which may be another case; update by the stored case name (e.g. {wanted!r}) "
+                "or add it as a new case"
+            )
+        return _case_key(self._manifest["cases"], wanted) or wanted if update else wanted
 
     def add_case(
         self,
@@ -463,13 +479,16 @@ class Workspace:
             Naming the case and the problem: not 3D, NaN / Inf in the image, labels not integer, negative,
             NaN or beyond the classes, labels or mask on another grid (shape or spacing).
         """
-        wanted = safe_case_name(name or image.name)
+        wanted = self._update_name(name, image, update)
         classes = num_classes or self.num_classes
         label_arr, mask_arr = _validated(wanted, image, labels, mask, classes)
         with self._locked() as manifest:
-            final = wanted if update else _unique_name(wanted, manifest["cases"])
+            final = (_case_key(manifest["cases"], wanted) or wanted) if update \
+                else _unique_name(wanted, manifest["cases"])
             old = manifest["cases"].get(final) or {}
-            files = self._write_case_files(final, image, label_arr, mask_arr)
+            uid = uuid.uuid4().hex[:8]
+            self._refuse_shared_files(manifest, final, _planned_files(final, uid, label_arr is not None))
+            files = self._write_case_files(final, image, label_arr, mask_arr, uid)
             now = _now()
             entry = CaseEntry(
                 name=final,
@@ -488,20 +507,19 @@ class Workspace:
         return final
 
     def _write_case_files(
-        self, name: str, image: Volume, label_arr: np.ndarray | None, mask_arr: np.ndarray | None
+        self, name: str, image: Volume, label_arr: np.ndarray | None, mask_arr: np.ndarray | None, uid: str
     ) -> dict[str, str]:
         """Write a case version under new names; returns role -> relative path (nothing committed)."""
-        uid = uuid.uuid4().hex[:8]
         volumes = {"image": image}
         if label_arr is not None:
             volumes["label"] = image.with_array(label_arr, is_label=True)
             volumes["mask"] = image.with_array(mask_arr, is_label=True)
-        folders = {"image": "images", "label": "labels", "mask": "masks"}
+        planned = _planned_files(name, uid, label_arr is not None)
         files = {}
         written: list[Path] = []
         try:
             for role, volume in volumes.items():
-                rel = f"{folders[role]}/{name}__{uid}{VOLUME_SUFFIX}"
+                rel = planned[role]
                 _write_volume(volume, self.folder / rel)
                 written.append(self.folder / rel)
                 files[role] = rel
@@ -510,6 +528,21 @@ class Workspace:
                 path.unlink(missing_ok=True)
             raise
         return files
+
+    def _refuse_shared_files(self, manifest: dict[str, Any], name: str, files: dict[str, str]) -> None:
+        """Refuse, before anything is written, when a file about to be written is another case's file
+        (e.g. on a case-insensitive disk): a case never overwrites another patient's files."""
+        root = self.folder.resolve()
+        new = {str((root / rel).resolve()).casefold(): rel for rel in files.values()}
+        for other, entry in manifest["cases"].items():
+            if other == name:
+                continue
+            for rel in (entry.get("image"), entry.get("label"), entry.get("mask")):
+                if rel and str(self._path(rel)).casefold() in new:
+                    raise WorkspaceError(
+                        f"workspace {self.folder}: case {name!r} would write {rel!r}, a file of case "
+                        f"{other!r}; refused (nothing was changed)"
+                    )
 
     def _remove_replaced(self, old: dict[str, Any], new: CaseEntry) -> None:
         """Delete the files of the replaced case version (after the commit)."""
@@ -526,7 +559,7 @@ class Workspace:
         With ``update=True`` the case of that name is replaced; if it is labeled it keeps its labels and
         mask (only its image is rewritten). Without it a taken name gets a suffix.
         """
-        wanted = safe_case_name(name or image.name)
+        wanted = self._update_name(name, image, update)
         existing = self._manifest["cases"].get(wanted) if update else None
         if existing and existing.get("label"):
             labels = _read_volume(self._path(existing["label"]), True)
@@ -545,8 +578,10 @@ class Workspace:
     def remove_case(self, name: str) -> None:
         """Remove a case from the manifest, then delete its files (paths checked to stay inside)."""
         with self._locked() as manifest:
-            if name not in manifest["cases"]:
+            key = _case_key(manifest["cases"], name)
+            if key is None:
                 raise KeyError(f"no case {name!r} in workspace {self.folder}")
+            name = key
             entry = CaseEntry(**manifest["cases"][name])
             for rel in entry.files:  # raises before anything is changed
                 self._path(rel)
@@ -698,8 +733,24 @@ class Workspace:
         )
 
 
+def _planned_files(name: str, uid: str, labeled: bool) -> dict[str, str]:
+    """Role -> relative path of the files of a case version ``<case>__<uid>``."""
+    roles = {"image": "images", "label": "labels", "mask": "masks"} if labeled else {"image": "images"}
+    return {role: f"{folder}/{name}__{uid}{VOLUME_SUFFIX}" for role, folder in roles.items()}
+
+
+def _case_key(cases: dict[str, Any], name: str) -> str | None:
+    """The manifest key of case ``name``: itself, or the key with the same NFC spelling (an older manifest
+    may hold NFD names), or None."""
+    if name in cases:
+        return name
+    nfc = unicodedata.normalize("NFC", str(name))
+    return next((key for key in cases if unicodedata.normalize("NFC", key) == nfc), None)
+
+
 def _unique_name(name: str, taken: dict[str, Any]) -> str:
     """``name``, or ``name-2``, ``name-3`` ... whichever is free."""
+    taken = {unicodedata.normalize("NFC", key): None for key in taken}
     if name not in taken:
         return name
     n = 2
