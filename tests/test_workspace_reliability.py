@@ -232,7 +232,9 @@ def test_names_that_clean_alike_never_replace_each_other(tmp_path):
     for i, name in enumerate(names):
         assert int(ws.load_case(name)[1].array.flat[0]) == i
     assert safe_case_name("a/../b") == "a_.._b"
-    ws.add_case(*_volumes(2, "x"), name="patient 1", update=True)  # an explicit update replaces
+    with pytest.raises(WorkspaceError, match="refused"):  # issue 24: "patient 1" may be another patient
+        ws.add_case(*_volumes(2, "x"), name="patient 1", update=True)
+    ws.add_case(*_volumes(2, "x"), name="patient_1", update=True)  # an update by the stored name replaces
     assert int(ws.load_case("patient_1")[1].array.flat[0]) == 2
     assert len(ws.cases) == 6 and len(list((tmp_path / "images").iterdir())) == 6
 
