@@ -49,7 +49,7 @@ import shutil
 import unicodedata
 import uuid
 from collections.abc import Iterator
-from dataclasses import asdict, dataclass, field
+from dataclasses import asdict, dataclass, field, fields
 from datetime import datetime, timezone
 from pathlib import Path
 from typing import Any
@@ -69,9 +69,11 @@ from napari_sscce.workspace_files import (
     owned_file,
     owned_folder,
     size_of,
+    write_problem,
 )
 
-__all__ = ["CaseEntry", "ModelVersion", "Workspace", "WorkspaceError", "manifest_cases", "safe_case_name"]
+__all__ = ["CaseEntry", "ModelVersion", "Workspace", "WorkspaceError", "WorkspaceWriteError",
+           "manifest_cases", "safe_case_name"]
 
 MANIFEST = "manifest.json"
 LOCK = "manifest.lock"
@@ -93,6 +95,10 @@ MAX_STORED_LABEL = 255
 
 class WorkspaceError(ValueError):
     """A workspace folder, its manifest or a case is unusable; the message names the file or case."""
+
+
+class WorkspaceWriteError(WorkspaceError, OSError):
+    """A file of the workspace could not be written (read-only folder, full disk); says so in words."""
 
 
 @dataclass
@@ -170,26 +176,71 @@ def inside(folder: Path, rel: str, where: Path) -> Path:
     return path
 
 
+#: what each manifest field may hold (a newer napari-sscce may add fields: unknown keys are kept as they are)
+_TOP_TYPES: dict[str, tuple[type, ...]] = {
+    "format": (int,), "created": (str,), "cases": (dict,), "models": (list,), "current": (str, type(None)),
+    "num_classes": (int, type(None)),
+}
+_CASE_TYPES: dict[str, tuple[type, ...]] = {
+    "name": (str,), "image": (str,), "label": (str, type(None)), "mask": (str, type(None)),
+    "source": (str, type(None)), "added_at": (str,), "updated_at": (str,), "confirmed_fraction": (int, float),
+}
+_MODEL_TYPES: dict[str, tuple[type, ...]] = {
+    "version": (str,), "path": (str,), "created": (str,), "info": (dict,), "metrics": (dict,),
+}
+_TYPE_NAMES = {int: "an integer", float: "a number", str: "a string", dict: "an object", list: "a list",
+               type(None): "null"}
+
+
+def _check_types(data: dict[str, Any], types: dict[str, tuple[type, ...]], path: Path, where: str) -> None:
+    """A :class:`WorkspaceError` naming the file, the place and the field whose value has the wrong type."""
+    for key, allowed in types.items():
+        if key not in data:
+            continue
+        value = data[key]
+        if isinstance(value, bool) or not isinstance(value, allowed):
+            wanted = " or ".join(_TYPE_NAMES[t] for t in allowed)
+            raise WorkspaceError(f"{path}: {where}'{key}' must be {wanted}, not {type(value).__name__} "
+                                 f"({json.dumps(value, default=str)[:60]}); nothing was changed")
+
+
 def _check_manifest(data: Any, path: Path) -> dict[str, Any]:
-    """Structure and path checks of a manifest read from ``path``."""
+    """Format version, structure, type and path checks of a manifest read from ``path``."""
     if not isinstance(data, dict) or not isinstance(data.get("cases"), dict):
         raise WorkspaceError(f"{path}: not a napari-sscce workspace manifest (no 'cases')")
+    _check_types(data, _TOP_TYPES, path, "")
+    fmt = data.get("format", FORMAT_VERSION)
+    if fmt > FORMAT_VERSION or fmt < 1:
+        raise WorkspaceError(
+            f"{path}: manifest format {fmt} was written by a newer napari-sscce (this one reads format "
+            f"{FORMAT_VERSION}); upgrade napari-sscce to open this workspace; nothing was changed"
+        )
     data.setdefault("models", [])
     data.setdefault("current", None)
-    if not isinstance(data["models"], list):
-        raise WorkspaceError(f"{path}: 'models' must be a list")
     folder = path.parent
     for name, entry in data["cases"].items():
         if not isinstance(entry, dict) or not isinstance(entry.get("image"), str):
             raise WorkspaceError(f"{path}: case {name!r} has no image path")
+        _check_types(entry, _CASE_TYPES, path, f"case {name!r}: ")
         for key in ("image", "label", "mask"):
             if entry.get(key) is not None:
                 inside(folder, entry[key], path)
-    for version in data["models"]:
+    for i, version in enumerate(data["models"]):
         if not isinstance(version, dict) or "version" not in version:
-            raise WorkspaceError(f"{path}: a model entry has no version")
+            raise WorkspaceError(f"{path}: model entry {i + 1} has no version")
+        _check_types(version, _MODEL_TYPES, path, f"model entry {i + 1}: ")
         inside(folder, version.get("path"), path)
+    listed = {v["version"] for v in data["models"]}
+    if data["current"] is not None and data["current"] not in listed:
+        raise WorkspaceError(f"{path}: current model {data['current']!r} is not one of the listed versions "
+                             f"{sorted(listed)}; nothing was changed")
     return data
+
+
+def _known(cls: type, data: dict[str, Any]) -> Any:
+    """``cls(**data)`` with only the fields ``cls`` knows (a newer version's extra keys stay in the file)."""
+    names = {f.name for f in fields(cls)}
+    return cls(**{k: v for k, v in data.items() if k in names})
 
 
 def read_manifest(folder: str | os.PathLike) -> dict[str, Any] | None:
@@ -199,8 +250,9 @@ def read_manifest(folder: str | os.PathLike) -> dict[str, Any] | None:
         return None
     try:
         data = json.loads(path.read_text(encoding="utf-8"))
-    except (OSError, UnicodeDecodeError, json.JSONDecodeError) as exc:
-        raise WorkspaceError(f"{path}: cannot read the workspace manifest ({exc})") from exc
+    except (OSError, UnicodeDecodeError, json.JSONDecodeError, RecursionError) as exc:
+        problem = "nested too deeply" if isinstance(exc, RecursionError) else exc
+        raise WorkspaceError(f"{path}: cannot read the workspace manifest ({problem})") from None
     return _check_manifest(data, path)
 
 
@@ -209,7 +261,7 @@ def manifest_cases(folder: str | os.PathLike) -> list[CaseEntry] | None:
     data = read_manifest(folder)
     if data is None:
         return None
-    return [CaseEntry(**entry) for entry in data["cases"].values()]
+    return [_known(CaseEntry, entry) for entry in data["cases"].values()]
 
 
 class Workspace:
@@ -231,14 +283,20 @@ class Workspace:
 
     def __init__(self, folder: str | Path, cleanup: bool = True):
         self.folder = Path(folder).expanduser()
-        self.folder.mkdir(parents=True, exist_ok=True)
+        with _writing(self.folder):
+            self.folder.mkdir(parents=True, exist_ok=True)
         self._lock = FileLock(str(self.folder / LOCK), timeout=LOCK_TIMEOUT)
         self.cleaned: dict[str, int] = {"temporaries": 0, "orphans": 0, "bytes": 0}
         #: what opening found and left alone (symlinked folders, files without a manifest, ...), as sentences
         self.notes: list[str] = []
         #: the quarantine folder that opening moved unreferenced files to, if any
         self.quarantined: Path | None = None
-        if cleanup:
+        #: the folder cannot be written (a read-only disk or folder): it opens for reading, nothing is cleaned
+        self.read_only = not os.access(self.folder, os.W_OK)
+        if self.read_only:
+            self._manifest = self._load()
+            self.notes.append(f"{self.folder}: the folder is read-only; opened for reading, nothing cleaned")
+        elif cleanup:
             with self._locked() as manifest:
                 self.cleaned = self._cleanup(manifest, self.manifest_path.is_file())
         else:
@@ -257,21 +315,27 @@ class Workspace:
         return data
 
     def _save(self, manifest: dict[str, Any]) -> None:
-        atomic_write_json(self.manifest_path, manifest)
+        with _writing(self.manifest_path):
+            atomic_write_json(self.manifest_path, manifest)
         self._manifest = manifest
 
     @contextlib.contextmanager
     def _locked(self) -> Iterator[dict[str, Any]]:
         """Hold the cross-process lock; yields the manifest re-read inside it (a private copy)."""
         try:
-            with self._lock:
-                self._manifest = self._load()
-                yield json.loads(json.dumps(self._manifest))
+            self._lock.acquire()
         except Timeout:
             raise WorkspaceError(
                 f"{self.folder / LOCK}: another process has held the workspace lock for over "
                 f"{LOCK_TIMEOUT:.0f} s; is another napari or script writing to this workspace?"
             ) from None
+        except OSError as exc:
+            raise WorkspaceWriteError(write_problem(self.folder / LOCK, exc)) from None
+        try:
+            self._manifest = self._load()
+            yield json.loads(json.dumps(self._manifest))
+        finally:
+            self._lock.release()
 
     def reload(self) -> None:
         """Read the manifest again (another process may have changed it)."""
@@ -397,7 +461,7 @@ class Workspace:
     @property
     def cases(self) -> list[CaseEntry]:
         """All cases, labeled and unlabeled, in the order they were first added."""
-        return [CaseEntry(**entry) for entry in self._manifest["cases"].values()]
+        return [_known(CaseEntry, entry) for entry in self._manifest["cases"].values()]
 
     @property
     def labeled_cases(self) -> list[CaseEntry]:
@@ -423,7 +487,7 @@ class Workspace:
         key = _case_key(self._manifest["cases"], name)
         if key is None:
             raise KeyError(f"no case {name!r} in workspace {self.folder}")
-        return CaseEntry(**self._manifest["cases"][key])
+        return _known(CaseEntry, self._manifest["cases"][key])
 
     def _update_name(self, name: str | None, image: Volume, update: bool) -> str:
         """The cleaned case name; with ``update`` refused unless it is the name asked for (NFC aside):
@@ -500,7 +564,7 @@ class Workspace:
                 updated_at=now,
                 confirmed_fraction=float(mask_arr.mean()) if mask_arr is not None and mask_arr.size else 0.0,
             )
-            manifest["cases"][final] = asdict(entry)
+            manifest["cases"][final] = {**old, **asdict(entry)}  # keys of a newer version kept
             self._save(manifest)  # the commit point
             crash_point("workspace.committed")
             self._remove_replaced(old, entry)
@@ -520,7 +584,8 @@ class Workspace:
         try:
             for role, volume in volumes.items():
                 rel = planned[role]
-                _write_volume(volume, self.folder / rel)
+                with _writing(self.folder / rel):
+                    _write_volume(volume, self.folder / rel)
                 written.append(self.folder / rel)
                 files[role] = rel
         except BaseException:
@@ -582,7 +647,7 @@ class Workspace:
             if key is None:
                 raise KeyError(f"no case {name!r} in workspace {self.folder}")
             name = key
-            entry = CaseEntry(**manifest["cases"][name])
+            entry = _known(CaseEntry, manifest["cases"][name])
             for rel in entry.files:  # raises before anything is changed
                 self._path(rel)
             del manifest["cases"][name]
@@ -621,7 +686,7 @@ class Workspace:
     @property
     def versions(self) -> list[ModelVersion]:
         """Every model version, oldest first."""
-        return [ModelVersion(**v) for v in self._manifest["models"]]
+        return [_known(ModelVersion, v) for v in self._manifest["models"]]
 
     @property
     def current_version(self) -> str | None:
@@ -682,7 +747,7 @@ class Workspace:
         with self._locked() as manifest:
             version, folder = self._new_version_folder(manifest)
             rel = f"models/{version}/model{''.join(src.suffixes) or '.safetensors'}"
-            with atomic_path(self.folder / rel) as tmp:
+            with _writing(self.folder / rel), atomic_path(self.folder / rel) as tmp:
                 shutil.copyfile(src, tmp)
             entry = ModelVersion(
                 version=version,
@@ -731,6 +796,18 @@ class Workspace:
             f"Workspace({str(self.folder)!r}: {n_lab} labeled / {len(self.cases) - n_lab} unlabeled cases, "
             f"{len(self.versions)} model versions, current {self.current_version})"
         )
+
+
+@contextlib.contextmanager
+def _writing(path: Path) -> Iterator[None]:
+    """Turn a failed write of ``path`` into a :class:`WorkspaceError` saying why in words (read-only folder,
+    full disk) instead of raw ``Errno`` text."""
+    try:
+        yield
+    except OSError as exc:
+        if isinstance(exc, FileNotFoundError):
+            raise
+        raise WorkspaceWriteError(write_problem(path, exc)) from None
 
 
 def _planned_files(name: str, uid: str, labeled: bool) -> dict[str, str]:

@@ -143,5 +143,5 @@ def write_problem(path: str | os.PathLike, exc: OSError) -> str:
     if code in (errno.EROFS, errno.EACCES, errno.EPERM):
         return f"cannot write {path}: the folder is read-only (or you may not write to it)"
     if code in (errno.ENOSPC, getattr(errno, "EDQUOT", errno.ENOSPC)):
-        return f"cannot write {path}: the disk is full (disk full); free some space and try again"
+        return f"cannot write {path}: disk full (no space left on its disk); free some space and try again"
     return f"cannot write {path}: {exc.strerror or exc}"
