@@ -58,7 +58,9 @@ import numpy as np
 from filelock import FileLock, Timeout
 
 from napari_sscce.atomic import TEMP_MARKER, atomic_path, atomic_write_json, crash_point
+from napari_sscce.io.errors import VolumeError
 from napari_sscce.io.readers import read_volume
+from napari_sscce.io.validate import check_same_grid, reorient_like
 from napari_sscce.io.volume import Volume
 from napari_sscce.io.writers import write_volume
 from napari_sscce.workspace_files import (
@@ -511,6 +513,7 @@ class Workspace:
         *,
         update: bool = False,
         num_classes: int | None = None,
+        reorient: bool = False,
     ) -> str:
         """Add a case (or, with ``update=True``, replace one): image, corrected labels and annotation mask.
 
@@ -531,6 +534,10 @@ class Workspace:
             taken gets a suffix (``"patient_1"`` -> ``"patient_1-2"``): a case is never replaced silently.
         num_classes : int, optional
             Allowed classes (labels 0..num_classes-1); default the workspace's recorded classes, else 0..255.
+        reorient : bool
+            Put labels / mask that lie on the image's world grid with axes flipped or permuted onto the
+            image's voxel grid (an exact reordering, :func:`napari_sscce.io.validate.reorient_like`). Without
+            it such labels are refused: a mirrored label must never be stored as if it were on the image.
 
         Returns
         -------
@@ -541,10 +548,13 @@ class Workspace:
         ------
         WorkspaceError
             Naming the case and the problem: not 3D, NaN / Inf in the image, labels not integer, negative,
-            NaN or beyond the classes, labels or mask on another grid (shape or spacing).
+            NaN or beyond the classes, labels or mask on another grid (shape, spacing, or an affine
+            mirrored, permuted or shifted in the world).
         """
         wanted = self._update_name(name, image, update)
         classes = num_classes or self.num_classes
+        if reorient:
+            labels, mask = (_reoriented(wanted, v, image) for v in (labels, mask))
         label_arr, mask_arr = _validated(wanted, image, labels, mask, classes)
         with self._locked() as manifest:
             final = (_case_key(manifest["cases"], wanted) or wanted) if update \
@@ -850,6 +860,17 @@ def _checkpoint_classes(path: Path) -> int | None:
         return None
 
 
+def _reoriented(name: str, volume: Volume | None, image: Volume) -> Volume | None:
+    """``volume`` on ``image``'s voxel grid when the two differ only by axis flips / permutations."""
+    if volume is None or (volume.shape == image.shape and _same_spacing(volume.spacing, image.spacing)
+                          and np.allclose(volume.affine, image.affine, atol=1e-6)):
+        return volume
+    try:
+        return reorient_like(volume, image)
+    except VolumeError as exc:
+        raise WorkspaceError(f"case {name!r}: {exc}") from None
+
+
 def _same_spacing(a: tuple[float, ...], b: tuple[float, ...]) -> bool:
     return bool(np.allclose(a, b, rtol=SPACING_RTOL, atol=1e-6))
 
@@ -877,6 +898,11 @@ def _validated(
         if not _same_spacing(vol.spacing, image.spacing):
             raise fail(f"{what} spacing {tuple(round(s, 4) for s in vol.spacing)} mm differs from image "
                        f"spacing {tuple(round(s, 4) for s in image.spacing)} mm")
+        try:  # same shape and spacing, but mirrored, permuted or shifted in the world: refused
+            check_same_grid(image, vol, what)
+        except VolumeError as exc:
+            raise fail(f"{exc} (add_case(..., reorient=True) does that for a pure axis flip / permutation)"
+                       ) from None
     if mask is not None and labels is None:
         raise fail("a mask needs labels")
     if labels is None:
