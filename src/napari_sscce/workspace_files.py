@@ -25,6 +25,7 @@ import re
 from dataclasses import dataclass, field
 from datetime import datetime, timezone
 from pathlib import Path
+from typing import Any
 
 from napari_sscce.atomic import TEMP_MARKER
 
@@ -145,3 +146,62 @@ def write_problem(path: str | os.PathLike, exc: OSError) -> str:
     if code in (errno.ENOSPC, getattr(errno, "EDQUOT", errno.ENOSPC)):
         return f"cannot write {path}: disk full (no space left on its disk); free some space and try again"
     return f"cannot write {path}: {exc.strerror or exc}"
+
+
+# ----------------------------------------------------------------------------------------------- run folders
+#: marker a workspace writes at the start of each run folder it makes: the proof the folder is ours
+RUN_MARKER = ".sscce-run.json"
+#: files a training run writes to its folder (``training.run_folder.RUN_FILES`` and its lock)
+TRAIN_FILES = ("config.json", "splits.json", "metrics.jsonl", "last.safetensors", "best.safetensors",
+               "train_state.pt", ".sscce-run.lock")
+#: the large ones, removed once the run is over (a registered version holds its own copy under models/)
+HEAVY_FILES = ("last.safetensors", "best.safetensors", "train_state.pt")
+#: sub-folders of a run that only napari-sscce writes: the training output and the data view
+RUN_MODEL, RUN_VIEW = "model", "view"
+
+
+def remove_tree(folder: Path, keep: set[Path]) -> int:
+    """Delete ``folder``'s files and symlinks (links themselves, never their targets) bottom-up, except the
+    resolved paths in ``keep``; empty folders are removed. Returns the bytes freed."""
+    freed = 0
+    for dirpath, dirnames, files in os.walk(folder, topdown=False):
+        here = Path(dirpath)
+        for name in files + [d for d in dirnames if (here / d).is_symlink()]:
+            path = here / name
+            with contextlib.suppress(OSError):
+                if path in keep or (not path.is_symlink() and path.resolve() in keep):
+                    continue
+                size = 0 if path.is_symlink() else path.stat().st_size
+                path.unlink()
+                freed += size
+        with contextlib.suppress(OSError):
+            here.rmdir()  # only when empty
+    return freed
+
+
+def lock_held(path: Path) -> bool:
+    """Whether another holder has the :mod:`filelock` lock file ``path`` (False when there is none)."""
+    from filelock import FileLock, Timeout
+
+    if not path.is_file():
+        return False
+    lock = FileLock(str(path), timeout=0)
+    try:
+        lock.acquire()
+    except Timeout:
+        return True
+    except OSError:
+        return False
+    lock.release()
+    return False
+
+
+def pid_alive(pid: Any) -> bool:
+    """Whether process ``pid`` of this machine is running."""
+    try:
+        os.kill(int(pid), 0)
+    except PermissionError:
+        return True  # someone else's process
+    except (OSError, ValueError, TypeError, OverflowError):
+        return False
+    return True
