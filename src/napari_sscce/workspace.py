@@ -92,7 +92,7 @@ from napari_sscce.workspace_files import (
     write_problem,
 )
 
-__all__ = ["CaseEntry", "ModelVersion", "Workspace", "WorkspaceError", "WorkspaceWriteError",
+__all__ = ["Adoption", "CaseEntry", "ModelVersion", "Workspace", "WorkspaceError", "WorkspaceWriteError",
            "manifest_cases", "safe_case_name"]
 
 MANIFEST = "manifest.json"
@@ -164,6 +164,19 @@ class ModelVersion:
     created: str = ""
     info: dict[str, Any] = field(default_factory=dict)
     metrics: dict[str, Any] = field(default_factory=dict)
+
+
+@dataclass
+class Adoption:
+    """What :meth:`Workspace.adopt_version` did: the new ``version``, whether it is now ``current``, the
+    version current at adoption time (``parent``), the one the run started from, and why it was not made
+    current although its run asked for it (``reason``, else None)."""
+
+    version: str
+    current: bool
+    parent: str | None
+    started_from: str | None
+    reason: str | None = None
 
 
 def _now() -> str:
@@ -778,11 +791,67 @@ class Workspace:
         str
             The new version name, e.g. ``"v0003"``.
         """
+        return self._register(checkpoint_path, info, metrics, lambda manifest: (make_current, {}))
+
+    def adopt_version(
+        self,
+        checkpoint_path: str | Path,
+        info: dict[str, Any] | None = None,
+        metrics: dict[str, Any] | None = None,
+        *,
+        started_from: str | None,
+        adopt: bool = True,
+    ) -> Adoption:
+        """Register a fine-tuned model and, if it is to be adopted, make it current, in one step under the
+        workspace lock with the manifest re-read inside it (concurrent fine-tunes serialise here).
+
+        The record names the true parent (``parent``: the version current at adoption time) and the one
+        the run started from (``started_from``). When another fine-tune made a different version current
+        while this one ran, this model was compared against a model that is no longer in use: it is kept
+        as a version but not made current, and :attr:`Adoption.reason` says so.
+
+        Parameters
+        ----------
+        checkpoint_path : path-like
+            The fine-tuned checkpoint.
+        info, metrics : dict, optional
+            As for :meth:`add_model_version`.
+        started_from : str or None
+            The version the run started from (None for a cold start).
+        adopt : bool
+            Whether the run's own check found the new model good enough to use.
+        """
+        outcome: dict[str, Any] = {}
+
+        def decide(manifest: dict[str, Any]) -> tuple[bool, dict[str, Any]]:
+            current = manifest.get("current")
+            moved = started_from is not None and current != started_from
+            outcome.update(parent=current, moved=moved)
+            extra = {"parent": current, "started_from": started_from}
+            if adopt and moved:
+                extra["not_adopted"] = f"{current} became current while the run compared to {started_from}"
+            outcome["current"] = adopt and not moved
+            return outcome["current"], extra
+
+        version = self._register(checkpoint_path, info, metrics, decide)
+        made_current = bool(outcome["current"])
+        reason = None
+        if adopt and not made_current:
+            reason = (f"new model {version} is kept as a version but not used: {outcome['parent']} was made "
+                      f"current by another fine-tune while this one ran (it was compared against "
+                      f"{started_from}); compare them, or choose {version} under model version to use it")
+        return Adoption(version, made_current, outcome.get("parent"), started_from, reason)
+
+    def _register(self, checkpoint_path: str | Path, info: dict[str, Any] | None,
+                  metrics: dict[str, Any] | None, decide) -> str:
+        """Copy a checkpoint into a new version folder and record it; ``decide(manifest)`` (called with the
+        lock held, on the manifest re-read inside it) gives ``(make_current, extra info)``."""
         src = Path(checkpoint_path)
         if not src.is_file():
             raise FileNotFoundError(f"{src}: checkpoint file not found")
         classes = _checkpoint_classes(src)
         with self._locked() as manifest:
+            make_current, extra = decide(manifest)
             version, folder = self._new_version_folder(manifest)
             rel = f"models/{version}/model{''.join(src.suffixes) or '.safetensors'}"
             with _writing(self.folder / rel), atomic_path(self.folder / rel) as tmp:
@@ -791,7 +860,7 @@ class Workspace:
                 version=version,
                 path=rel,
                 created=_now(),
-                info={"source": str(src), "parent": manifest.get("current"), **(info or {})},
+                info={"source": str(src), "parent": manifest.get("current"), **(info or {}), **extra},
                 metrics=dict(metrics or {}),
             )
             manifest["models"].append(json.loads(json.dumps(asdict(entry), default=str)))
