@@ -16,7 +16,14 @@ Every trial runs real processes:
 * **concurrency**: ``--writers`` processes add ``--cases`` cases each and record model versions at once; two
   ``sscce train`` runs start on one folder at once;
 * **hostile files**: headers declaring gigabytes, checkpoints declaring huge networks, 4D and multi-series
-  inputs: each must be refused (or explained) quickly with the file named.
+  inputs: each must be refused (or explained) quickly with the file named;
+* **what the workspace owns** (issue 24, :func:`trial_workspace_ownership`, :func:`trial_runs_and_adoption`):
+  a child process opens a workspace whose manifest is missing, emptied to ``{"cases": {}}``, of a newer
+  format or with a wrong type, whose folders are symlinks into a second workspace, or that holds an orphan;
+  adds NFD / NFC spellings of one name, a differently cleaned update and a mirrored label; a fine-tune's
+  run folder is left by a killed process; two processes adopt a version at once. Nothing not owned may change
+  (byte for byte), orphans go to ``quarantine/``, refusals are messages (exit 2, no traceback), the killed
+  run is cleaned at the next open and the adoptions record their true parents.
 
 Results: ``benchmarks/results/reliability.json`` and ``reliability.md``; exit status 1 when any trial failed.
 
@@ -40,6 +47,7 @@ import tempfile
 import time
 from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
+from typing import Any
 
 import numpy as np
 
@@ -91,6 +99,8 @@ def child(argv: list[str]) -> None:
         ws = Workspace(folder)
         for i in range(int(rest[0])):
             ws.add_model_version(rest[1], {"writer": rest[2], "i": i})
+    elif kind in CHILDREN_24:
+        CHILDREN_24[kind](folder, rest)
     elif kind == "train":  # folder: a TrainConfig JSON file
         from napari_sscce.training.config import TrainConfig
         from napari_sscce.training.loop import train
@@ -128,16 +138,22 @@ def _killed(proc: subprocess.Popen) -> list[str]:
 
 
 def leftovers(folder: Path) -> tuple[int, int]:
-    """Files a crash left that nothing refers to (temporaries, orphan case / model files) and their bytes."""
+    """Files a crash left that nothing refers to (temporaries, orphan case / model files) and their bytes.
+
+    Not counted (issue 24): ``quarantine/`` (orphans are moved there, recoverable, never deleted) and
+    temporaries newer than the last manifest commit (not provably dead: removed after the next commit)."""
     from napari_sscce.workspace import read_manifest
 
     manifest = read_manifest(folder) or {"cases": {}, "models": []}
+    commit = (folder / "manifest.json").stat().st_mtime if (folder / "manifest.json").is_file() else 0.0
     referenced = {(folder / p).resolve() for e in manifest["cases"].values()
                   for p in (e.get("image"), e.get("label"), e.get("mask")) if p}
     referenced |= {(folder / v["path"]).resolve() for v in manifest["models"]}
     count = size = 0
     for path in folder.rglob("*"):
-        if not path.is_file():
+        if not path.is_file() or path.relative_to(folder).parts[0] == "quarantine":
+            continue
+        if TEMP_MARKER in path.name and path.stat().st_mtime >= commit:
             continue
         ours = TEMP_MARKER in path.name or path.parent.name in ("images", "labels", "masks") \
             or path.parent.parent.name == "models"
@@ -674,6 +690,225 @@ def trial_hostile_inputs_2(base: Path) -> Tally:
 
 
 # ------------------------------------------------------------------------------------------ report
+# ------------------------------------------------------------------------ issue 24: what the workspace owns
+def _child_open(folder: str, rest: list[str]) -> None:
+    """Open a workspace (its clean-up runs); print its notes; a refusal is a message, exit 2."""
+    from napari_sscce.workspace import Workspace, WorkspaceError
+
+    try:
+        ws = Workspace(folder)
+    except WorkspaceError as exc:
+        print(exc)
+        raise SystemExit(2) from None
+    print(json.dumps({"cleaned": ws.cleaned, "notes": getattr(ws, "notes", []),
+                      "runs_freed": getattr(ws, "runs_freed", 0)}))
+
+
+def _child_add(folder: str, rest: list[str]) -> None:
+    """Add case ``rest[0]`` with value ``rest[1]`` (``rest[2] == "update"``: update; ``"mirror"``: the label
+    mirrored along x); a refusal is a message, exit 2."""
+    from napari_sscce.io.volume import Volume
+    from napari_sscce.workspace import Workspace, WorkspaceError
+
+    image, labels = _volumes(int(rest[1]))
+    if rest[2] == "mirror":
+        affine = image.affine.copy()
+        affine[:3, 3] += affine[:3, 2] * (SHAPE[2] - 1)
+        affine[:3, 2] *= -1
+        labels = Volume(np.ascontiguousarray(np.asarray(labels.array)[:, :, ::-1]), spacing=image.spacing,
+                        affine=affine, is_label=True)
+    try:
+        print(Workspace(folder).add_case(image, labels, name=rest[0], update=rest[2] == "update"))
+    except WorkspaceError as exc:
+        print(exc)
+        raise SystemExit(2) from None
+
+
+def _child_adopt(folder: str, rest: list[str]) -> None:
+    """Adopt the checkpoint ``rest[0]`` started from ``rest[1]``; print version, current, parent."""
+    from napari_sscce.workspace import Workspace
+
+    done = Workspace(folder).adopt_version(rest[0], started_from=rest[1])
+    print(done.version, done.current, done.parent)
+
+
+def _child_killed_run(folder: str, rest: list[str]) -> None:
+    """Start a run folder, write a checkpoint into it, then die as a killed fine-tune would."""
+    from napari_sscce.workspace import Workspace
+
+    run = Workspace(folder).new_run_folder()
+    (run / "model").mkdir()
+    (run / "model" / "best.safetensors").write_bytes(os.urandom(int(rest[0])))
+    print(run, flush=True)
+    os._exit(9)
+
+
+CHILDREN_24 = {"open": _child_open, "add": _child_add, "adopt": _child_adopt, "killed-run": _child_killed_run}
+
+
+def _files(folder: Path) -> dict[str, bytes]:
+    """Every regular file under ``folder`` (symlinks not followed): relative path -> bytes."""
+    out = {}
+    for dirpath, _, names in os.walk(folder):
+        for name in names:
+            path = Path(dirpath) / name
+            if not path.is_symlink():
+                out[str(path.relative_to(folder))] = path.read_bytes()
+    return out
+
+
+def _filled(folder: Path, cases: int = 2) -> None:
+    """A workspace with ``cases`` cases and one 1 MB model version."""
+    from napari_sscce.workspace import Workspace
+
+    ws = Workspace(folder)
+    for i in range(cases):
+        ws.add_case(*_volumes(i + 1), name=f"p{i}")
+    model = folder.parent / f"{folder.name}.safetensors"
+    model.write_bytes(os.urandom(1_000_000))
+    ws.add_model_version(model)
+
+
+def _manifest_edit(folder: Path, change) -> None:
+    data = json.loads((folder / "manifest.json").read_text(encoding="utf-8"))
+    change(data)
+    (folder / "manifest.json").write_text(json.dumps(data), encoding="utf-8")
+
+
+def _ownership_cases(base: Path) -> list[tuple[str, Any]]:
+    """(what, check(folder) -> problems) for each hostile workspace of issue 24."""
+    import unicodedata
+
+    def untouched(prepare, expect_exit: int = 0, text: str = ""):
+        def check(folder: Path) -> list[str]:
+            _filled(folder)
+            watched = prepare(folder)
+            watched = watched if isinstance(watched, Path) else folder
+            before = _files(watched)
+            result = _run(str(folder), "open", timeout=120)
+            problems = [f"exit {result.returncode}, expected {expect_exit}: {result.stderr[-200:]}"] \
+                if result.returncode != expect_exit else []
+            if "Traceback" in result.stderr:
+                problems.append("a traceback")
+            if text and text not in result.stdout:
+                problems.append(f"the message lacks {text!r}: {result.stdout[-200:]}")
+            after = _files(watched)
+            lost = [k for k in before if k not in after or (after[k] != before[k] and k != "manifest.json")]
+            return problems + ([f"{len(lost)} files changed or lost, e.g. {lost[0]}"] if lost else [])
+        return check
+
+    def symlinked(folder: Path) -> Path:
+        other = folder.parent / f"{folder.name}_other"
+        _filled(other, 3)
+        import shutil
+
+        for sub in ("images", "labels", "masks", "models"):
+            shutil.rmtree(folder / sub)
+            (folder / sub).symlink_to(other / sub, target_is_directory=True)
+        _manifest_edit(folder, lambda d: d.update(cases={}, models=[], current=None))
+        return other
+
+    def orphan(folder: Path) -> list[str]:
+        _filled(folder)
+        stray = folder / "labels" / "gone__0123abcd.nii.gz"
+        stray.write_bytes(b"a person's label")
+        result = _run(str(folder), "open", timeout=120)
+        moved = list((folder / "quarantine").rglob("gone__0123abcd.nii.gz"))
+        if result.returncode or not moved or moved[0].read_bytes() != b"a person's label":
+            return [f"the orphan was not quarantined intact (exit {result.returncode})"]
+        return []
+
+    def nfd(folder: Path) -> list[str]:
+        nfc_name, nfd_name = (unicodedata.normalize(f, "José") for f in ("NFC", "NFD"))
+        _run(str(folder), "add", nfc_name, "1", "new")
+        _run(str(folder), "add", "other", "2", "new")
+        result = _run(str(folder), "add", nfd_name, "3", "update")
+        from napari_sscce.workspace import Workspace
+
+        ws = Workspace(folder)
+        names = sorted(c.name for c in ws.cases)
+        problems = [] if names == sorted([nfc_name, "other"]) else [f"cases {names}"]
+        if result.returncode or int(ws.load_case("other")[0].array.flat[0]) != 2:
+            problems.append(f"the NFD update did not replace the NFC case alone (exit {result.returncode})")
+        refused = _run(str(folder), "add", "other ", "4", "update")
+        if refused.returncode != 2 or "refused" not in refused.stdout or "Traceback" in refused.stderr:
+            problems.append("an update under a name that cleans differently was not refused with a message")
+        return problems
+
+    def mirrored(folder: Path) -> list[str]:
+        result = _run(str(folder), "add", "m", "3", "mirror")
+        if result.returncode != 2 or "mirrored" not in result.stdout or "Traceback" in result.stderr:
+            return [f"a mirrored label was not refused with a message: {result.stdout[-200:]}"]
+        return []
+
+    return [
+        ("manifest.json missing", untouched(lambda f: (f / "manifest.json").unlink())),
+        ('manifest {"cases": {}}', untouched(lambda f: (f / "manifest.json").write_text('{"cases": {}}'))),
+        ("images/ labels/ masks/ models/ symlinked into a second workspace", untouched(symlinked)),
+        ("manifest of a newer format", untouched(lambda f: _manifest_edit(f, lambda d: d.update(format=99)),
+                                                 2, "newer napari-sscce")),
+        ("manifest with a wrong type", untouched(lambda f: _manifest_edit(f, lambda d: d.update(models={})),
+                                                 2, "'models' must be a list")),
+        ("orphan case file", orphan),
+        ("NFD / NFC spellings and a differently cleaned update", nfd),
+        ("label mirrored along x (same shape and spacing)", mirrored),
+    ]
+
+
+def trial_workspace_ownership(base: Path) -> Tally:
+    """Issue 24: opening or updating a hostile workspace in a real process loses nothing it does not own."""
+    tally = Tally("workspace ownership (issue 24): missing / emptied manifests, symlinks, names, grids")
+    for i, (what, check) in enumerate(_ownership_cases(base)):
+        folder = base / f"own_{i}" / "ws"
+        folder.parent.mkdir(parents=True)
+        try:
+            tally.add(what, check(folder))
+        except Exception as exc:  # noqa: BLE001 - a crash of the check is a failure of the trial
+            tally.add(what, [f"the check crashed: {type(exc).__name__}: {exc}"])
+    return tally
+
+
+def trial_runs_and_adoption(base: Path) -> Tally:
+    """Issue 24: killed runs' folders cleaned at the next open, concurrent adoptions record true parents."""
+    from napari_sscce.workspace import RUN_MARKER, Workspace
+
+    tally = Tally("run folders and concurrent adoption (issue 24)")
+    folder = base / "ws_runs"
+    _filled(folder, 1)
+    result = subprocess.run([sys.executable, __file__, "--child", str(folder), "killed-run", "2000000"],
+                            env=_env(), capture_output=True, text=True, timeout=120)
+    killed = Path(result.stdout.strip() or folder)
+    tally.cleaned_bytes += 2_000_000
+    opened = _run(str(folder), "open", timeout=120)
+    problems = [] if opened.returncode == 0 else [f"open exit {opened.returncode}"]
+    if (killed / "model" / "best.safetensors").exists():
+        problems.append("the killed run's checkpoint is still there")
+        tally.left_bytes += 2_000_000
+    marker_file = killed / RUN_MARKER
+    marker = json.loads(marker_file.read_text(encoding="utf-8")) if marker_file.is_file() else {}
+    if marker.get("state") != "killed":
+        problems.append(f"the killed run is marked {marker.get('state')!r}")
+    tally.add("killed fine-tune", problems)
+    sources = []
+    for name in ("a", "b"):
+        src = base / f"adopt_{name}.safetensors"
+        src.write_bytes(os.urandom(100_000))
+        sources.append(src)
+    procs = [subprocess.Popen([sys.executable, __file__, "--child", str(folder), "adopt", str(src), "v0001"],
+                              env=_env(), stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+             for src in sources]
+    outs = sorted(p.communicate(timeout=120)[0].split() for p in procs)
+    ws = Workspace(folder)
+    problems = []
+    if [o[1:] for o in outs] != [["True", "v0001"], ["False", "v0002"]]:
+        problems.append(f"adoptions {outs}: one current with parent v0001, the other not, parent v0002")
+    parents = [v.info.get("parent") for v in ws.versions]
+    if parents != [None, "v0001", "v0002"] or ws.current_version != "v0002":
+        problems.append(f"recorded parents {parents}, current {ws.current_version}")
+    tally.add("two fine-tunes adopting at once", problems)
+    return tally
+
+
 def write_report(tallies: list[Tally], out: Path, args: argparse.Namespace, seconds: float) -> bool:
     rows = [t.to_dict() for t in tallies]
     if args.only and (out / "reliability.json").is_file():  # replace only the rows run again
@@ -763,6 +998,8 @@ def main(argv: list[str] | None = None) -> int:
             (trial_concurrency, (base, args.writers, args.cases)),
             (trial_hostile, (base,)),
             (trial_hostile_inputs_2, (base,)),
+            (trial_workspace_ownership, (base,)),
+            (trial_runs_and_adoption, (base,)),
         ]
         if not args.skip_training:
             jobs += [(trial_training, (base, args.train_random_kills, random.Random(args.seed + 1))),

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+from pathlib import Path
+
 import numpy as np
 import pytest
 import torch
@@ -12,7 +14,7 @@ from napari_sscce.inference.config import InferenceConfig
 from napari_sscce.inference.predict import predict_volume
 from napari_sscce.io.sample_data import make_synthetic
 from napari_sscce.metrics.surface import dice
-from napari_sscce.workspace import Workspace
+from napari_sscce.workspace import RUN_MARKER, Workspace
 from sscce_factory import tiny_model_file
 
 SHAPE = (16, 32, 32)
@@ -106,8 +108,11 @@ def test_finetune_versions_scores_and_states_both(tmp_path, tiny_model):
     info = ws.versions[-1].info
     assert info["method"] == "cce" and info["held_aside_dice_before"] == result.before
     run = info["run"]
-    masks = sorted((tmp_path / "ws" / "runs").glob("*/view/masks/c1.nii.gz"))
+    masks = sorted((tmp_path / "ws" / "runs").glob("*/view/masks/c1.nii.gz"))  # kept: later runs replay it
     assert masks and run in str(masks[0])
+    # the run folder is the workspace's own, freed of its checkpoints once the run ended
+    assert Path(run).parent == tmp_path / "ws" / "runs" and (Path(run) / RUN_MARKER).is_file()
+    assert not list(Path(run).rglob("*.safetensors")) and not list(Path(run).rglob("train_state.pt"))
     assert result.adopted == (result.after >= result.before)
     assert (ws.current_version == "v0002") == result.adopted
 

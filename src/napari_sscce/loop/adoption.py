@@ -128,9 +128,13 @@ def record_version(ws, start_version, method, result, run, view, source, scores,
     # the version name is allocated by the workspace; the verdict needs it, so decide first with a placeholder
     adopted, _ = verdict("new", start_version, before, after)
     adopted = adopted and trained
-    version = ws.add_model_version(result.best_path or result.last_path, info, metrics, make_current=adopted)
+    adoption = ws.adopt_version(result.best_path or result.last_path, info, metrics,
+                                started_from=start_version, adopt=adopted)  # under the lock: true parent
+    version, adopted = adoption.version, adoption.current
     _, message = verdict(version, start_version, before, after)
-    if not trained:
+    if adoption.reason:
+        message = adoption.reason
+    elif not trained:
         message = (f"new model {version} is kept as a version but {start_version} stays in use: {why}; your "
                    "corrections are untouched")
     elif result.warning:

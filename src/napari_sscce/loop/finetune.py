@@ -12,7 +12,6 @@ from __future__ import annotations
 
 import os
 from dataclasses import dataclass
-from datetime import datetime
 from pathlib import Path
 from typing import Any
 
@@ -111,15 +110,15 @@ def run_finetune(
     start = None if cold_start else _resolve_start(ws, model)
     if start is None and not cold_start:
         raise ValueError(f"workspace {ws.folder} has no model yet: choose one, or train a new model")
-    run = Path(out) if out else ws.folder / "runs" / datetime.now().strftime("%Y%m%d-%H%M%S-%f")
+    run = Path(out) if out else ws.new_run_folder()
     request = _Request(
         method=method, iterations=iterations, progress=progress, cancel=cancel, holdout=holdout,
         replay=replay, replay_share=replay_share, l2sp=l2sp, distill=distill, inference=inference,
         changes=changes,
     )
-    if start is None:
-        return _cold_start(ws, run, request)
-    return _finetune(ws, start, run, request)
+    result = _cold_start(ws, run, request) if start is None else _finetune(ws, start, run, request)
+    ws.finish_run(run, result.version)  # frees the run's checkpoints and data view (only a folder of ours)
+    return result
 
 
 @dataclass
