@@ -37,7 +37,7 @@ def one_case(ckpt: Any, image: Any, gt: np.ndarray, n_slices: int, seconds: floa
     from napari_sscce.metrics.surface import mean_dice
     from napari_sscce.uncertainty import rank_slices
 
-    icfg = InferenceConfig(precision="fp32")
+    icfg = InferenceConfig()  # the product's defaults, as the widget uses them
     pred = predict_volume(ckpt.model, image, icfg, metadata=ckpt.metadata)
     chosen = [s.index for s in rank_slices(pred.entropy, pred.kl, pred.labels, axis=0, top=n_slices)]
     mask = np.zeros(gt.shape, bool)
@@ -46,7 +46,7 @@ def one_case(ckpt: Any, image: Any, gt: np.ndarray, n_slices: int, seconds: floa
     classes = range(1, int(ckpt.model.num_classes))
     outside = ~mask
     before = mean_dice(pred.labels, gt, classes, where=outside)
-    result = preview_update(ckpt, image, corrected, mask, seconds=seconds, inference=icfg)
+    result = preview_update(ckpt, image, corrected, mask, seconds=seconds, inference=icfg, current=pred)
     after = mean_dice(result.prediction.labels, gt, classes, where=outside)
     return {"slices": chosen, "dice_before": before, "dice_after": after, "gain": after - before,
             "steps": result.steps, "seconds": result.seconds, "loss_first": result.loss_first,

@@ -222,7 +222,7 @@ def preview_update(
     net.eval()
     from napari_sscce.inference.config import InferenceConfig
 
-    icfg = inference or InferenceConfig(precision="fp32")
+    icfg = inference or InferenceConfig()
     prediction = predict_volume(net, image, icfg, metadata=meta)
     adapted, before, after = True, None, None
     if held.any():
