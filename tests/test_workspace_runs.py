@@ -97,6 +97,9 @@ def test_a_symlinked_runs_folder_is_not_followed(ws, tmp_path):
     assert ws.prune_runs(keep=0, max_bytes=0, stale_after=0) == 0
     assert ws.finish_run(ws.folder / "runs" / run.name) == 0
     assert (run / "model" / "best.safetensors").is_file()
+    mine = ws.new_run_folder()  # runs can still be made there (e.g. runs/ on another disk), never cleaned
+    _fake_run(mine)
+    assert ws.finish_run(mine) == 0 and (mine / "model" / "best.safetensors").is_file()
 
 
 def test_the_size_bound_keeps_the_newest_runs(ws):

@@ -932,11 +932,9 @@ class Workspace:
         """A fresh ``runs/<time>-<uid>/`` for a fine-tune, with the marker (:data:`RUN_MARKER`) that proves
         the folder is the workspace's own (only such folders are ever cleaned by :meth:`finish_run` and
         :meth:`prune_runs`)."""
-        runs = self.folder / RUNS
+        runs = self.folder / RUNS  # a symlinked runs/ (another disk) works, but is never cleaned
         with _writing(runs):
             runs.mkdir(exist_ok=True)
-            if owned_folder(self.folder.resolve(), RUNS) is None:
-                raise WorkspaceError(f"{runs} is not a real folder of the workspace (a symlink?): no run")
             run = runs / f"{datetime.now().strftime('%Y%m%d-%H%M%S')}-{uuid.uuid4().hex[:6]}"
             run.mkdir(exist_ok=False)
             marker = {"pid": os.getpid(), "host": socket.gethostname(), "started": time.time(),
@@ -994,10 +992,11 @@ class Workspace:
             folders = [replay.get("data")] if isinstance(replay, dict) else []
             if isinstance(info.get("run"), str):  # the data view the version was trained on: later
                 folders.append(str(Path(info["run"]) / RUN_VIEW))  # fine-tunes replay it (config.data)
+            runs = self.folder.resolve() / RUNS
             for data in folders:
-                with contextlib.suppress(OSError, TypeError):
+                with contextlib.suppress(OSError, TypeError, ValueError):
                     base = Path(data).resolve()
-                    if base.is_dir():
+                    if base.is_relative_to(runs) and base != runs and base.is_dir():  # only ours matter
                         needed.update(p.resolve() for p in base.rglob("*") if p.is_file())
                         needed.update(p for p in base.rglob("*") if p.is_symlink())
         return needed

@@ -138,7 +138,7 @@ def test_a_tiny_training_on_a_workspace_after_a_killed_add_case(tmp_path):
         "import sys\nfrom napari_sscce.io.sample_data import make_synthetic\n"
         "from napari_sscce.workspace import Workspace\n"
         "image, label = make_synthetic(shape=(16, 16, 16), seed=5)\n"
-        "Workspace(sys.argv[1]).add_case(image, label, name='case 1', update=True)\n"
+        "Workspace(sys.argv[1]).add_case(image, label, name='case_1', update=True)\n"
     )
     result = subprocess.run([sys.executable, "-c", child, str(tmp_path / "ws")],
                             env=_env("atomic.replaced@2"), capture_output=True, text=True, timeout=120)
