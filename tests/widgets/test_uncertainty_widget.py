@@ -54,6 +54,17 @@ def test_regions_are_listed_and_navigated(viewer_with_results):
     widget.step(1)
     assert widget.current_index() == 1
     assert viewer.dims.current_step[0] == round(widget.regions[1].centroid[0]) == 3
+    # a one-voxel region keeps context: the view spans >= 30 % of the scan (not a 1-voxel close-up)
+    from dataclasses import replace
+
+    from napari_sscce.widgets.uncertainty import MIN_CONTEXT, go_to_region
+
+    tiny = replace(first, centroid=(8.0, 16.0, 16.0), bbox=(8, 16, 16, 9, 17, 17), size_voxels=1)
+    go_to_region(viewer, layer, tiny)
+    canvas = min(viewer.canvas.size)
+    scan_extent = max(np.asarray(layer.data.shape[1:], float) * np.asarray(layer.scale[1:], float))
+    assert canvas / viewer.camera.zoom >= MIN_CONTEXT * scan_extent * 0.999
+    widget.select_region(1)
     widget.step(-1)
     assert viewer.dims.current_step[0] == 11
 

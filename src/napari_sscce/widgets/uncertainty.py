@@ -44,6 +44,9 @@ from napari_sscce.widgets._sections import Section
 
 #: a region fills about this fraction of the canvas after a jump
 REGION_FILL = 0.4
+#: ... but the view always spans at least this fraction of the scan (context around a small region: no
+#: 19x zoom onto a few voxels)
+MIN_CONTEXT = 0.3
 MAX_REGIONS = 50
 #: rows of the "slices to check next" table
 MAX_SLICES = 10
@@ -70,6 +73,9 @@ def go_to_region(viewer: Any, layer: Any, region: Region) -> None:
     displayed = [a for a in viewer.dims.displayed if a >= offset]
     viewer.camera.center = tuple(centre[a - offset] for a in displayed)
     extent = max(float(max(size[a - offset] for a in displayed)), 1e-6)
+    scan = np.abs(np.asarray(layer.data_to_world(np.asarray(layer.data.shape, float)), float)
+                  - np.asarray(layer.data_to_world(np.zeros(layer.data.ndim)), float))
+    extent = max(extent, MIN_CONTEXT * REGION_FILL * float(max(scan[a - offset] for a in displayed)))
     canvas = getattr(viewer, "canvas", None)
     canvas_size = canvas.size if canvas is not None else getattr(viewer, "_canvas_size", (600, 800))
     viewer.camera.zoom = REGION_FILL * float(min(canvas_size)) / extent
