@@ -3,12 +3,12 @@
 A full fine-tune (:func:`napari_sscce.loop.run_finetune`) makes a new model version in minutes. Between two of
 them a person wants to see what the corrections teach the model *now*: :func:`preview_update` copies the
 model, trains the copy for a few seconds on patches of this scan centred on the confirmed voxels (the
-supervised CE + Dice of both networks on the confirmed voxels only, the method's own supervised loss), with
-an L2-SP pull toward the starting weights (the starting model as a regulariser, Li et al. 2018) and BatchNorm
-statistics frozen (batches of two patches from one scan would overwrite them), then segments the scan with the
-copy. Nothing is saved: the workspace, its versions and the model file are untouched; the result is a
-preview whose confirmed voxels keep the person's labels
-(:func:`~napari_sscce.loop.corrections.merge_prediction`).
+supervised CE + Dice of both networks, the method's own supervised loss: weight 1 on the confirmed voxels,
+:data:`DISTILL_WEIGHT` on the others, whose label is the current model's own), with an L2-SP pull toward the
+starting weights (the starting model as a regulariser, Li et al. 2018) and BatchNorm statistics frozen
+(batches of two patches from one scan would overwrite them), then segments the scan with the copy. Nothing is
+saved: the workspace, its versions and the model file are untouched; the result is a preview whose confirmed
+voxels keep the person's labels (:func:`~napari_sscce.loop.corrections.merge_prediction`).
 
 Never worse silently, as the full fine-tune: a quarter of the corrected slices is held aside
 (:func:`~napari_sscce.loop.held_aside.split_held_aside`) and the adapted copy is shown only when it scores at
@@ -57,6 +57,12 @@ LR = 0.003
 L2SP_WEIGHT = 0.01
 #: patches per step
 BATCH = 2
+#: training weight of the voxels nobody confirmed: their label is the current model's own (the segmentation
+#: being corrected), so the copy is anchored there while it learns the corrections (distillation, as the
+#: fine-tune does without a replayable labeled set); held-aside voxels weigh 0. Measured on 6 LA validation
+#: scans (4 ranked slices corrected): without it the Dice outside the corrections moved -4.2 to +2.8 points
+#: (mean -0.2), with 0.5 -0.5 to +3.0 (mean +0.45); hippocampus +0.9 (7 of 8 scans), benchmarks/results/preview_*
+DISTILL_WEIGHT = 0.5
 
 
 @dataclass
@@ -106,7 +112,7 @@ def _prepare(image: Volume, labels: np.ndarray, mask: np.ndarray, meta: dict[str
     if spacing and not np.allclose(image.spacing, spacing, rtol=1e-3):
         shape = resampled_shape(image.shape, image.spacing, [float(s) for s in spacing])
         array = resample_to_shape(array, shape, order=1)
-    weights = (np.asarray(mask) > 0).astype(np.float32)
+    weights = np.clip(np.asarray(mask, dtype=np.float32), 0.0, 1.0)
     lab, weights = resample_annotation(np.asarray(labels).astype(np.int64), weights, num_classes, shape)
     return array.astype(np.float32), lab, weights
 
@@ -197,7 +203,12 @@ def preview_update(
     classes = int(net.num_classes)
     confirmed = np.asarray(mask) > 0
     train_mask, held = split_held_aside(confirmed, HOLDOUT_FRACTION)
-    array, lab, weights = _prepare(image, labels, train_mask, meta, classes)
+    # the corrections and everything but the held-aside voxels, each on the model's grid (resampled apart, so
+    # that a thin corrected slice is not outvoted by its uncorrected neighbours when the grid is coarser)
+    array, corrected_lab, centres = _prepare(image, labels, train_mask, meta, classes)
+    _, own_lab, own_w = _prepare(image, labels, (~held).astype(np.float32), meta, classes)
+    lab = np.where(centres > 0, corrected_lab, own_lab)
+    weights = np.where(centres > 0, centres, DISTILL_WEIGHT * own_w).astype(np.float32)
     patch = tuple(int(p) for p in (meta.get("patch_size") or (32, 32, 32)))  # the model's, zero-padded
     optimizer = torch.optim.SGD(net.parameters(), lr=LR, momentum=0.9)
     rng = np.random.default_rng(seed)
@@ -205,7 +216,7 @@ def preview_update(
     steps = 0
     while steps < max_steps and (time.perf_counter() - start) < seconds:
         check(cancel)
-        starts = _patch_starts(weights, patch, BATCH, rng)
+        starts = _patch_starts(centres, patch, BATCH, rng)
         x = torch.from_numpy(np.stack([_crop(array, s, patch) for s in starts]))[:, None]
         y = torch.from_numpy(np.stack([_crop(lab, s, patch) for s in starts]).astype(np.int64))
         w = torch.from_numpy(np.stack([_crop(weights, s, patch) for s in starts]))
