@@ -61,7 +61,7 @@ BATCH = 2
 #: being corrected), so the copy is anchored there while it learns the corrections (distillation, as the
 #: fine-tune does without a replayable labeled set); held-aside voxels weigh 0. Measured on 6 LA validation
 #: scans (4 ranked slices corrected): without it the Dice outside the corrections moved -4.2 to +2.8 points
-#: (mean -0.2), with 0.5 -0.5 to +3.0 (mean +0.45); hippocampus +0.9 (7 of 8 scans), benchmarks/results/preview_*
+#: (mean -0.2), with 0.5 -0.5 to +3.0 (mean +0.45); hippocampus +0.9 (7 of 8 scans); results/preview_*
 DISTILL_WEIGHT = 0.5
 
 
