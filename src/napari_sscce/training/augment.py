@@ -60,6 +60,10 @@ class AugmentConfig:
     intensity_shift: float = 0.1
     noise: bool = False
     noise_std: float = 0.05
+    spatial: bool = False
+    rotation_degrees: float = 15.0
+    scale_range: float = 0.15
+    spatial_p: float = 0.5
 
     @classmethod
     def from_train_config(cls, config, flip_axes: tuple[int, ...] | None = None) -> AugmentConfig:
@@ -80,6 +84,9 @@ class AugmentConfig:
             intensity_shift=config.intensity_shift,
             noise=config.augment_noise,
             noise_std=config.noise_std,
+            spatial=bool(getattr(config, "augment_spatial", False)),
+            rotation_degrees=float(getattr(config, "rotation_degrees", 15.0)),
+            scale_range=float(getattr(config, "scale_range", 0.15)),
         )
 
 
@@ -118,6 +125,46 @@ def random_rot90(sample: Sample, rng: np.random.Generator) -> Sample:
     return _geometric(sample, lambda a, off: np.rot90(a, k=k, axes=(off + 1, off + 2)))
 
 
+def random_spatial(
+    sample: Sample, rng: np.random.Generator, degrees: float = 15.0, scale: float = 0.15, p: float = 0.5
+) -> Sample:
+    """Rotate in the (y, x) plane by U(-degrees, degrees) and zoom by U(1 - scale, 1 + scale) about the patch
+    centre (each with probability ``p``; nnU-Net's spatial transform, in-plane as for its anisotropic data).
+
+    Image and extras are interpolated linearly with the border repeated; label and annotation mask take the
+    nearest voxel, and the mask is 0 where the patch was filled from outside (not supervised there). Draws
+    are made whatever happens, so the random stream does not depend on the outcome.
+    """
+    from scipy import ndimage
+
+    rotate, zoom = rng.random() < p, rng.random() < p
+    angle = np.deg2rad(rng.uniform(-degrees, degrees))
+    factor = 1.0 + rng.uniform(-scale, scale)
+    if not (rotate or zoom):
+        return sample
+    c, s = (np.cos(angle), np.sin(angle)) if rotate else (1.0, 0.0)
+    f = factor if zoom else 1.0
+    # output -> input mapping: in = M (out - centre) + centre
+    matrix = np.array([[1.0, 0.0, 0.0], [0.0, c, -s], [0.0, s, c]]) / f
+    matrix[0, 0] = 1.0 / f
+    centre = (np.asarray(sample.label.shape, dtype=float) - 1.0) / 2.0
+    offset = centre - matrix @ centre
+
+    def warp(a: np.ndarray, order: int, mode: str = "nearest") -> np.ndarray:
+        return ndimage.affine_transform(a, matrix, offset=offset, order=order, mode=mode, cval=0.0,
+                                        prefilter=False)
+
+    def channels(a: np.ndarray) -> np.ndarray:
+        return np.stack([warp(ch, 1) for ch in a]).astype(a.dtype, copy=False)
+
+    return Sample(
+        image=channels(sample.image),
+        label=warp(sample.label, 0),
+        mask=warp(sample.mask, 0, mode="constant"),
+        extras={k: channels(v) for k, v in sample.extras.items()},
+    )
+
+
 def random_intensity(sample: Sample, rng: np.random.Generator, scale: float, shift: float) -> Sample:
     """``image * (1 + U(-scale, scale)) + U(-shift, shift)`` (one draw per patch)."""
     factor = 1.0 + rng.uniform(-scale, scale)
@@ -133,7 +180,7 @@ def random_noise(sample: Sample, rng: np.random.Generator, std: float) -> Sample
 
 
 def augment(sample: Sample, rng: np.random.Generator, config: AugmentConfig) -> Sample:
-    """Apply the switched-on augmentations in a fixed order (flip, rot90, intensity, noise).
+    """Apply the switched-on augmentations in a fixed order (flip, rot90, spatial, intensity, noise).
 
     Returns contiguous arrays (``np.flip`` / ``np.rot90`` give views).
     """
@@ -141,6 +188,8 @@ def augment(sample: Sample, rng: np.random.Generator, config: AugmentConfig) -> 
         sample = random_flip(sample, rng, config.flip_axes)
     if config.rot90:
         sample = random_rot90(sample, rng)
+    if config.spatial:
+        sample = random_spatial(sample, rng, config.rotation_degrees, config.scale_range, config.spatial_p)
     if config.intensity:
         sample = random_intensity(sample, rng, config.intensity_scale, config.intensity_shift)
     if config.noise and config.noise_std > 0:

@@ -91,7 +91,8 @@ class TrainConfig:
         ``"poly"``: lr x (1 - t / T) ^ ``poly_power``.
     foreground_fraction : float
         Fraction of labeled patches centred on a voxel of a random present foreground class.
-    augment_* : switches of the augmentations in ``training.augment``.
+    augment_* : switches of the augmentations in ``training.augment`` (``augment_spatial``: in-plane rotation
+        by up to ``rotation_degrees`` and zoom by up to ``scale_range``, nnU-Net's spatial transform).
     flip_axes : str
         Axes ``augment_flip`` may mirror: ``"auto"`` (default) = every axis except those along which two
         foreground classes keep the same order in the labeled cases (e.g. the hippocampus head and body;
@@ -164,6 +165,9 @@ class TrainConfig:
     intensity_shift: float = 0.1
     augment_noise: bool = False
     noise_std: float = 0.05
+    augment_spatial: bool = False
+    rotation_degrees: float = 15.0
+    scale_range: float = 0.15
     rampup_length: float = 40.0
     rampup_step: int | None = None
     seed: int = 0
