@@ -34,6 +34,8 @@ def segmented(qtbot, viewer_with_scan, tiny_model_path):
 def test_defaults_come_from_train_config(make_napari_viewer, tmp_path):
     widget = FinetuneWidget(make_napari_viewer())
     defaults = TrainConfig()
+    assert widget.method is None  # automatic: the loop chooses (supervised fine-tune, CCE new model)
+    widget.method_combo.setCurrentIndex(widget.method_combo.findData(defaults.method))
     assert widget.method == defaults.method
     assert widget.iterations_spin.value() == FINETUNE_OVERRIDES["iterations"]
     assert widget.mode == "slices"

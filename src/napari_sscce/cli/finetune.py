@@ -35,7 +35,9 @@ def add_parser(sub: argparse._SubParsersAction) -> argparse.ArgumentParser:
     add("--model", metavar="CKPT", help="starting model: a model file or a packaged model's name (default: "
         "the workspace's current model)")
     add("--new", action="store_true", help="train a first model from scratch (cold start)")
-    add("--method", choices=method_names(), help="default: the model's own method")
+    add("--method", choices=method_names(),
+        help="default: supervised where it can continue the model (it beat CCE in the loop benchmark), "
+        "else the model's own method; a new model (--new): cce")
     add("--iterations", type=int, metavar="N",
         help=f"default: {ft.FINETUNE_OVERRIDES['iterations']} ({ft.COLD_START['iterations']} with --new)")
     add("--holdout", type=float, default=ft.HOLDOUT_FRACTION, metavar="F",

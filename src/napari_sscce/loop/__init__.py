@@ -44,7 +44,13 @@ from napari_sscce.loop.config import (
 )
 from napari_sscce.loop.corrections import merge_corrections, merge_prediction
 from napari_sscce.loop.data_view import DISTILL_SHARE, DISTILL_WEIGHT, DataView, Distillation, build_view
-from napari_sscce.loop.finetune import DEFAULT_L2SP, NO_REPLAY_LR, run_finetune
+from napari_sscce.loop.finetune import (
+    DEFAULT_L2SP,
+    FINETUNE_METHOD,
+    NO_REPLAY_LR,
+    finetune_method,
+    run_finetune,
+)
 from napari_sscce.loop.held_aside import (
     HOLDOUT_FRACTION,
     HeldAside,
@@ -56,10 +62,35 @@ from napari_sscce.loop.held_aside import (
 from napari_sscce.loop.replay import REPLAY_SHARE, ReplaySource, find_replay_source, replay_copies
 
 __all__ = [
-    "COLD_START", "DEFAULT_L2SP", "DISTILL_SHARE", "DISTILL_WEIGHT", "FINETUNE_OVERRIDES", "HOLDOUT_FRACTION",
-    "MIN_EFFECTIVE_SHARE", "NO_REPLAY_LR", "REPLAY_SHARE", "DataView", "Distillation", "FinetuneResult",
-    "HeldAside", "ReplaySource", "annotation_planes", "build_finetune_config", "build_view",
-    "cold_start_config", "cold_start_patch", "describe_cold_start", "find_replay_source", "held_aside_dice",
-    "merge_corrections", "merge_prediction", "replay_copies", "run_finetune", "score_model",
-    "split_held_aside", "trained_enough",
+    "COLD_START",
+    "DEFAULT_L2SP",
+    "DISTILL_SHARE",
+    "DISTILL_WEIGHT",
+    "FINETUNE_METHOD",
+    "FINETUNE_OVERRIDES",
+    "HOLDOUT_FRACTION",
+    "MIN_EFFECTIVE_SHARE",
+    "NO_REPLAY_LR",
+    "REPLAY_SHARE",
+    "DataView",
+    "Distillation",
+    "FinetuneResult",
+    "HeldAside",
+    "ReplaySource",
+    "annotation_planes",
+    "build_finetune_config",
+    "build_view",
+    "cold_start_config",
+    "cold_start_patch",
+    "describe_cold_start",
+    "find_replay_source",
+    "finetune_method",
+    "held_aside_dice",
+    "merge_corrections",
+    "merge_prediction",
+    "replay_copies",
+    "run_finetune",
+    "score_model",
+    "split_held_aside",
+    "trained_enough",
 ]

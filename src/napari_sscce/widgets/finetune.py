@@ -52,6 +52,7 @@ from napari_sscce.loop import (
     FINETUNE_OVERRIDES,
     FinetuneResult,
     build_finetune_config,
+    finetune_method,
     merge_prediction,
     run_finetune,
 )
@@ -61,7 +62,6 @@ from napari_sscce.methods import check_compatible, method_label, method_names
 from napari_sscce.models.checkpoint import read_checkpoint_metadata
 from napari_sscce.models.matching import check_classes_match, workspace_labels_classes
 from napari_sscce.progress import ProgressEvent
-from napari_sscce.training.config import TrainConfig
 from napari_sscce.widgets._annotation import DEFAULT_MODE, MODES, AnnotationTracker
 from napari_sscce.widgets._close_guard import CloseGuard
 from napari_sscce.widgets._layers import (
@@ -90,10 +90,14 @@ from napari_sscce.workspace import Workspace, safe_case_name
 
 #: what the loop benchmark measured about the method choice (README "Does the loop pay?")
 METHOD_TIP = (
-    "Training method of the fine-tune. Measured on hippocampus (benchmarks/results/loop.md, 2 seeds, 8 to 32 "
-    "corrected slices): fine-tuning with Supervised scored 0.6 to 1.0 Dice points above CCE at every budget "
-    "and took half the time; CCE uses the workspace's unlabeled scans."
+    "Training method. Automatic: a fine-tune uses Supervised where it can continue the model, a new model "
+    "CCE. "
+    "Measured on hippocampus (benchmarks/results/loop.md, 2 seeds, 8 to 32 corrected slices): fine-tuning "
+    "with Supervised scored 0.6 to 1.0 Dice points above CCE at every budget and took half the time; CCE "
+    "uses the workspace's unlabeled scans."
 )
+#: the method list's first entry: the loop chooses (:func:`napari_sscce.loop.finetune_method`, COLD_START)
+AUTO_METHOD = ("Automatic (supervised fine-tune, CCE new model)", "")
 
 __all__ = ["FINETUNE_OVERRIDES", "FinetuneWidget", "build_finetune_config", "method_choices"]
 
@@ -219,9 +223,9 @@ class FinetuneWidget(QWidget):
 
     def _build_training_controls(self) -> None:
         self.method_combo = QComboBox(self)
-        for label, name in method_choices():
+        for label, name in [AUTO_METHOD, *method_choices()]:
             self.method_combo.addItem(label, name)
-        self.method_combo.setCurrentIndex(max(0, self.method_combo.findData(TrainConfig().method)))
+        self.method_combo.setCurrentIndex(0)
         self.method_combo.setToolTip(METHOD_TIP)
         self.iterations_spin = QSpinBox(self)
         self.iterations_spin.setRange(1, 100_000)
@@ -331,9 +335,9 @@ class FinetuneWidget(QWidget):
 
     # ------------------------------------------------------------------------------------- annotation
     @property
-    def method(self) -> str:
-        """The training method chosen (registry name)."""
-        return str(self.method_combo.currentData())
+    def method(self) -> str | None:
+        """The training method chosen (registry name), or None: automatic (the loop chooses)."""
+        return str(self.method_combo.currentData()) or None
 
     @property
     def mode(self) -> str:
@@ -603,7 +607,8 @@ class FinetuneWidget(QWidget):
             )
             return
         try:
-            meta = check_compatible(self.method, model)
+            meta = check_compatible(self.method, model) if self.method else read_checkpoint_metadata(model)
+            method = self.method or finetune_method(meta)
         except (ValueError, OSError) as exc:
             self.status.setText(explain_error(exc))
             return
@@ -617,8 +622,8 @@ class FinetuneWidget(QWidget):
             return
         steps = self.iterations_spin.value()
         self._start_training(
-            f"fine-tuning {model_label(Path(model))} with {self.method} for {steps} iterations …",
-            ws, model, self.method, steps,
+            f"fine-tuning {model_label(Path(model))} with {method} for {steps} iterations …",
+            ws, model, method, steps,
         )
 
     def update_preview(self) -> None:
