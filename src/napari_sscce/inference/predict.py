@@ -235,6 +235,98 @@ def resolve_temperature(requested: float | None, meta: dict[str, Any]) -> float:
     return t if t > 0 and np.isfinite(t) else 1.0
 
 
+def _checked_geometry(
+    model: Any, meta: dict[str, Any], volume: Volume, config: InferenceConfig
+) -> tuple[tuple[int, ...], tuple[int, ...]]:
+    """The grid the model works on and its window, after :func:`plausibility.check_geometry` accepted both."""
+    model_name = str(meta.get("model_file") or meta.get("name") or "the model")
+    work_shape = _target_shape(volume, meta, model_name)
+    patch = config.patch_size or plausibility.model_patch(meta.get("patch_size") or DEFAULT_PATCH, model_name)
+    classes = getattr(model, "num_classes", None) or meta.get("num_classes") or 2
+    plausibility.check_geometry(volume, plausibility.model_spacing(meta, model_name), work_shape, patch,
+                                int(classes) if str(classes).isdigit() else 2, model_name)
+    return work_shape, patch
+
+
+def _model_input(
+    volume: Volume, work_shape: tuple[int, ...], config: InferenceConfig, meta: dict[str, Any],
+    progress: ProgressCallback | None,
+) -> tuple[np.ndarray, int]:
+    """The volume as the model saw its training data: NaN policy, normalisation, resampled to ``work_shape``.
+
+    Returns the image and the number of non-finite voxels replaced.
+    """
+    raw, replaced = apply_nan_policy(volume, config.nan_policy)
+    if replaced:
+        report(progress, ProgressEvent(
+            "inference", 0, 0, f"{replaced} NaN/Inf voxels set by nan_policy {config.nan_policy!r}"
+        ))
+    report(progress, ProgressEvent("inference", 0, 0, "normalising"))
+    image = normalize_intensity(raw, _normalization_mode(meta))
+    del raw
+    if tuple(work_shape) != tuple(volume.shape):
+        report(progress, ProgressEvent("inference", 0, 0, f"resampling {volume.shape} -> {work_shape}"))
+        image = resample_to_shape(image, work_shape, order=1)
+    return image, replaced
+
+
+def _window_probabilities(
+    checkpoint_or_model: Any, model: Any, image: np.ndarray, plan: Any, flips: list, config: InferenceConfig,
+    device: torch.device, precision: str, progress: ProgressCallback | None, cancel: CancelToken | None,
+) -> tuple[torch.Tensor, torch.Tensor, torch.device]:
+    """Both networks' probabilities on the work grid (:func:`sliding_window_dual`) and the device used.
+
+    A module passed in by the caller is restored to its own mode, device and layout afterwards.
+    """
+    tensor = torch.from_numpy(np.ascontiguousarray(image, dtype=np.float32))[None]
+    guard = _restored(model) if isinstance(checkpoint_or_model, nn.Module) else contextlib.nullcontext()
+    mc = int(config.mc_dropout)
+    with guard:
+        net = _inference_model(model, device, precision)
+        with mc_dropout_mode(net, mc > 0), torch.inference_mode():
+            return sliding_window_dual(
+                net,
+                lambda m, x: dual_probabilities(m, x, mc),
+                tensor,
+                plan,
+                mode=config.mode,
+                batch_size=config.batch_size,
+                device=device,
+                precision=precision,
+                flips=flips,
+                progress=progress,
+                cancel=cancel,
+            )
+
+
+def _combine_networks(
+    pair: list[torch.Tensor], input_shape: tuple[int, ...] | None, config: InferenceConfig,
+    meta: dict[str, Any],
+) -> tuple[torch.Tensor, np.ndarray, np.ndarray, np.ndarray, tuple | None, float]:
+    """Mean probability (calibrated), labels, entropy and KL maps of the two networks' probabilities.
+
+    ``pair`` holds network A's and B's probabilities; it is emptied, so that the work-grid arrays are freed
+    once resampled back to ``input_shape`` (None when the work grid is the input's). Returns ``(mean,
+    labels, entropy, kl, per_network, temperature)``; A's probabilities are reused for the mean.
+    """
+    prob_a, prob_b = pair
+    pair.clear()
+    with torch.inference_mode():
+        if input_shape is not None:
+            prob_a = torch.from_numpy(resample_to_shape(prob_a.numpy(), input_shape, order=1))
+            prob_b = torch.from_numpy(resample_to_shape(prob_b.numpy(), input_shape, order=1))
+        kl = kl_divergence_torch(prob_a, prob_b, dim=0).numpy()
+        per_network = (prob_a.numpy().copy(), prob_b.numpy().copy()) if config.return_per_network else None
+        mean = prob_a.add_(prob_b).mul_(0.5)
+        del prob_b
+        temperature = resolve_temperature(config.temperature, meta)
+        if temperature != 1.0:
+            mean = mean.clamp_min_(1e-8).log_().div_(temperature).softmax(dim=0)
+        entropy = entropy_torch(mean, dim=0).numpy()
+        labels = class_argmax(mean, 0).to(torch.uint8).numpy()
+    return mean, labels, entropy, kl, per_network, temperature
+
+
 def predict_volume(
     checkpoint_or_model: Any,
     volume: Volume | np.ndarray,
@@ -295,61 +387,18 @@ def predict_volume(
     device = resolve_device(config.device)
     precision = resolve_precision(device, config.precision)
 
-    model_name = str(meta.get("model_file") or meta.get("name") or "the model")
-    work_shape = _target_shape(volume, meta, model_name)
-    patch = config.patch_size or plausibility.model_patch(meta.get("patch_size") or DEFAULT_PATCH, model_name)
-    classes = getattr(model, "num_classes", None) or meta.get("num_classes") or 2
-    plausibility.check_geometry(volume, plausibility.model_spacing(meta, model_name), work_shape, patch,
-                                int(classes) if str(classes).isdigit() else 2, model_name)
-
-    raw, replaced = apply_nan_policy(volume, config.nan_policy)
-    if replaced:
-        report(progress, ProgressEvent(
-            "inference", 0, 0, f"{replaced} NaN/Inf voxels set by nan_policy {config.nan_policy!r}"
-        ))
-    report(progress, ProgressEvent("inference", 0, 0, "normalising"))
-    image = normalize_intensity(raw, _normalization_mode(meta))
-    del raw
+    work_shape, patch = _checked_geometry(model, meta, volume, config)
+    image, replaced = _model_input(volume, work_shape, config, meta, progress)
     resampled = tuple(work_shape) != tuple(volume.shape)
-    if resampled:
-        report(progress, ProgressEvent("inference", 0, 0, f"resampling {volume.shape} -> {work_shape}"))
-        image = resample_to_shape(image, work_shape, order=1)
     plan = plan_windows(work_shape, patch, config.overlap, config.stride)
     flips = flip_combinations(tta_axes(config.tta_axes, meta)) if config.tta else [()]
-
-    tensor = torch.from_numpy(np.ascontiguousarray(image, dtype=np.float32))[None]
-    guard = _restored(model) if isinstance(checkpoint_or_model, nn.Module) else contextlib.nullcontext()
-    mc = int(config.mc_dropout)
-    with guard:
-        net = _inference_model(model, device, precision)
-        with mc_dropout_mode(net, mc > 0), torch.inference_mode():
-            prob_a, prob_b, used = sliding_window_dual(
-                net,
-                lambda m, x: dual_probabilities(m, x, mc),
-                tensor,
-                plan,
-                mode=config.mode,
-                batch_size=config.batch_size,
-                device=device,
-                precision=precision,
-                flips=flips,
-                progress=progress,
-                cancel=cancel,
-            )
-    del tensor, image
-    with torch.inference_mode():
-        if resampled:
-            prob_a = torch.from_numpy(resample_to_shape(prob_a.numpy(), volume.shape, order=1))
-            prob_b = torch.from_numpy(resample_to_shape(prob_b.numpy(), volume.shape, order=1))
-        kl = kl_divergence_torch(prob_a, prob_b, dim=0).numpy()
-        per_network = (prob_a.numpy().copy(), prob_b.numpy().copy()) if config.return_per_network else None
-        mean = prob_a.add_(prob_b).mul_(0.5)
-        del prob_b
-        temperature = resolve_temperature(config.temperature, meta)
-        if temperature != 1.0:
-            mean = mean.clamp_min_(1e-8).log_().div_(temperature).softmax(dim=0)
-        entropy = entropy_torch(mean, dim=0).numpy()
-        labels = class_argmax(mean, 0).to(torch.uint8).numpy()
+    *pair, used = _window_probabilities(
+        checkpoint_or_model, model, image, plan, flips, config, device, precision, progress, cancel
+    )
+    del image
+    mean, labels, entropy, kl, per_network, temperature = _combine_networks(
+        pair, volume.shape if resampled else None, config, meta
+    )
     num_classes = mean.shape[0]
     if config.largest_component:
         labels = keep_largest_component(labels, num_classes)
@@ -357,26 +406,14 @@ def predict_volume(
     if used != device:
         precision = resolve_precision(used, config.precision)
     info = {
-        "windows": len(plan.windows),
-        "patch": list(plan.patch),
-        "step": list(plan.step),
-        "work_shape": list(work_shape),
-        "flips": [list(f) for f in flips],
-        "normalization": _normalization_mode(meta),
-        "nonfinite_voxels": replaced,
-        "nan_policy": config.nan_policy,
-        "temperature": temperature,
+        "windows": len(plan.windows), "patch": list(plan.patch), "step": list(plan.step),
+        "work_shape": list(work_shape), "flips": [list(f) for f in flips],
+        "normalization": _normalization_mode(meta), "nonfinite_voxels": replaced,
+        "nan_policy": config.nan_policy, "temperature": temperature,
     }
-    report(
-        progress,
-        ProgressEvent(
-            "inference",
-            len(plan.windows),
-            len(plan.windows),
-            f"done in {seconds:.1f} s on {used}",
-            {"seconds": seconds},
-        ),
-    )
+    windows = len(plan.windows)
+    report(progress, ProgressEvent("inference", windows, windows, f"done in {seconds:.1f} s on {used}",
+                                   {"seconds": seconds}))
     return Prediction(
         probabilities=mean.numpy(),
         labels=labels,

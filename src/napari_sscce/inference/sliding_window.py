@@ -202,15 +202,7 @@ def sliding_window_dual(
     windows = plan.windows
     total = len(windows)
     flips = [tuple(f) for f in flips] or [()]
-
-    store = device  # accumulators live where the compute is (the GPU for CUDA), until a fallback
-    weight = _window_weight(plan.patch, mode, store)
-    acc_a: torch.Tensor | None = None
-    acc_b: torch.Tensor | None = None
-    norm = torch.zeros(plan.padded_shape, dtype=torch.float32, device=store)
-    for sl in windows:  # the weight sum depends only on the windows: add it up front
-        norm[sl] += weight
-
+    blend = _Blend.start(plan, mode, device)  # sums live where the compute is (the GPU), until a fallback
     done = 0
     current_batch = max(1, int(batch_size))
     while done < total:
@@ -224,51 +216,90 @@ def sliding_window_dual(
             _free_cache(device)
             if current_batch > 1:
                 current_batch = max(1, current_batch // 2)
-                report(
-                    progress,
-                    ProgressEvent(
-                        "inference", done, total, f"out of memory: {current_batch} window(s) per batch"
-                    ),
-                )
-                continue
-            if device.type == "cpu":
+                report(progress, ProgressEvent(
+                    "inference", done, total, f"out of memory: {current_batch} window(s) per batch"
+                ))
+            elif device.type == "cpu":
                 raise
-            message = f"out of memory on {device}: continuing on the CPU (slower)"
-            warnings.warn(message, RuntimeWarning, stacklevel=2)
-            report(progress, ProgressEvent("inference", done, total, message))
-            device = torch.device("cpu")
-            precision = "auto" if precision in ("fp16", "bf16") else precision
-            model = prepare_model(model, device)
-            store = device
-            weight, norm = weight.to(store), norm.to(store)
-            acc_a = acc_a.to(store) if acc_a is not None else None
-            acc_b = acc_b.to(store) if acc_b is not None else None
-            continue
-        if acc_a is None:
-            shape = (prob_a.shape[1], *plan.padded_shape)
-            acc_a = torch.zeros(shape, dtype=torch.float32, device=store)
-            acc_b = torch.zeros(shape, dtype=torch.float32, device=store)
-        assert acc_b is not None
-        prob_a, prob_b = prob_a.to(store), prob_b.to(store)
-        for i, sl in enumerate(batch):
-            region = (slice(None), *sl)
-            if mode == "gaussian":
-                acc_a[region].addcmul_(prob_a[i], weight)
-                acc_b[region].addcmul_(prob_b[i], weight)
             else:
-                acc_a[region].add_(prob_a[i])
-                acc_b[region].add_(prob_b[i])
+                device, precision, model = _fall_back_to_cpu(device, precision, model, done, total, progress)
+                blend.move_to(device)
+            continue
+        blend.add(batch, prob_a, prob_b)
         del prob_a, prob_b
         done += len(batch)
         report(progress, ProgressEvent("inference", done, total, f"window {done}/{total} on {device}"))
+    prob_a, prob_b = blend.result(plan, image.shape[1:])
+    return prob_a, prob_b, device
 
-    assert acc_a is not None and acc_b is not None
-    acc_a.div_(norm)
-    acc_b.div_(norm)
-    crop = (slice(None),) + tuple(
-        slice(a, a + n) for (a, _), n in zip(plan.padding, image.shape[1:], strict=True)
-    )
-    return acc_a[crop].cpu(), acc_b[crop].cpu(), device
+
+def _fall_back_to_cpu(
+    device: torch.device, precision: str, model: nn.Module, done: int, total: int,
+    progress: ProgressCallback | None,
+) -> tuple[torch.device, str, nn.Module]:
+    """One window did not fit on ``device``: say so (a warning and a progress message), go on on the CPU.
+
+    Returns the CPU, the precision there (``"auto"`` instead of fp16/bf16) and the model moved there.
+    """
+    message = f"out of memory on {device}: continuing on the CPU (slower)"
+    warnings.warn(message, RuntimeWarning, stacklevel=3)
+    report(progress, ProgressEvent("inference", done, total, message))
+    cpu = torch.device("cpu")
+    precision = "auto" if precision in ("fp16", "bf16") else precision
+    return cpu, precision, prepare_model(model, cpu)
+
+
+@dataclass
+class _Blend:
+    """Weighted sums of both networks' window probabilities, and of the window weights, on the padded grid."""
+
+    weight: torch.Tensor
+    norm: torch.Tensor
+    gaussian: bool
+    acc_a: torch.Tensor | None = None
+    acc_b: torch.Tensor | None = None
+
+    @classmethod
+    def start(cls, plan: WindowPlan, mode: str, device: torch.device) -> _Blend:
+        """Empty sums on ``device``; the weight sum depends only on the windows, so it is added up front."""
+        weight = _window_weight(plan.patch, mode, device)
+        norm = torch.zeros(plan.padded_shape, dtype=torch.float32, device=device)
+        for sl in plan.windows:
+            norm[sl] += weight
+        return cls(weight, norm, mode == "gaussian")
+
+    def add(self, batch: Sequence[tuple[slice, ...]], prob_a: torch.Tensor, prob_b: torch.Tensor) -> None:
+        """Add a batch's probabilities ``[B, C, *patch]`` at its windows."""
+        store = self.norm.device
+        if self.acc_a is None or self.acc_b is None:
+            shape = (prob_a.shape[1], *self.norm.shape)
+            self.acc_a = torch.zeros(shape, dtype=torch.float32, device=store)
+            self.acc_b = torch.zeros(shape, dtype=torch.float32, device=store)
+        prob_a, prob_b = prob_a.to(store), prob_b.to(store)
+        for i, sl in enumerate(batch):
+            region = (slice(None), *sl)
+            if self.gaussian:
+                self.acc_a[region].addcmul_(prob_a[i], self.weight)
+                self.acc_b[region].addcmul_(prob_b[i], self.weight)
+            else:
+                self.acc_a[region].add_(prob_a[i])
+                self.acc_b[region].add_(prob_b[i])
+
+    def move_to(self, device: torch.device) -> None:
+        """Move the sums (after an out-of-memory fallback)."""
+        self.weight, self.norm = self.weight.to(device), self.norm.to(device)
+        self.acc_a = self.acc_a.to(device) if self.acc_a is not None else None
+        self.acc_b = self.acc_b.to(device) if self.acc_b is not None else None
+
+    def result(self, plan: WindowPlan, spatial_shape: Sequence[int]) -> tuple[torch.Tensor, torch.Tensor]:
+        """Both blended maps ``[C, Z, Y, X]`` on the unpadded grid, on the CPU."""
+        assert self.acc_a is not None and self.acc_b is not None
+        self.acc_a.div_(self.norm)
+        self.acc_b.div_(self.norm)
+        crop = (slice(None),) + tuple(
+            slice(a, a + n) for (a, _), n in zip(plan.padding, spatial_shape, strict=True)
+        )
+        return self.acc_a[crop].cpu(), self.acc_b[crop].cpu()
 
 
 def _window_weight(patch: Sequence[int], mode: str, device: torch.device) -> torch.Tensor:

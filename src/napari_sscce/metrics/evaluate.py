@@ -333,8 +333,33 @@ def evaluate_folders(
         No case pairs up, shapes differ or the grids lie differently in the world beyond axis flips /
         permutations (message names both files), unexpected label values, unreadable files (VolumeError).
     """
-    from napari_sscce.io.readers import read_volume
+    pairs, missing, extra = _paired(pred_dir, gt_dir)
+    loaded = _read_pairs(pairs, spacing, progress, cancel)
+    num_classes = _checked_classes(num_classes, loaded, pairs, unexpected)
+    if unexpected == "ignore":
+        loaded = [_without_stray(item, num_classes) for item in loaded]
+    rows: list[dict[str, Any]] = []
+    for i, (case, pred, gt, sp) in enumerate(loaded):
+        check(cancel)
+        result = evaluate_case(pred, gt, num_classes, sp, empty)
+        rows.extend(_rows_of_case(case, result))
+        report(
+            progress,
+            ProgressEvent("evaluate", len(pairs) + i + 1, 2 * len(pairs), f"evaluated {case}",
+                          {"dice": result["mean"]["dice"]}),
+        )
+    rows.extend(_summary_rows(rows))
+    if out_dir is not None:
+        _write_results(Path(out_dir), rows, {
+            "pred_dir": str(pred_dir), "gt_dir": str(gt_dir), "num_classes": num_classes, "empty": empty,
+            "cases": [case for case, _, _ in pairs], "missing_predictions": missing,
+            "unmatched_predictions": extra,
+        })
+    return rows
 
+
+def _paired(pred_dir: str | os.PathLike, gt_dir: str | os.PathLike) -> tuple[list, list[str], list[str]]:
+    """:func:`pair_files`, refused when nothing pairs up; a warning names the cases without a prediction."""
     pairs, missing, extra = pair_files(pred_dir, gt_dir)
     if not pairs:
         gt_names = ", ".join(missing[:5]) or "none"
@@ -348,8 +373,17 @@ def evaluate_folders(
         warnings.warn(
             f"{gt_dir}: no prediction for {len(missing)} case(s): {', '.join(missing[:10])}{more}; "
             "they are left out of the means",
-            stacklevel=2,
+            stacklevel=3,
         )
+    return pairs, missing, extra
+
+
+def _read_pairs(
+    pairs: list, spacing: Sequence[float] | None, progress: ProgressCallback | None,
+    cancel: CancelToken | None,
+) -> list[tuple[str, np.ndarray, np.ndarray, tuple[float, ...]]]:
+    """``(case, prediction on the ground truth's grid, ground truth, spacing)`` of each pair."""
+    from napari_sscce.io.readers import read_volume
 
     loaded = []
     for i, (case, pred_path, gt_path) in enumerate(pairs):
@@ -358,46 +392,27 @@ def evaluate_folders(
         pred, gt = read_volume(pred_path, is_label=True), read_volume(gt_path, is_label=True)
         pred_array = _on_gt_grid(pred, gt, pred_path, gt_path, spacing is not None)
         loaded.append((case, pred_array, gt.array, tuple(spacing) if spacing is not None else gt.spacing))
-    num_classes = _checked_classes(num_classes, loaded, pairs, unexpected)
-    if unexpected == "ignore":
-        for k, (case, pred, gt, sp) in enumerate(loaded):
-            stray = gt >= num_classes
-            if stray.any():
-                pred, gt = pred.copy(), gt.copy()
-                pred[stray] = 0
-                gt[stray] = 0
-                loaded[k] = (case, pred, gt, sp)
+    return loaded
 
-    rows: list[dict[str, Any]] = []
-    for i, (case, pred, gt, sp) in enumerate(loaded):
-        check(cancel)
-        result = evaluate_case(pred, gt, num_classes, sp, empty)
-        rows.extend(_rows_of_case(case, result))
-        report(
-            progress,
-            ProgressEvent("evaluate", len(pairs) + i + 1, 2 * len(pairs), f"evaluated {case}",
-                          {"dice": result["mean"]["dice"]}),
-        )
-    rows.extend(_summary_rows(rows))
 
-    if out_dir is not None:
-        out = Path(out_dir)
-        out.mkdir(parents=True, exist_ok=True)
-        atomic_write_bytes(out / CSV_NAME, _csv_bytes(rows))
-        atomic_write_json(
-            out / JSON_NAME,
-            {
-                "pred_dir": str(pred_dir),
-                "gt_dir": str(gt_dir),
-                "num_classes": num_classes,
-                "empty": empty,
-                "cases": [case for case, _, _ in pairs],
-                "missing_predictions": missing,
-                "unmatched_predictions": extra,
-                "rows": [{k: _json_value(v) for k, v in r.items()} for r in rows],
-            },
-        )
-    return rows
+def _without_stray(item: tuple, num_classes: int) -> tuple:
+    """A loaded pair whose ground-truth voxels ``>= num_classes`` are background in both maps (copies)."""
+    case, pred, gt, sp = item
+    stray = gt >= num_classes
+    if not stray.any():
+        return item
+    pred, gt = pred.copy(), gt.copy()
+    pred[stray] = 0
+    gt[stray] = 0
+    return case, pred, gt, sp
+
+
+def _write_results(out: Path, rows: list[dict[str, Any]], info: dict[str, Any]) -> None:
+    """``metrics.csv`` and ``metrics.json`` (``info`` and the rows) in ``out``, atomically."""
+    out.mkdir(parents=True, exist_ok=True)
+    atomic_write_bytes(out / CSV_NAME, _csv_bytes(rows))
+    json_rows = [{k: _json_value(v) for k, v in r.items()} for r in rows]
+    atomic_write_json(out / JSON_NAME, {**info, "rows": json_rows})
 
 
 def _json_value(v: Any) -> Any:
