@@ -142,6 +142,48 @@ def _frozen_batchnorm(model: nn.Module) -> None:
             module.eval()
 
 
+def _training_data(image: Volume, labels: np.ndarray, train_mask: np.ndarray, held: np.ndarray,
+                   meta: dict[str, Any], classes: int) -> tuple[np.ndarray, ...]:
+    """``(image, labels, weights, centres)`` on the model's grid: the corrections (weight 1) and, elsewhere
+    but the held-aside voxels, the current labels (weight :data:`DISTILL_WEIGHT`); ``centres`` marks the
+    corrections the patches centre on. The two parts are resampled apart, so that a thin corrected slice is
+    not outvoted by its uncorrected neighbours when the model's grid is coarser."""
+    array, corrected_lab, centres = _prepare(image, labels, train_mask, meta, classes)
+    _, own_lab, own_w = _prepare(image, labels, (~held).astype(np.float32), meta, classes)
+    lab = np.where(centres > 0, corrected_lab, own_lab)
+    weights = np.where(centres > 0, centres, DISTILL_WEIGHT * own_w).astype(np.float32)
+    return array, lab, weights, centres
+
+
+def _adapt(net: nn.Module, data: tuple[np.ndarray, ...], patch: tuple[int, ...], go_on: Any,
+           rng: np.random.Generator, max_steps: int, progress: ProgressCallback | None,
+           cancel: CancelToken | None) -> list[float]:
+    """Train ``net`` in place while ``go_on(steps)``; returns the supervised loss of every step."""
+    array, lab, weights, centres = data
+    _frozen_batchnorm(net)
+    for p in net.parameters():
+        p.requires_grad_(True)
+    anchor = [p.detach().clone() for p in net.parameters()]
+    optimizer = torch.optim.SGD(net.parameters(), lr=LR, momentum=0.9)
+    losses: list[float] = []
+    while go_on(len(losses)):
+        check(cancel)
+        starts = _patch_starts(centres, patch, BATCH, rng)
+        x = torch.from_numpy(np.stack([_crop(array, s, patch) for s in starts]))[:, None]
+        y = torch.from_numpy(np.stack([_crop(lab, s, patch) for s in starts]).astype(np.int64))
+        w = torch.from_numpy(np.stack([_crop(weights, s, patch) for s in starts]))
+        logits_a, logits_b = net(x)
+        loss = supervised_loss(logits_a, y, w) + supervised_loss(logits_b, y, w)
+        pull = sum(((p - a) ** 2).sum() for p, a in zip(net.parameters(), anchor, strict=True))
+        optimizer.zero_grad(set_to_none=True)
+        (loss + L2SP_WEIGHT * pull).backward()
+        optimizer.step()
+        losses.append(float(loss.detach()))
+        report(progress, ProgressEvent("preview", len(losses), max_steps,
+                                       f"adapting: step {len(losses)}, loss {losses[-1]:.3f}"))
+    return losses
+
+
 def preview_update(
     model: str | os.PathLike | Any,
     image: Volume,
@@ -196,40 +238,14 @@ def preview_update(
     ckpt = load_checkpoint(model) if isinstance(model, str | os.PathLike) else model
     meta = dict(ckpt.metadata)
     net = copy.deepcopy(ckpt.model).float().cpu().train()
-    _frozen_batchnorm(net)
-    for p in net.parameters():
-        p.requires_grad_(True)
-    anchor = [p.detach().clone() for p in net.parameters()]
     classes = int(net.num_classes)
     confirmed = np.asarray(mask) > 0
     train_mask, held = split_held_aside(confirmed, HOLDOUT_FRACTION)
-    # the corrections and everything but the held-aside voxels, each on the model's grid (resampled apart, so
-    # that a thin corrected slice is not outvoted by its uncorrected neighbours when the grid is coarser)
-    array, corrected_lab, centres = _prepare(image, labels, train_mask, meta, classes)
-    _, own_lab, own_w = _prepare(image, labels, (~held).astype(np.float32), meta, classes)
-    lab = np.where(centres > 0, corrected_lab, own_lab)
-    weights = np.where(centres > 0, centres, DISTILL_WEIGHT * own_w).astype(np.float32)
+    data = _training_data(image, labels, train_mask, held, meta, classes)
     patch = tuple(int(p) for p in (meta.get("patch_size") or (32, 32, 32)))  # the model's, zero-padded
-    optimizer = torch.optim.SGD(net.parameters(), lr=LR, momentum=0.9)
-    rng = np.random.default_rng(seed)
-    losses: list[float] = []
-    steps = 0
-    while steps < max_steps and (time.perf_counter() - start) < seconds:
-        check(cancel)
-        starts = _patch_starts(centres, patch, BATCH, rng)
-        x = torch.from_numpy(np.stack([_crop(array, s, patch) for s in starts]))[:, None]
-        y = torch.from_numpy(np.stack([_crop(lab, s, patch) for s in starts]).astype(np.int64))
-        w = torch.from_numpy(np.stack([_crop(weights, s, patch) for s in starts]))
-        logits_a, logits_b = net(x)
-        loss = supervised_loss(logits_a, y, w) + supervised_loss(logits_b, y, w)
-        pull = sum(((p - a) ** 2).sum() for p, a in zip(net.parameters(), anchor, strict=True))
-        optimizer.zero_grad(set_to_none=True)
-        (loss + L2SP_WEIGHT * pull).backward()
-        optimizer.step()
-        losses.append(float(loss.detach()))
-        steps += 1
-        report(progress, ProgressEvent("preview", steps, max_steps,
-                                       f"adapting: step {steps}, loss {losses[-1]:.3f}"))
+    losses = _adapt(net, data, patch, lambda n: n < max_steps and (time.perf_counter() - start) < seconds,
+                    np.random.default_rng(seed), max_steps, progress, cancel)
+    steps = len(losses)
     net.eval()
     from napari_sscce.inference.config import InferenceConfig
 
