@@ -140,3 +140,16 @@ def test_only_our_temporaries_older_than_the_last_commit_are_deleted(tmp_path):
     ws = Workspace(folder)
     assert ws.cleaned["temporaries"] == 1
     assert not old_ours.exists() and new_ours.exists() and not_ours.exists()
+
+
+def test_sscce_finetune_says_what_opening_found(tmp_path, capsys):
+    from napari_sscce.cli import main
+
+    folder = tmp_path / "ws"
+    _workspace_with_cases(folder)
+    (folder / "manifest.json").unlink()
+    before = _snapshot(folder)
+    assert main(["finetune", "--workspace", str(folder)]) != 0  # no labeled case in a workspace without one
+    err = capsys.readouterr().err
+    assert "note:" in err and "no manifest.json" in err
+    assert "Traceback" not in err and _snapshot(folder) == before

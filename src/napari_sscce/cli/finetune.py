@@ -65,11 +65,16 @@ def run(args: argparse.Namespace, cancel: CancelToken | None = None,
     changes = {"seed": args.seed, "device": args.device}
     if args.precision:
         changes["precision"] = args.precision
+    from napari_sscce.workspace import Workspace
+
     model = resolve_model_arg(args.model) if args.model and not args.new else args.model
+    ws = Workspace(args.workspace)
+    for note in ws.notes:  # what opening found and left alone (never deleted)
+        print(f"sscce finetune: note: {note}", file=sys.stderr)
     printer = ProgressPrinter("it", quiet=args.quiet)
     try:
         result = ft.run_finetune(
-            args.workspace, model, args.method, args.iterations, progress=progress or printer, cancel=cancel,
+            ws, model, args.method, args.iterations, progress=progress or printer, cancel=cancel,
             cold_start=args.new, holdout=args.holdout, replay=not args.no_replay, l2sp=args.l2sp,
             distill=args.distill, **changes,
         )

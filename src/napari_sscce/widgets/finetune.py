@@ -493,12 +493,16 @@ class FinetuneWidget(QWidget):
         return Workspace(text)
 
     def _open_workspace(self) -> Workspace | None:
-        """The workspace, or None with a sentence on the status line (read-only, full disk, ...)."""
+        """The workspace, or None with a sentence on the status line (read-only, full disk, ...); what
+        opening found and left alone (:attr:`~napari_sscce.workspace.Workspace.notes`) is said too."""
         try:
-            return self.workspace()
+            ws = self.workspace()
         except (ValueError, OSError) as exc:
             self.status.setText(explain_error(exc, self.workspace_edit.text().strip() or None))
             return None
+        if ws.notes:
+            self.status.setText("note: " + "; ".join(ws.notes))
+        return ws
 
     def _open_quietly(self) -> Workspace | None:
         """The workspace when it already exists and opens; None otherwise (nothing created, nothing said)."""
