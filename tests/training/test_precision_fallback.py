@@ -202,7 +202,7 @@ def test_a_finetune_whose_steps_were_all_skipped_is_not_adopted(tmp_path, monkey
     ws, gt = _workspace_with_a_corrected_case(tmp_path / "ws")
     labels_before = (ws.folder / ws.labeled_cases[0].label).read_bytes()
     _poison_every_step(monkeypatch, CCEMethod)
-    result = ft.run_finetune(ws, start, iterations=4, device="cpu", precision="fp32", seed=0)
+    result = ft.run_finetune(ws, start, "cce", iterations=4, device="cpu", precision="fp32", seed=0)
     ws.reload()
     assert result.train.numerics["skipped_steps"] == 4 and result.train.effective_steps == 0
     assert not result.adopted and ws.current_version == result.start_version == "v0001"
