@@ -119,6 +119,17 @@ def _time_problem(metadata: dict, n: int) -> str | None:
     return None
 
 
+def _nifti_channels(path: Path) -> int:
+    """Entries on a NIfTI file's fourth axis from its header alone (1 for 3D files and unreadable headers)."""
+    import nibabel as nib
+
+    try:
+        shape = nib.load(str(path)).shape
+    except Exception:  # read_volume reports unreadable files
+        return 1
+    return int(np.prod(shape[3:], dtype=np.int64)) if len(shape) > 3 else 1
+
+
 def read_multichannel(path: str | os.PathLike, *, is_label: bool | None = None) -> Volume:
     """Read a scan that may have several channels.
 
@@ -137,8 +148,8 @@ def read_multichannel(path: str | os.PathLike, *, is_label: bool | None = None) 
         files = channel_files(path)
         if files is not None:
             return read_channel_files(files)
-    if is_label or detect_format(path) != "nifti" or not path.is_file():
-        return read_volume(path, is_label=is_label)
+    if is_label or detect_format(path) != "nifti" or not path.is_file() or _nifti_channels(path) <= 1:
+        return read_volume(path, is_label=is_label)  # one channel: read exactly as before (and once)
     try:
         raw = formats.read_nifti(path)
     except VolumeError:

@@ -469,7 +469,7 @@ def _choose_precision(config: TrainConfig, model, sampler, device, progress):
 
 
 # ---------------------------------------------------------------------------- the loop
-def _build_model(method: TrainingMethod, num_classes: int, init_checkpoint: str | None):
+def _build_model(method: TrainingMethod, num_classes: int, init_checkpoint: str | None, in_channels: int = 1):
     if init_checkpoint:
         ckpt = load_checkpoint(init_checkpoint)
         model = ckpt.model
@@ -477,8 +477,11 @@ def _build_model(method: TrainingMethod, num_classes: int, init_checkpoint: str 
             raise ValueError(
                 f"{init_checkpoint}: the model has {model.num_classes} classes, the data {num_classes}"
             )
+        if model.in_channels != in_channels:
+            raise ValueError(f"{init_checkpoint}: the model takes {model.in_channels} input channel(s), the "
+                             f"data have {in_channels}")
         return model
-    return method.build_model(1, num_classes)
+    return method.build_model(in_channels, num_classes)
 
 
 def _inherit_flip_axes(
@@ -592,16 +595,26 @@ class Trainer:
                 f"{'on' if self.augment_config.rot90 else 'off'}"
             )
 
+    def _channel_names(self) -> tuple[str, ...]:
+        """The first labeled training case's channel names (empty for single-channel scans); a case with
+        other channels fails when the sampler stacks it."""
+        first = next(iter([*self.splits.labeled, *self.splits.unlabeled]), None)
+        if first is None:
+            return ()
+        return tuple(self.dataset.load_case(first, check=False)[0].channel_names)
+
     def _build(self, init_checkpoint: str | None) -> None:
         """Model, sampler, precision, optimisers and scaler (in this order: it fixes the random streams)."""
         config, ctx, device = self.config, self.ctx, self.device
         seed_everything(config.seed, config.deterministic)
-        model = _build_model(self.method, self.num_classes, init_checkpoint).to(device)
-        torch.manual_seed(config.seed * 1000 + 1 + ctx.rank)  # dropout etc. differ per rank
         store = CaseStore(
             self.dataset.load_case, self.num_classes, config.normalization, self.method.extra_targets,
             config.cache_mb, config.target_spacing,
         )
+        self.channel_names = self._channel_names()
+        model = _build_model(self.method, self.num_classes, init_checkpoint,
+                             max(1, len(self.channel_names))).to(device)
+        torch.manual_seed(config.seed * 1000 + 1 + ctx.rank)  # dropout etc. differ per rank
         self.sampler = PatchSampler(
             store, self.splits.labeled, self.splits.unlabeled, config.patch_size, config.labeled_bs,
             config.unlabeled_bs, config.foreground_fraction, self.augment_config,
@@ -764,6 +777,7 @@ class Trainer:
             "spacing": self.spacing,
             "normalization": {"mode": config.normalization},
             "class_names": config.class_names,
+            **({"channel_names": list(self.channel_names)} if self.channel_names else {}),
             "config": config.to_dict(),
             "train_summary": self.summary,
             "val_metrics": val_metrics,
