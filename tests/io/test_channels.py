@@ -101,3 +101,15 @@ def test_nnunet_v1_modality_and_grid_mismatch(tmp_path):
     _save(tmp_path / "d_0002.nii.gz", np.zeros((6, 5, 4)))
     with pytest.raises(VolumeError, match="no channel 0001"):
         read_multichannel(tmp_path / "d_0000.nii.gz")
+
+
+def test_channel_mismatch_messages():
+    from napari_sscce.models.matching import ChannelMismatchError, match_channels
+
+    five = Volume(np.zeros((5, 4, 5, 6), np.float32), source="scan.nii.gz")
+    with pytest.raises(ChannelMismatchError, match=r"scan\.nii\.gz: has 5 channel.*expects 1.*--channel N"):
+        match_channels(five, {"in_channels": 1}, "m.safetensors")
+    named = Volume(np.stack([np.zeros((4, 5, 6)), np.ones((4, 5, 6))]), channel_names=("ADC", "T2"))
+    matched = match_channels(named, {"in_channels": 2, "channel_names": ["T2", "ADC"]})
+    assert matched.channel_names == ("T2", "ADC") and matched.array[0].min() == 1.0
+    assert match_channels(named, {"in_channels": 2}) is named  # a model without names takes them as given

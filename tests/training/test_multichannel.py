@@ -122,3 +122,40 @@ def test_two_channels_find_what_one_cannot(tmp_path, generated):
     read = read_multichannel(tmp_path / "both" / "images" / "va0_0000.nii.gz")
     assert read.channel_names == ("A", "B")
     np.testing.assert_allclose(read.array, image, atol=1e-6)
+
+
+def test_cli_train_predict_on_4d_nifti_and_channel_files(tmp_path, generated, capsys):
+    from napari_sscce.cli import main
+
+    cases = {n: generated[n] for n in ("tr0", "tr1", "va0")}
+    per_channel = _dataset(tmp_path / "files", cases, (0, 1))
+    four_d = tmp_path / "4d"
+    (four_d / "images").mkdir(parents=True)
+    (four_d / "labels").mkdir()
+    for name, (image, label) in cases.items():
+        nib.save(nib.Nifti1Image(np.moveaxis(image, 0, -1).transpose(2, 1, 0, 3), np.eye(4)),
+                 str(four_d / "images" / f"{name}.nii.gz"))
+        _save(four_d / "labels" / f"{name}.nii.gz", label)
+    (four_d / "splits.json").write_text((per_channel / "splits.json").read_text(encoding="utf-8"),
+                                        encoding="utf-8")
+    common = ["--method", "supervised", "--iterations", "2", "--patch", "16", "16", "16", "--device", "cpu",
+              "--precision", "fp32", "--batch", "2", "0", "--val-every", "0", "--base-filters", "4",
+              "--quiet"]
+    for data in (per_channel, four_d):
+        run = tmp_path / f"run_{data.name}"
+        assert main(["train", "--data", str(data), "--split", str(data / "splits.json"), "--out", str(run),
+                     *common]) == 0
+        model = run / "last.safetensors"
+        assert load_checkpoint(model).metadata["in_channels"] == 2
+        pred = tmp_path / f"pred_{data.name}"
+        inputs = ([str(data / "images" / "va0_0000.nii.gz"), str(data / "images" / "va0_0001.nii.gz")]
+                  if data == per_channel else [str(data / "images" / "va0.nii.gz")])
+        assert main(["predict", *inputs, "--model", str(model), "--out", str(pred), "--device", "cpu"]) == 0
+        seg = nib.load(str(pred / "va0_seg.nii.gz"))
+        assert seg.shape == SHAPE[::-1]
+        assert sorted(p.name for p in pred.glob("*_seg.nii.gz")) == ["va0_seg.nii.gz"]  # one case, once
+    # --channel still picks one channel of a 4D file: a 1-channel scan for a 2-channel model is refused
+    capsys.readouterr()
+    assert main(["predict", str(four_d / "images" / "va0.nii.gz"), "--channel", "0", "--model", str(model),
+                 "--out", str(tmp_path / "one"), "--device", "cpu"]) == 2
+    assert "expects 2 channel(s)" in capsys.readouterr().err

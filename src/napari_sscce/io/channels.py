@@ -26,7 +26,7 @@ from napari_sscce.io.volume import Volume
 #: a fourth axis longer than this holds time points, not channels
 MAX_CHANNELS = 8
 #: nnU-Net's per-channel file names: ``<case>_<4 digits>.<ext>``
-_CHANNEL_FILE = re.compile(r"^(?P<case>.+)_(?P<index>\d{4})(?P<ext>\.nii\.gz|\.nii|\.nrrd|\.mha|\.mhd)$",
+CHANNEL_FILE = re.compile(r"^(?P<case>.+)_(?P<index>\d{4})(?P<ext>\.nii\.gz|\.nii|\.nrrd|\.mha|\.mhd)$",
                            re.IGNORECASE)
 
 
@@ -43,7 +43,7 @@ def channel_files(path: str | os.PathLike) -> list[Path] | None:
         When the channel numbers have a gap (e.g. ``_0000`` and ``_0002`` but no ``_0001``).
     """
     path = Path(path)
-    match = _CHANNEL_FILE.match(path.name)
+    match = CHANNEL_FILE.match(path.name)
     if match is not None:
         folder, case, ext = path.parent, match["case"], match["ext"]
     elif not path.exists() and path.parent.is_dir():
@@ -52,7 +52,7 @@ def channel_files(path: str | os.PathLike) -> list[Path] | None:
         return None
     found: dict[int, Path] = {}
     for item in sorted(folder.iterdir()):
-        m = _CHANNEL_FILE.match(item.name)
+        m = CHANNEL_FILE.match(item.name)
         if m and m["case"] == case and (ext is None or m["ext"].lower() == ext.lower()):
             found[int(m["index"])] = item
     if len(found) < 2:

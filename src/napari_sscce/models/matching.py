@@ -75,7 +75,10 @@ def match_channels(volume: Any, metadata: Mapping[str, Any], model_name: str = "
     if count != len(expected):
         raise ChannelMismatchError(
             f"{where}: has {count} channel(s) ({', '.join(have)}) but {model_name} expects {wanted}; give it "
-            "a scan with those channels (a 4D NIfTI or one file per channel, case_0000, case_0001, ...)")
+            "a scan with those channels (a 4D NIfTI or one file per channel, case_0000, case_0001, ...)"
+            + ("; or segment one of its channels (`sscce predict ... --channel N`, "
+               "`read_volume(path, channel=N)`)"
+               if len(expected) == 1 else ""))
     defaults = [str(i) for i in range(count)]
     if have == expected or have == defaults or expected == defaults:
         return volume
