@@ -573,11 +573,18 @@ class Trainer:
         """Labels of the labeled cases: number of classes, training spacing, flip axes and augmentation."""
         config = self.config
         self._event("reading labeled cases")
-        labels, spacings = [], []
+        labels, spacings, channels = [], [], []
         for name in self.splits.labeled:
             image, label, _ = self.dataset.load_case(name)
             labels.append(np.asarray(label.array) if label is not None else np.zeros(1))
             spacings.append(image.spacing)
+            channels.append(tuple(image.channel_names))
+        for name, have in zip(self.splits.labeled, channels, strict=True):
+            if have != channels[0]:
+                raise ValueError(f"labeled cases differ in their channels: {self.splits.labeled[0]!r} has "
+                                 f"{list(channels[0]) or ['one']}, {name!r} has {list(have) or ['one']}")
+        #: channel names of the scans (empty for single-channel scans), recorded in the model file
+        self.channel_names: tuple[str, ...] = channels[0] if channels else ()
         self.num_classes = config.num_classes or infer_num_classes(labels)
         self.spacing = [float(v) for v in np.median(np.array(spacings), axis=0)]
         if config.target_spacing:
@@ -595,14 +602,6 @@ class Trainer:
                 f"{'on' if self.augment_config.rot90 else 'off'}"
             )
 
-    def _channel_names(self) -> tuple[str, ...]:
-        """The first labeled training case's channel names (empty for single-channel scans); a case with
-        other channels fails when the sampler stacks it."""
-        first = next(iter([*self.splits.labeled, *self.splits.unlabeled]), None)
-        if first is None:
-            return ()
-        return tuple(self.dataset.load_case(first, check=False)[0].channel_names)
-
     def _build(self, init_checkpoint: str | None) -> None:
         """Model, sampler, precision, optimisers and scaler (in this order: it fixes the random streams)."""
         config, ctx, device = self.config, self.ctx, self.device
@@ -611,7 +610,6 @@ class Trainer:
             self.dataset.load_case, self.num_classes, config.normalization, self.method.extra_targets,
             config.cache_mb, config.target_spacing,
         )
-        self.channel_names = self._channel_names()
         model = _build_model(self.method, self.num_classes, init_checkpoint,
                              max(1, len(self.channel_names))).to(device)
         torch.manual_seed(config.seed * 1000 + 1 + ctx.rank)  # dropout etc. differ per rank
