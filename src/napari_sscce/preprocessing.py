@@ -20,7 +20,8 @@ def normalize_intensity(array: np.ndarray, mode: str = "percentile_zscore") -> n
     Parameters
     ----------
     array : numpy.ndarray
-        The scan, any numeric dtype.
+        The scan, any numeric dtype: (z, y, x), or (C, z, y, x) for several channels, each then
+        normalised on its own.
     mode : {"percentile_zscore", "zscore", "none"}
         ``"zscore"``: subtract the mean, divide by the standard deviation (what the LA literature
         does; the LA h5 files are already z-scored). ``"percentile_zscore"``: first clip to the
@@ -32,6 +33,8 @@ def normalize_intensity(array: np.ndarray, mode: str = "percentile_zscore") -> n
     numpy.ndarray
         float32 array of the same shape.
     """
+    if np.ndim(array) == 4:
+        return np.stack([normalize_intensity(channel, mode) for channel in np.asarray(array)])
     out = np.asarray(array, dtype=np.float32)
     if mode == "none":
         return out.copy()

@@ -29,13 +29,18 @@ def write_case(path, seed, label=False):
 def count_reads(monkeypatch):
     """Count volume reads made by the dataset module."""
     calls = []
-    real = datasets.read_volume
+    real, real_multi = datasets.read_volume, datasets.read_multichannel
 
     def counting(*args, **kwargs):
         calls.append(args[0])
         return real(*args, **kwargs)
 
+    def counting_multi(*args, **kwargs):  # images (maybe several channels): one read per case
+        calls.append(args[0])
+        return real_multi(*args, **kwargs)
+
     monkeypatch.setattr(datasets, "read_volume", counting)
+    monkeypatch.setattr(datasets, "read_multichannel", counting_multi)
     return calls
 
 

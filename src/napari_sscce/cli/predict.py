@@ -49,7 +49,9 @@ def add_parser(sub: argparse._SubParsersAction) -> argparse.ArgumentParser:
         help="NaN/Inf voxels in an input: error (name the file and count them), or replace them by zero "
         "or by the mean of the other voxels (default: %(default)s)")
     add("--channel", type=int, default=None, metavar="N",
-        help="for 4D inputs (several channels or time points): segment channel N (0-based)")
+        help="for 4D inputs (several channels or time points): segment channel N (0-based) with a "
+        "one-channel model; without it a 4D NIfTI or case_0000, case_0001, ... files are one "
+        "multi-channel scan")
     p.set_defaults(func=run)
     return p
 

@@ -12,6 +12,7 @@ import numpy as np
 from napari_sscce.atomic import atomic_write_json
 from napari_sscce.inference.config import InferenceConfig
 from napari_sscce.inference.predict import Prediction, load_model, predict_volume
+from napari_sscce.io.channels import CHANNEL_FILE, channel_files, read_multichannel
 from napari_sscce.io.readers import read_volume
 from napari_sscce.io.volume import file_stem
 from napari_sscce.io.writers import write_volume
@@ -87,6 +88,20 @@ def write_prediction(
     return written
 
 
+def scan_inputs(inputs: Sequence[str | os.PathLike]) -> list[Path]:
+    """The scans ``inputs`` name: nnU-Net per-channel files of one case (``case_0000``, ``case_0001``, ...)
+    become one entry, the case prefix ``folder/case``, in the order of their first file."""
+    out: list[Path] = []
+    for item in inputs:
+        path = Path(item)
+        files = channel_files(path)
+        if files is not None:
+            path = files[0].parent / CHANNEL_FILE.match(files[0].name)["case"]  # type: ignore[index]
+        if path not in out:
+            out.append(path)
+    return out
+
+
 def predict_files(
     checkpoint_path: str | os.PathLike,
     inputs: Sequence[str | os.PathLike],
@@ -114,7 +129,10 @@ def predict_files(
         Window-level events of each file (their message starts with ``[i/n] name:``) and a file-level event
         (stage ``"files"``) after each file; cancel is checked between files and between window batches.
     channel : int, optional
-        The channel (or time point) to segment of 4D inputs (``read_volume(..., channel=)``).
+        The channel (or time point) to segment of 4D inputs (``read_volume(..., channel=)``). Without it,
+        a 4D NIfTI or nnU-Net per-channel files (``case_0000.nii.gz``, ``case_0001.nii.gz``, ...; any of
+        them or the case prefix ``folder/case``) are one multi-channel scan, segmented once as ``case``
+        (:func:`napari_sscce.io.channels.read_multichannel`).
     regions : bool
         Also write the ranking beside the maps: ``<name>_regions.nii.gz`` and ``<name>_regions.json``
         (:mod:`napari_sscce.uncertainty.export`); with several inputs also ``scans_ranked.json``, the
@@ -132,8 +150,8 @@ def predict_files(
     napari_sscce.models.checkpoint.CheckpointError, napari_sscce.io.errors.VolumeError
         For an unusable model file or input (the message names the file).
     """
-    paths = [Path(p) for p in inputs]
-    missing = [str(p) for p in paths if not p.exists()]
+    paths = scan_inputs(inputs) if channel is None else [Path(p) for p in inputs]
+    missing = [str(p) for p in paths if not p.exists() and channel_files(p) is None]
     if missing:
         raise FileNotFoundError(f"input file(s) not found: {', '.join(missing)}")
     model, metadata = load_model(Path(checkpoint_path))
@@ -144,9 +162,12 @@ def predict_files(
     names = unique_output_names([file_stem(p) for p in paths], paths)
     for index, path in enumerate(paths, start=1):
         check(cancel)
-        volume = read_volume(path, is_label=False, channel=channel)
+        if channel is None:  # several channels (4D NIfTI, case_0000, case_0001, ...) segmented together
+            volume = read_multichannel(path, is_label=False)
+        else:
+            volume = read_volume(path, is_label=False, channel=channel)
         name = names[index - 1]
-        if name != volume.name:
+        if name != file_stem(path):
             report(progress, ProgressEvent("files", index - 1, len(paths),
                                            f"{path}: shares its name with another input; writing {name}_*"))
         prefix = f"[{index}/{len(paths)}] {volume.name}: "

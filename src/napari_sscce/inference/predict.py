@@ -24,6 +24,7 @@ from napari_sscce.io.geometry import parse_axes
 from napari_sscce.io.validate import apply_nan_policy
 from napari_sscce.io.volume import Volume
 from napari_sscce.metrics.surface import mean_dice
+from napari_sscce.models.matching import match_channels
 from napari_sscce.precision import resolve_precision
 from napari_sscce.preprocessing import normalize_intensity, resample_to_shape, resampled_shape
 from napari_sscce.progress import CancelToken, ProgressCallback, ProgressEvent, report
@@ -185,8 +186,9 @@ def _as_volume(volume: Volume | np.ndarray) -> Volume:
     if isinstance(volume, Volume):
         return volume
     array = np.asarray(volume)
-    if array.ndim != 3:
-        raise ValueError(f"expected a 3-D (z, y, x) volume, got an array of shape {array.shape}")
+    if array.ndim not in (3, 4):
+        raise ValueError(f"expected a 3-D (z, y, x) or (C, z, y, x) volume, got an array of shape "
+                         f"{array.shape}")
     return Volume(array=array)
 
 
@@ -278,7 +280,8 @@ def _window_probabilities(
 
     A module passed in by the caller is restored to its own mode, device and layout afterwards.
     """
-    tensor = torch.from_numpy(np.ascontiguousarray(image, dtype=np.float32))[None]
+    tensor = torch.from_numpy(np.ascontiguousarray(image, dtype=np.float32))
+    tensor = tensor if tensor.ndim == 4 else tensor[None]  # (C, z, y, x) scans carry their channel axis
     guard = _restored(model) if isinstance(checkpoint_or_model, nn.Module) else contextlib.nullcontext()
     mc = int(config.mc_dropout)
     with guard:
@@ -382,8 +385,8 @@ def predict_volume(
     model, meta = load_model(checkpoint_or_model)
     meta.update(metadata or {})
     volume = _as_volume(volume)
-    if getattr(model, "in_channels", 1) != 1:
-        raise ValueError(f"the model expects {model.in_channels} input channels; volumes have one")
+    model_name = str(meta.get("model_file") or meta.get("name") or "the model")
+    volume = match_channels(volume, {**meta, "in_channels": getattr(model, "in_channels", 1)}, model_name)
     device = resolve_device(config.device)
     precision = resolve_precision(device, config.precision)
 

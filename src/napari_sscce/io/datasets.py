@@ -29,6 +29,7 @@ from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
 
+from napari_sscce.io.channels import read_multichannel
 from napari_sscce.io.errors import VolumeError
 from napari_sscce.io.readers import SUFFIX_FORMATS, read_image_label, read_volume
 from napari_sscce.io.validate import check_image, check_labels, check_pair
@@ -130,14 +131,16 @@ class VolumeDataset:
     ) -> tuple[Volume, Volume | None, Volume | None]:
         """Read one case: ``(image, label or None, mask or None)``.
 
-        With ``check`` (default) the image is checked for NaN / Inf, labels and mask for integer
-        non-negative values and for lying on the image's grid; problems raise :class:`VolumeError`.
+        Images may have several channels (a 4D NIfTI, or nnU-Net's ``case_0000``, ``case_0001``, ... files:
+        see :mod:`napari_sscce.io.channels`); labels and masks are 3D. With ``check`` (default) the image
+        is checked for NaN / Inf, labels and mask for integer non-negative values and for lying on the
+        image's grid; problems raise :class:`VolumeError`.
         """
         case = self.case(name_or_index)
         if self.layout == "la_h5":
             image, label = read_image_label(case.image_path)
         else:
-            image = read_volume(case.image_path, is_label=False)
+            image = read_multichannel(case.image_path, is_label=False)  # 3D scans read as before
             label = read_volume(case.label_path, is_label=True) if case.label_path else None
         mask = read_volume(case.mask_path, is_label=True) if case.mask_path else None
         if check:

@@ -124,8 +124,8 @@ def check_image(volume: Volume) -> Volume:
     VolumeError
         With the volume's source file in the message.
     """
-    ensure_3d(volume.array, volume.source)
     arr = volume.array
+    ensure_3d(arr[0] if volume.num_channels > 1 else arr, volume.source)
     if not (np.issubdtype(arr.dtype, np.number) or arr.dtype == bool):
         raise VolumeError(volume.source, f"holds {arr.dtype} values; expected numbers")
     if np.issubdtype(arr.dtype, np.floating):

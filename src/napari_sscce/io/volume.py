@@ -38,12 +38,13 @@ def affine_from_spacing(spacing: tuple[float, float, float]) -> np.ndarray:
 
 @dataclass
 class Volume:
-    """A 3D scan or label map with its geometry.
+    """A 3D scan or label map with its geometry, optionally with several co-registered channels.
 
     Attributes
     ----------
     array : numpy.ndarray
-        Voxel values, shape (z, y, x). Label maps are integer arrays.
+        Voxel values, shape (z, y, x); a scan with C > 1 channels is (C, z, y, x). Label maps are
+        integer arrays and always 3D.
     spacing : tuple of float
         Voxel size in millimetres, same axis order as ``array``.
     affine : numpy.ndarray
@@ -58,6 +59,9 @@ class Volume:
         plus free-form information.
     is_label : bool
         True for label maps (integer, non-negative).
+    channel_names : tuple of str
+        One name per channel for a (C, z, y, x) array (default ``"0"``, ``"1"``, ...); empty for a
+        single-channel (z, y, x) volume.
     """
 
     array: np.ndarray
@@ -66,8 +70,19 @@ class Volume:
     source: Path | None = None
     metadata: dict[str, Any] = field(default_factory=dict)
     is_label: bool = False
+    channel_names: tuple[str, ...] = ()
 
     def __post_init__(self) -> None:
+        if np.ndim(self.array) == 4:
+            n = int(np.shape(self.array)[0])
+            names = tuple(str(c) for c in self.channel_names) or tuple(str(i) for i in range(n))
+            if len(names) != n:
+                raise ValueError(f"{len(names)} channel names {names} for {n} channels")
+            self.channel_names = names
+        elif self.channel_names:
+            if len(self.channel_names) != 1:
+                raise ValueError(f"{len(self.channel_names)} channel names for a single-channel volume")
+            self.channel_names = ()
         self.spacing = tuple(float(s) for s in self.spacing)  # type: ignore[assignment]
         if self.affine is None:
             self.affine = affine_from_spacing(self.spacing)
@@ -77,8 +92,28 @@ class Volume:
 
     @property
     def shape(self) -> tuple[int, ...]:
-        """Shape of the voxel array (z, y, x)."""
-        return tuple(self.array.shape)
+        """Spatial shape of the voxel array (z, y, x) (the channel axis left out)."""
+        return tuple(self.array.shape[-3:]) if self.array.ndim == 4 else tuple(self.array.shape)
+
+    @property
+    def spatial_shape(self) -> tuple[int, ...]:
+        """Spatial shape (z, y, x), for single- and multi-channel volumes alike."""
+        return tuple(self.array.shape[-3:])
+
+    @property
+    def num_channels(self) -> int:
+        """Number of channels: ``C`` for a (C, z, y, x) array, else 1."""
+        return int(self.array.shape[0]) if self.array.ndim == 4 else 1
+
+    def channel(self, index: int) -> Volume:
+        """Channel ``index`` as a single-channel volume on the same grid (the volume itself when C = 1)."""
+        if self.num_channels == 1:
+            if index not in (0, -1):
+                raise IndexError(f"channel {index} of a single-channel volume")
+            return self
+        name = self.channel_names[index]
+        return replace(self, array=self.array[index], channel_names=(), affine=self.affine.copy(),
+                       metadata={**self.metadata, "channel_name": name})
 
     @property
     def name(self) -> str:
@@ -97,12 +132,14 @@ class Volume:
         if tuple(array.shape[-3:]) != self.shape[-3:]:
             raise ValueError(f"array shape {array.shape} does not match volume shape {self.shape}")
         meta = {**self.metadata, **metadata}
+        names = self.channel_names if (array.ndim == 4 and array.shape[0] == self.num_channels) else ()
         return replace(
             self,
             array=array,
             metadata=meta,
             is_label=self.is_label if is_label is None else is_label,
             affine=self.affine.copy(),
+            channel_names=names,
         )
 
     def layer_kwargs(self) -> dict[str, Any]:
@@ -127,9 +164,12 @@ class Volume:
 
     def geometry(self) -> dict[str, Any]:
         """Geometry as plain Python values (JSON-able): shape, spacing, affine, source."""
-        return {
+        geometry: dict[str, Any] = {
             "shape": list(self.shape),
             "spacing": list(self.spacing),
             "affine": self.affine.tolist(),
             "source": str(self.source) if self.source else None,
         }
+        if self.num_channels > 1:
+            geometry["channel_names"] = list(self.channel_names)
+        return geometry

@@ -11,6 +11,7 @@ file name shares a word with the model card's title or data. The lowest mismatch
 
 from __future__ import annotations
 
+import dataclasses
 import math
 import re
 from collections.abc import Iterable, Mapping, Sequence
@@ -29,6 +30,65 @@ INTENSITY_WEIGHT = 0.25
 HINT_BONUS = 2.0
 #: words too common to be a hint
 _STOP = {"mri", "ct", "cce", "the", "and", "of", "scan", "scans", "image", "model", "data", "msd", "task"}
+
+
+class ChannelMismatchError(ValueError):
+    """A scan's channels are not those a model takes; the message names what the model expects."""
+
+
+def model_channel_names(metadata: Mapping[str, Any]) -> list[str]:
+    """The channel names a model file records (``channel_names``), else ``"0"``, ``"1"``, ... for its
+    ``in_channels`` (1 when it records neither)."""
+    count = int(metadata.get("in_channels") or 1)
+    names = [str(n) for n in metadata.get("channel_names") or []]
+    return names if len(names) == count else [str(i) for i in range(count)]
+
+
+def match_channels(volume: Any, metadata: Mapping[str, Any], model_name: str = "the model") -> Any:
+    """``volume`` with its channels in the order the model takes them.
+
+    Parameters
+    ----------
+    volume : Volume
+        The scan: (z, y, x) with one channel or (C, z, y, x) with ``channel_names``.
+    metadata : mapping
+        The model file's metadata (``in_channels``, optional ``channel_names``).
+    model_name : str
+        For the message.
+
+    Returns
+    -------
+    Volume
+        ``volume`` itself when the counts match and the names agree (or either side has only default
+        names); else a volume whose channels are reordered by name.
+
+    Raises
+    ------
+    ChannelMismatchError
+        When the channel counts differ, or the names differ as sets; the message names the model's channels.
+    """
+    expected = model_channel_names(metadata)
+    count = int(getattr(volume, "num_channels", 1))
+    have = [str(n) for n in getattr(volume, "channel_names", ())] or [str(i) for i in range(count)]
+    where = getattr(volume, "source", None) or f"image {getattr(volume, 'name', 'volume')!r}"
+    wanted = f"{len(expected)} channel(s) ({', '.join(expected)})"
+    if count != len(expected):
+        raise ChannelMismatchError(
+            f"{where}: has {count} channel(s) ({', '.join(have)}) but {model_name} expects {wanted}; give it "
+            "a scan with those channels (a 4D NIfTI or one file per channel, case_0000, case_0001, ...)"
+            + ("; or segment one of its channels (`sscce predict ... --channel N`, "
+               "`read_volume(path, channel=N)`)"
+               if len(expected) == 1 else ""))
+    defaults = [str(i) for i in range(count)]
+    if have == expected or have == defaults or expected == defaults:
+        return volume
+    lower = [n.lower() for n in have]
+    if sorted(lower) != sorted(n.lower() for n in expected):
+        raise ChannelMismatchError(
+            f"{where}: its channels ({', '.join(have)}) are not those {model_name} expects: {wanted}")
+    order = [lower.index(n.lower()) for n in expected]
+    return dataclasses.replace(volume, array=np.asarray(volume.array)[order], channel_names=tuple(expected),
+                               affine=np.array(volume.affine, dtype=float))
 
 
 class ClassMismatchError(ValueError):
@@ -95,7 +155,7 @@ def mismatch(volume: Any, metadata: Mapping[str, Any]) -> float:
     if hint and hint & _words(f"{card.get('title', '')} {card.get('data', '')} {card.get('name', '')}"):
         score -= HINT_BONUS
     in_channels = int(metadata.get("in_channels") or 1)
-    if (volume.array.shape[0] if np.ndim(volume.array) == 4 else 1) != in_channels:
+    if int(getattr(volume, "num_channels", 1)) != in_channels:
         score += 100.0  # cannot run at all
     return score
 

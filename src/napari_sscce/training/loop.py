@@ -469,7 +469,7 @@ def _choose_precision(config: TrainConfig, model, sampler, device, progress):
 
 
 # ---------------------------------------------------------------------------- the loop
-def _build_model(method: TrainingMethod, num_classes: int, init_checkpoint: str | None):
+def _build_model(method: TrainingMethod, num_classes: int, init_checkpoint: str | None, in_channels: int = 1):
     if init_checkpoint:
         ckpt = load_checkpoint(init_checkpoint)
         model = ckpt.model
@@ -477,8 +477,11 @@ def _build_model(method: TrainingMethod, num_classes: int, init_checkpoint: str 
             raise ValueError(
                 f"{init_checkpoint}: the model has {model.num_classes} classes, the data {num_classes}"
             )
+        if model.in_channels != in_channels:
+            raise ValueError(f"{init_checkpoint}: the model takes {model.in_channels} input channel(s), the "
+                             f"data have {in_channels}")
         return model
-    return method.build_model(1, num_classes)
+    return method.build_model(in_channels, num_classes)
 
 
 def _inherit_flip_axes(
@@ -570,11 +573,18 @@ class Trainer:
         """Labels of the labeled cases: number of classes, training spacing, flip axes and augmentation."""
         config = self.config
         self._event("reading labeled cases")
-        labels, spacings = [], []
+        labels, spacings, channels = [], [], []
         for name in self.splits.labeled:
             image, label, _ = self.dataset.load_case(name)
             labels.append(np.asarray(label.array) if label is not None else np.zeros(1))
             spacings.append(image.spacing)
+            channels.append(tuple(image.channel_names))
+        for name, have in zip(self.splits.labeled, channels, strict=True):
+            if have != channels[0]:
+                raise ValueError(f"labeled cases differ in their channels: {self.splits.labeled[0]!r} has "
+                                 f"{list(channels[0]) or ['one']}, {name!r} has {list(have) or ['one']}")
+        #: channel names of the scans (empty for single-channel scans), recorded in the model file
+        self.channel_names: tuple[str, ...] = channels[0] if channels else ()
         self.num_classes = config.num_classes or infer_num_classes(labels)
         self.spacing = [float(v) for v in np.median(np.array(spacings), axis=0)]
         if config.target_spacing:
@@ -596,12 +606,13 @@ class Trainer:
         """Model, sampler, precision, optimisers and scaler (in this order: it fixes the random streams)."""
         config, ctx, device = self.config, self.ctx, self.device
         seed_everything(config.seed, config.deterministic)
-        model = _build_model(self.method, self.num_classes, init_checkpoint).to(device)
-        torch.manual_seed(config.seed * 1000 + 1 + ctx.rank)  # dropout etc. differ per rank
         store = CaseStore(
             self.dataset.load_case, self.num_classes, config.normalization, self.method.extra_targets,
             config.cache_mb, config.target_spacing,
         )
+        model = _build_model(self.method, self.num_classes, init_checkpoint,
+                             max(1, len(self.channel_names))).to(device)
+        torch.manual_seed(config.seed * 1000 + 1 + ctx.rank)  # dropout etc. differ per rank
         self.sampler = PatchSampler(
             store, self.splits.labeled, self.splits.unlabeled, config.patch_size, config.labeled_bs,
             config.unlabeled_bs, config.foreground_fraction, self.augment_config,
@@ -764,6 +775,7 @@ class Trainer:
             "spacing": self.spacing,
             "normalization": {"mode": config.normalization},
             "class_names": config.class_names,
+            **({"channel_names": list(self.channel_names)} if self.channel_names else {}),
             "config": config.to_dict(),
             "train_summary": self.summary,
             "val_metrics": val_metrics,
