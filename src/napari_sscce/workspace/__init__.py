@@ -21,7 +21,8 @@ Safety rules:
 * **The manifest switch is the only commit point.** A case version is written under new file names
   (``<case>__<uid>``); until the manifest names them they are orphans. A crash at any point leaves either the
   old case or the new one, never a mix. The files an update replaced are deleted after the commit.
-* **Opening tidies, and deletes only what it owns** (issue 24, :mod:`napari_sscce.workspace.files`, :mod:`~napari_sscce.workspace.tidying`).
+* **Opening tidies, and deletes only what it owns** (issue 24, :mod:`napari_sscce.workspace.files`,
+  :mod:`~napari_sscce.workspace.tidying`).
   Under the lock it deletes the :mod:`napari_sscce.atomic` temporaries of its own files that are older than
   the last manifest commit, and moves to ``quarantine/<time>/`` (recoverable, never deleted) the orphans a
   crash left: files named ``<case>__<8 hex>.<ext>`` in ``images/``, ``labels/``, ``masks/`` that the
