@@ -23,8 +23,14 @@ class _ReadOnlyLock:
     def __init__(self, path: str, timeout: float = 0.0):
         self.path = path
 
-    def __enter__(self):
+    def acquire(self, *args, **kwargs):
         raise OSError(errno.EROFS, "Read-only file system", self.path)
+
+    def release(self, *args, **kwargs):
+        pass
+
+    def __enter__(self):
+        return self.acquire()
 
     def __exit__(self, *exc):
         return False

@@ -70,7 +70,6 @@ from napari_sscce.workspace.files import (
     RUN_MARKER,
     owned_file,
     owned_folder,
-    write_problem,
 )
 from napari_sscce.workspace.manifest import (
     _VERSION_DIR,
@@ -178,7 +177,7 @@ class Workspace(Tidying, RunFolders):
                 f"{LOCK_TIMEOUT:.0f} s; is another napari or script writing to this workspace?"
             ) from None
         except OSError as exc:
-            raise WorkspaceWriteError(write_problem(self.folder / LOCK, exc)) from None
+            raise WorkspaceWriteError.of(self.folder / LOCK, exc) from None
         try:
             self._manifest = self._load()
             yield json.loads(json.dumps(self._manifest))

@@ -52,7 +52,17 @@ class WorkspaceError(ValueError):
 
 
 class WorkspaceWriteError(WorkspaceError, OSError):
-    """A file of the workspace could not be written (read-only folder, full disk); says so in words."""
+    """A file of the workspace could not be written (read-only folder, full disk); says so in words.
+
+    Its ``errno`` is the failed write's (so a face can phrase its own advice), its text the sentence.
+    """
+
+    @classmethod
+    def of(cls, path: Path, exc: OSError) -> WorkspaceWriteError:
+        """The error for a failed write of ``path``: :func:`write_problem`'s sentence, ``exc``'s errno."""
+        err = cls(write_problem(path, exc))
+        err.errno = exc.errno
+        return err
 
 
 @dataclass
@@ -240,5 +250,5 @@ def _writing(path: Path) -> Iterator[None]:
     except OSError as exc:
         if isinstance(exc, FileNotFoundError):
             raise
-        raise WorkspaceWriteError(write_problem(path, exc)) from None
+        raise WorkspaceWriteError.of(path, exc) from None
 
