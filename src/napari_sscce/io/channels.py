@@ -172,5 +172,6 @@ def read_multichannel(path: str | os.PathLike, *, is_label: bool | None = None) 
     if problem is not None:
         raise VolumeError(path, f"{problem}; napari-sscce cannot place it in the world or resample it")
     channels = np.ascontiguousarray(np.moveaxis(array, 3, 0))
+    names = dataset_channel_names(path.parent, n) or tuple(str(i) for i in range(n))
     return Volume(array=channels, affine=raw.affine, spacing=spacing_of(raw.affine), source=path,
-                  metadata={"format": "nifti", **raw.metadata})
+                  metadata={"format": "nifti", **raw.metadata}, channel_names=names)

@@ -53,6 +53,8 @@ class Case:
     label_path: Path | None = None
     mask_path: Path | None = None
     subset: str = "train"
+    #: names of the image's channels when the dataset records them (a workspace manifest); else read
+    channel_names: tuple[str, ...] = ()
 
     @property
     def is_labeled(self) -> bool:
@@ -141,6 +143,8 @@ class VolumeDataset:
             image, label = read_image_label(case.image_path)
         else:
             image = read_multichannel(case.image_path, is_label=False)  # 3D scans read as before
+            if case.channel_names and image.num_channels == len(case.channel_names) > 1:
+                image.channel_names = tuple(case.channel_names)
             label = read_volume(case.label_path, is_label=True) if case.label_path else None
         mask = read_volume(case.mask_path, is_label=True) if case.mask_path else None
         if check:
@@ -259,7 +263,8 @@ def _workspace_cases(root: Path) -> list[Case]:
         cases = [
             Case(e.name, inside(root, e.image, where),
                  inside(root, e.label, where) if e.label else None,
-                 inside(root, e.mask, where) if e.mask else None)
+                 inside(root, e.mask, where) if e.mask else None,
+                 channel_names=tuple(e.channels))
             for e in entries
         ]
     except WorkspaceError as exc:

@@ -40,6 +40,8 @@ def output_suffix(path: str | os.PathLike) -> str:
 
 
 def _file_array(volume: Volume, path: Path) -> np.ndarray:
+    if not volume.is_label and np.ndim(volume.array) == 4 and volume.channel_names:
+        return np.asarray(volume.array, dtype=np.float32)  # (C, z, y, x): a 4D NIfTI, channels last
     array = ensure_3d(volume.array, path)
     if volume.is_label:
         array = as_label_array(array, path)
@@ -69,6 +71,8 @@ def write_volume(volume: Volume, path: str | os.PathLike) -> Path:
     array = _file_array(volume, path)
     with atomic_path(path, suffix=suffix) as tmp:
         if suffix == ".nrrd":
+            if array.ndim == 4:
+                raise VolumeError(path, "a multi-channel scan is written as NIfTI (.nii.gz), not NRRD")
             _write_nrrd(volume, array, tmp)
         else:
             _write_nifti(volume, array, tmp)
@@ -79,7 +83,9 @@ def _write_nifti(volume: Volume, array: np.ndarray, tmp: Path) -> None:
     import nibabel as nib
 
     affine = geometry.volume_to_ras_xyz(volume.affine)
-    img = nib.Nifti1Image(np.ascontiguousarray(array.transpose(2, 1, 0)), affine)
+    channels = array.ndim == 4
+    order = (3, 2, 1, 0) if channels else (2, 1, 0)  # (C, z, y, x) -> (x, y, z, C); (z, y, x) -> (x, y, z)
+    img = nib.Nifti1Image(np.ascontiguousarray(array.transpose(order)), affine)
     meta = volume.metadata
     qcode = int(meta.get("nifti_qform_code", 1) or 0)
     scode = int(meta.get("nifti_sform_code", 1) or 0)
@@ -88,6 +94,8 @@ def _write_nifti(volume: Volume, array: np.ndarray, tmp: Path) -> None:
     img.set_sform(affine, code=scode)
     img.set_qform(affine, code=qcode)
     units = meta.get("nifti_xyzt_units") or ("mm", "sec")
+    if channels:
+        units = (units[0], "unknown")  # the fourth axis holds channels, not time points
     img.header.set_xyzt_units(*units)
     img.header.set_data_dtype(array.dtype)
     nib.save(img, str(tmp))

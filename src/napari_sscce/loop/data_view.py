@@ -200,4 +200,8 @@ def build_view(
     atomic_write_json(
         folder / "splits.json", {"labeled": view.labeled, "unlabeled": view.unlabeled, "val": []}
     )
+    names = next((c.channels for c in ws.cases if c.channels), None)
+    if names:  # multi-channel scans: their names, for the images the view links (nnU-Net's dataset.json)
+        table = {str(i): n for i, n in enumerate(names)}
+        atomic_write_json(folder / "dataset.json", {"channel_names": table})
     return view

@@ -65,6 +65,7 @@ import numpy as np
 from filelock import FileLock, Timeout
 
 from napari_sscce.atomic import atomic_path, atomic_write_json, crash_point
+from napari_sscce.io.channels import read_multichannel
 from napari_sscce.io.volume import Volume
 from napari_sscce.workspace.files import (
     RUN_MARKER,
@@ -335,6 +336,7 @@ class Workspace(Tidying, RunFolders):
             final = (_case_key(manifest["cases"], wanted) or wanted) if update \
                 else _unique_name(wanted, manifest["cases"])
             old = manifest["cases"].get(final) or {}
+            self._refuse_other_channels(manifest, final, list(image.channel_names))
             uid = uuid.uuid4().hex[:8]
             self._refuse_shared_files(manifest, final, _planned_files(final, uid, label_arr is not None))
             files = self._write_case_files(final, image, label_arr, mask_arr, uid)
@@ -348,6 +350,7 @@ class Workspace(Tidying, RunFolders):
                 added_at=old.get("added_at", now),
                 updated_at=now,
                 confirmed_fraction=float(mask_arr.mean()) if mask_arr is not None and mask_arr.size else 0.0,
+                channels=list(image.channel_names),
             )
             manifest["cases"][final] = {**old, **asdict(entry)}  # keys of a newer version kept
             self._save(manifest)  # the commit point
@@ -378,6 +381,18 @@ class Workspace(Tidying, RunFolders):
                 path.unlink(missing_ok=True)
             raise
         return files
+
+    def _refuse_other_channels(self, manifest: dict[str, Any], name: str, channels: list[str]) -> None:
+        """Every image of a workspace has the same channels (a model trains on them together)."""
+        for other, entry in manifest["cases"].items():
+            theirs = list(entry.get("channels") or [])
+            if other != name and theirs != channels:
+                said = ", ".join(channels) if channels else "one channel"
+                raise WorkspaceError(
+                    f"workspace {self.folder}: case {name!r} has {said} but case {other!r} has "
+                    f"{', '.join(theirs) if theirs else 'one channel'}; every image of a workspace needs the "
+                    "same channels, in the same order (nothing was changed)"
+                )
 
     def _refuse_shared_files(self, manifest: dict[str, Any], name: str, files: dict[str, str]) -> None:
         """Refuse, before anything is written, when a file about to be written is another case's file
@@ -420,7 +435,11 @@ class Workspace(Tidying, RunFolders):
     def load_case(self, name: str) -> tuple[Volume, Volume | None, Volume | None]:
         """Read a case back: ``(image, labels or None, mask or None)``."""
         entry = self.case(name)
-        image = _read_volume(self._path(entry.image), False)
+        if entry.channels:  # a 4D NIfTI, channels last; the names live in the manifest
+            image = read_multichannel(self._path(entry.image))
+            image.channel_names = tuple(entry.channels)
+        else:
+            image = _read_volume(self._path(entry.image), False)
         labels = _read_volume(self._path(entry.label), True) if entry.label else None
         mask = _read_volume(self._path(entry.mask), True) if entry.mask else None
         return image, labels, mask

@@ -80,6 +80,9 @@ class CaseEntry:
     added_at: str = ""
     updated_at: str = ""
     confirmed_fraction: float = 0.0
+    #: the image's channel names, in order, for a multi-channel scan (its file is a 4D NIfTI, channels
+    #: last); empty for a single-channel one
+    channels: list[str] = field(default_factory=list)
 
     @property
     def labeled(self) -> bool:
@@ -161,6 +164,7 @@ _TOP_TYPES: dict[str, tuple[type, ...]] = {
 _CASE_TYPES: dict[str, tuple[type, ...]] = {
     "name": (str,), "image": (str,), "label": (str, type(None)), "mask": (str, type(None)),
     "source": (str, type(None)), "added_at": (str,), "updated_at": (str,), "confirmed_fraction": (int, float),
+    "channels": (list,),
 }
 _MODEL_TYPES: dict[str, tuple[type, ...]] = {
     "version": (str,), "path": (str,), "created": (str,), "info": (dict,), "metrics": (dict,),

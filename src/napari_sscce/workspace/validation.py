@@ -55,8 +55,8 @@ def _validated(
         return WorkspaceError(f"case {name!r}: {problem}")
 
     arr = np.asarray(image.array)
-    if arr.ndim != 3:
-        raise fail(f"the image must be 3D (z, y, x), got shape {image.shape}")
+    if arr.ndim != 3 and not (arr.ndim == 4 and image.channel_names):
+        raise fail(f"the image must be 3D (z, y, x), or (C, z, y, x) with channel names, got {arr.shape}")
     if not np.all(np.isfinite(image.spacing)) or min(image.spacing) <= 0:
         raise fail(f"the image spacing {image.spacing} is not positive and finite")
     if np.issubdtype(arr.dtype, np.floating) and not np.isfinite(arr).all():
