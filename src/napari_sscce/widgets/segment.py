@@ -11,6 +11,7 @@ from __future__ import annotations
 from pathlib import Path
 from typing import Any
 
+import numpy as np
 from qtpy.QtWidgets import (
     QComboBox,
     QFileDialog,
@@ -25,6 +26,7 @@ from qtpy.QtWidgets import (
 from napari_sscce.inference.config import DEVICES, InferenceConfig
 from napari_sscce.inference.predict import Prediction, predict_volume
 from napari_sscce.io.validate import apply_nan_policy
+from napari_sscce.io.volume import Volume
 from napari_sscce.progress import ProgressEvent
 from napari_sscce.widgets._config_form import config_values, config_widgets
 from napari_sscce.widgets._layers import ROLE_KEY, layer_kind, show_prediction, volume_from_layer
@@ -59,6 +61,41 @@ def image_layers(viewer: Any) -> list[Any]:
         for layer in viewer.layers
         if layer_kind(layer) == "image" and layer.ndim == 3 and not layer.metadata.get(ROLE_KEY)
     ]
+
+
+def model_channels(metadata: dict[str, Any]) -> list[str]:
+    """The channel names a model expects (``[]`` for a one-channel model)."""
+    names = [str(n) for n in (metadata.get("channel_names") or [])]
+    count = int(metadata.get("in_channels") or len(names) or 1)
+    return names if count > 1 else []
+
+
+def channel_layers(viewer: Any, layer: Any, names: list[str]) -> list[Any]:
+    """The image layers that are ``layer``'s scan's channels ``names``, in the model's order.
+
+    A channel is the image layer on ``layer``'s grid (same shape, scale and translate) whose name is the
+    channel's name or ends with it (``"case T1"``, ``"case_FLAIR"``; case-insensitive), ``layer`` included.
+
+    Raises
+    ------
+    ValueError
+        Naming the channels that have no such layer, and what to open.
+    """
+    grid = [c for c in image_layers(viewer)
+            if np.shape(c.data) == np.shape(layer.data) and tuple(c.scale) == tuple(layer.scale)
+            and tuple(c.translate) == tuple(layer.translate)]
+    found, missing = [], []
+    for name in names:
+        wanted = name.lower()
+        match = next((c for c in grid if c.name.lower() == wanted or
+                      c.name.lower().rstrip().endswith((f" {wanted}", f"_{wanted}", f"-{wanted}"))), None)
+        (found if match is not None else missing).append(match if match is not None else name)
+    if missing:
+        raise ValueError(
+            f"the model expects the channels {', '.join(names)}; no image layer on {layer.name}'s grid is "
+            f"named for {', '.join(missing)} (open each channel as a layer named like '<scan> {missing[0]}')"
+        )
+    return found
 
 
 def device_in_use(name: str) -> str:
@@ -369,7 +406,7 @@ class SegmentWidget(QWidget):
             self.status.setText("Choose a model file first.")
             return
         try:
-            volume = volume_from_layer(layer)
+            volume = self._volume_for_model(layer)
             config = self.config()
             apply_nan_policy(volume, config.nan_policy)  # NaN / Inf voxels: a clear message, no run
         except ValueError as exc:
@@ -383,6 +420,23 @@ class SegmentWidget(QWidget):
         self.runner.start(
             predict_with_session, self.session, predict_volume, str(self.model_path), volume, config
         )
+
+    def _volume_for_model(self, layer: Any) -> Any:
+        """``layer`` as a Volume; for a multi-channel model, the layers that are its channels stacked in
+        the model's order (:func:`channel_layers`)."""
+        from napari_sscce.models.checkpoint import read_checkpoint_metadata
+
+        volume = volume_from_layer(layer)
+        try:
+            names = model_channels(read_checkpoint_metadata(self.model_path))
+        except (ValueError, OSError):  # an unreadable model fails visibly when the run loads it
+            return volume
+        if not names:
+            return volume
+        layers = channel_layers(self.viewer, layer, names)
+        stacked = np.stack([np.asarray(volume_from_layer(c).array, dtype=np.float32) for c in layers])
+        return Volume(stacked, spacing=volume.spacing, affine=volume.affine, source=volume.source,
+                      metadata=dict(volume.metadata), channel_names=tuple(names))
 
     def _check_domain(self, volume: Any) -> list[str]:
         """How ``volume`` differs from the model's training data (rules: ``models.pretrained``)."""
