@@ -113,3 +113,21 @@ def test_channel_mismatch_messages():
     matched = match_channels(named, {"in_channels": 2, "channel_names": ["T2", "ADC"]})
     assert matched.channel_names == ("T2", "ADC") and matched.array[0].min() == 1.0
     assert match_channels(named, {"in_channels": 2}) is named  # a model without names takes them as given
+
+
+def test_napari_reader_opens_a_multichannel_scan_as_one_layer_per_channel(tmp_path):
+    import json
+
+    from napari_sscce.io.napari_io import read_layers
+    from napari_sscce.io.volume import Volume
+    from napari_sscce.io.writers import write_volume
+
+    arr = np.random.default_rng(0).random((2, 8, 10, 12)).astype(np.float32)
+    volume = Volume(arr, spacing=(2.0, 1.0, 0.5), channel_names=("T1", "FLAIR"))
+    write_volume(volume, tmp_path / "case.nii.gz")
+    (tmp_path / "dataset.json").write_text(json.dumps({"channel_names": {"0": "T1", "1": "FLAIR"}}))
+    layers = read_layers(str(tmp_path / "case.nii.gz"))
+    assert [(kind, kw["name"]) for _, kw, kind in layers] == [("image", "case T1"), ("image", "case FLAIR")]
+    for (data, kw, _), channel in zip(layers, arr, strict=True):
+        np.testing.assert_allclose(data, channel)
+        assert tuple(kw["scale"]) == (2.0, 1.0, 0.5)

@@ -14,9 +14,10 @@ from typing import Any
 
 import numpy as np
 
+from napari_sscce.io.channels import read_multichannel
 from napari_sscce.io.formats import h5_has_dataset
 from napari_sscce.io.geometry import spacing_of
-from napari_sscce.io.readers import detect_format, read_image_label, read_volume
+from napari_sscce.io.readers import detect_format, looks_like_label_file, read_image_label, read_volume
 from napari_sscce.io.sample_data import layer_data
 from napari_sscce.io.volume import Volume
 from napari_sscce.io.writers import write_volume
@@ -57,7 +58,10 @@ def read_layers(path: PathOrPaths) -> list[LayerData]:
     """Read files into napari layers: scans -> Image, label maps -> Labels; an LA ``.h5`` gives both.
 
     A file is a label map when it sits in a ``labels``/``labelsTr``/``masks`` folder or is named
-    ``*_seg*``/``*label*`` and holds non-negative integers (see :func:`read_volume`).
+    ``*_seg*``/``*label*`` and holds non-negative integers (see :func:`read_volume`). A multi-channel scan
+    (a 4D NIfTI, channels last; :func:`napari_sscce.io.channels.read_multichannel`) gives one Image layer per
+    channel named ``"<scan> <channel name>"`` on one grid, which is how the Segment widget finds a
+    multi-channel model's channels.
     """
     paths = [path] if isinstance(path, str | os.PathLike) else list(path)
     layers: list[LayerData] = []
@@ -66,9 +70,14 @@ def read_layers(path: PathOrPaths) -> list[LayerData]:
             image, label = read_image_label(p)
             layers += layer_data(image, label)
         else:
-            volume = read_volume(p)
+            volume = read_multichannel(p) if not looks_like_label_file(p) else read_volume(p)
             if volume.is_label:
                 layers.append((volume.array, volume.layer_kwargs(), "labels"))
+            elif volume.channel_names:
+                for i, name in enumerate(volume.channel_names):
+                    one = volume.channel(i)
+                    one.metadata["sample_name"] = f"{volume.name} {name}"  # the layer's name
+                    layers += layer_data(one, None)
             else:
                 layers += layer_data(volume, None)
     return layers
