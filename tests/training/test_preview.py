@@ -67,3 +67,22 @@ def test_preview_refuses_without_corrections(tmp_path):
         preview_update(load_checkpoint(path), image, truth, np.zeros(truth.shape, bool))
     with pytest.raises(ValueError, match="must match"):
         preview_update(path, image, truth[:4], np.ones(truth[:4].shape, bool))
+
+
+def test_preview_of_a_multichannel_scan(tmp_path, one_torch_thread):
+    from sscce_factory import tiny_dual_model
+
+    from napari_sscce.models.checkpoint import save_checkpoint
+
+    model = tiny_dual_model(base_filters=2, in_channels=2)
+    path = save_checkpoint(tmp_path / "m2.safetensors", model,
+                           {"method": "cce", "patch_size": [16, 32, 32], "normalization": {"mode": "zscore"},
+                            "channel_names": ["T1", "T2"]})
+    image, truth = _scan()
+    two = Volume(np.stack([image.array, -image.array]), spacing=image.spacing, channel_names=("T1", "T2"))
+    mask = np.zeros(truth.shape, bool)
+    mask[6:10] = True
+    result = preview_update(path, two, truth, mask, seconds=60, max_steps=3,
+                            inference=InferenceConfig(device="cpu", precision="fp32"))
+    assert result.steps == 3 and result.prediction.labels.shape == truth.shape
+    np.testing.assert_array_equal(result.prediction.labels[mask], truth[mask])

@@ -129,10 +129,12 @@ def _patch_starts(weights: np.ndarray, patch: tuple[int, ...], n: int, rng: np.r
 
 
 def _crop(array: np.ndarray, start: tuple[int, ...], patch: tuple[int, ...]) -> np.ndarray:
-    """A patch of ``array`` at ``start``, zero-padded where the volume is smaller than the patch."""
-    sl = tuple(slice(s, s + p) for s, p in zip(start, patch, strict=True))
+    """A patch of ``array`` (z, y, x, or channels first) at ``start``, zero-padded where the volume is
+    smaller than the patch."""
+    lead = array.ndim - 3
+    sl = (slice(None),) * lead + tuple(slice(s, s + p) for s, p in zip(start, patch, strict=True))
     out = array[sl]
-    pad = [(0, p - n) for p, n in zip(patch, out.shape, strict=True)]
+    pad = [(0, 0)] * lead + [(0, p - n) for p, n in zip(patch, out.shape[lead:], strict=True)]
     return np.pad(out, pad) if any(b for _, b in pad) else out
 
 
@@ -169,7 +171,9 @@ def _adapt(net: nn.Module, data: tuple[np.ndarray, ...], patch: tuple[int, ...],
     while go_on(len(losses)):
         check(cancel)
         starts = _patch_starts(centres, patch, BATCH, rng)
-        x = torch.from_numpy(np.stack([_crop(array, s, patch) for s in starts]))[:, None]
+        x = torch.from_numpy(np.stack([_crop(array, s, patch) for s in starts]))
+        if x.dim() == 4:  # one channel: (B, z, y, x) -> (B, 1, z, y, x)
+            x = x[:, None]
         y = torch.from_numpy(np.stack([_crop(lab, s, patch) for s in starts]).astype(np.int64))
         w = torch.from_numpy(np.stack([_crop(weights, s, patch) for s in starts]))
         logits_a, logits_b = net(x)
