@@ -70,9 +70,8 @@ def test_preview_refuses_without_corrections(tmp_path):
 
 
 def test_preview_of_a_multichannel_scan(tmp_path, one_torch_thread):
-    from sscce_factory import tiny_dual_model
-
     from napari_sscce.models.checkpoint import save_checkpoint
+    from sscce_factory import tiny_dual_model
 
     model = tiny_dual_model(base_filters=2, in_channels=2)
     path = save_checkpoint(tmp_path / "m2.safetensors", model,
