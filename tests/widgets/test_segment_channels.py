@@ -50,3 +50,31 @@ def test_a_missing_channel_is_said(make_napari_viewer, scan, tmp_path):
     assert not widget.runner.running
     text = widget.status.text()
     assert "expects the channels T1, FLAIR" in text and "FLAIR" in text.split("named for")[1]
+
+
+def test_a_multichannel_case_goes_into_the_workspace_with_its_channels(qtbot, make_napari_viewer, scan,
+                                                                     tmp_path):
+    from napari_sscce.widgets.finetune import FinetuneWidget
+    from napari_sscce.workspace import Workspace
+
+    image, _ = scan
+    viewer = make_napari_viewer()
+    viewer.add_image(image.array, name="case T1", scale=image.spacing)
+    viewer.add_image(image.array * -1.0, name="case FLAIR", scale=image.spacing)
+    segment = SegmentWidget(viewer)
+    segment.set_model(_two_channel_model(tmp_path / "m2.safetensors"))
+    widget = FinetuneWidget(viewer)
+    segment.run(viewer.layers["case T1"])
+    qtbot.waitUntil(lambda: not segment.runner.running, timeout=WAIT_MS)
+    widget.image_combo.setCurrentText("case T1")
+    seg = viewer.layers["case T1 segmentation"]
+    assert widget.segmentation_layer() is seg
+    seg.brush_size = 4
+    seg.paint((8, 16, 16), 1 - int(seg.data[8, 16, 16]))  # a real change
+    widget.set_workspace(tmp_path / "ws")
+    name = widget.add_to_labeled_set()
+    assert name is not None, widget.status.text()
+    ws = Workspace(tmp_path / "ws")
+    stored, labels, _ = ws.load_case(name)
+    assert stored.channel_names == ("T1", "FLAIR") and stored.array.shape == (2, *image.array.shape)
+    assert labels.array.shape == image.array.shape and len(ws.cases) == 1  # no channel added as a scan

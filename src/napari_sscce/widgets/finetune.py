@@ -85,7 +85,7 @@ from napari_sscce.widgets._state import (
     update_settings,
 )
 from napari_sscce.widgets._worker import WorkRunner, describe_event
-from napari_sscce.widgets.segment import ImageLayerCombo, image_layers
+from napari_sscce.widgets.segment import ImageLayerCombo, image_layers, model_volume
 from napari_sscce.workspace import Workspace, safe_case_name
 
 #: what the loop benchmark measured about the method choice (README "Does the loop pay?")
@@ -547,8 +547,8 @@ class FinetuneWidget(QWidget):
 
     def _write_case(self, ws: Workspace, layer: Any, seg: Any) -> str:
         """Add (or update) the case of image ``layer`` with labels ``seg`` and the confirmed mask."""
-        image = volume_from_layer(layer)
-        labels = image.with_array(seg.data, is_label=True)
+        image = model_volume(self.viewer, layer, self.session.model_path)  # its channels, for such a model
+        labels = image.with_array(np.asarray(seg.data), is_label=True)
         case = layer.metadata.get(CASE_KEY) or self._case_names.get(layer.name)
         known = case in {c.name for c in ws.cases}  # added before: update that case explicitly
         confirmed = self.tracker.mask(self.mode) > 0
@@ -642,12 +642,17 @@ class FinetuneWidget(QWidget):
         if mask is None or not mask.any():
             self.status.setText("Correct or mark some slices first: the preview learns from them.")
             return
+        try:
+            volume = model_volume(self.viewer, image, model)
+        except ValueError as exc:
+            self.status.setText(str(exc))
+            return
         self._target, self._stage = image, "preview"
         self._saved_edits = (tracker.edited.copy(), set(tracker.planes))
         self._set_running(True)
         self.status.setText(f"adapting {model_label(Path(model))} to your corrections (about "
                             f"{PREVIEW_SECONDS:g} s) …")
-        self.runner.start(preview_update, str(model), volume_from_layer(image), np.array(seg.data), mask,
+        self.runner.start(preview_update, str(model), volume, np.array(seg.data), mask,
                           seconds=PREVIEW_SECONDS, inference=self.inference_config())
 
     def _preview_finished(self, result: Any) -> None:
@@ -721,7 +726,10 @@ class FinetuneWidget(QWidget):
         shutil.rmtree(run, ignore_errors=True)
 
     def _add_unlabeled(self, ws: Workspace) -> None:
-        """Other open images join the workspace as unlabeled data (once; by layer name)."""
+        """Other open images join the workspace as unlabeled data (once; by layer name). A multi-channel
+        workspace takes none: its open layers are channels of scans, not scans."""
+        if any(c.channels for c in ws.cases):
+            return
         known = {c.name for c in ws.cases}
         target = self.image_combo.currentText()
         for layer in image_layers(self.viewer):
@@ -744,7 +752,8 @@ class FinetuneWidget(QWidget):
         self._stage = "segment"
         self._set_running(True)
         self.runner.start(
-            predict_with_session, self.session, predict_volume, str(model), volume_from_layer(layer),
+            predict_with_session, self.session, predict_volume, str(model),
+            model_volume(self.viewer, layer, model),
             self.inference_config(),
         )
 

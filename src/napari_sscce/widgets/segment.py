@@ -98,6 +98,24 @@ def channel_layers(viewer: Any, layer: Any, names: list[str]) -> list[Any]:
     return found
 
 
+def model_volume(viewer: Any, layer: Any, model_path: Any) -> Volume:
+    """``layer`` as a Volume; for a multi-channel model, the layers that are its channels stacked in the
+    model's order (:func:`channel_layers`). A one-channel (or unreadable) model gets ``layer`` alone."""
+    from napari_sscce.models.checkpoint import read_checkpoint_metadata
+
+    volume = volume_from_layer(layer)
+    try:
+        names = model_channels(read_checkpoint_metadata(model_path)) if model_path else []
+    except (ValueError, OSError):  # an unreadable model fails visibly when the run loads it
+        return volume
+    if not names:
+        return volume
+    layers = channel_layers(viewer, layer, names)
+    stacked = np.stack([np.asarray(volume_from_layer(c).array, dtype=np.float32) for c in layers])
+    return Volume(stacked, spacing=volume.spacing, affine=volume.affine, source=volume.source,
+                  metadata=dict(volume.metadata), channel_names=tuple(names))
+
+
 def device_in_use(name: str) -> str:
     """What ``name`` resolves to on this machine, or why it cannot be used."""
     from napari_sscce.inference.device import DeviceError, resolve_device
@@ -422,21 +440,8 @@ class SegmentWidget(QWidget):
         )
 
     def _volume_for_model(self, layer: Any) -> Any:
-        """``layer`` as a Volume; for a multi-channel model, the layers that are its channels stacked in
-        the model's order (:func:`channel_layers`)."""
-        from napari_sscce.models.checkpoint import read_checkpoint_metadata
-
-        volume = volume_from_layer(layer)
-        try:
-            names = model_channels(read_checkpoint_metadata(self.model_path))
-        except (ValueError, OSError):  # an unreadable model fails visibly when the run loads it
-            return volume
-        if not names:
-            return volume
-        layers = channel_layers(self.viewer, layer, names)
-        stacked = np.stack([np.asarray(volume_from_layer(c).array, dtype=np.float32) for c in layers])
-        return Volume(stacked, spacing=volume.spacing, affine=volume.affine, source=volume.source,
-                      metadata=dict(volume.metadata), channel_names=tuple(names))
+        """``layer`` as the model's input (:func:`model_volume`)."""
+        return model_volume(self.viewer, layer, self.model_path)
 
     def _check_domain(self, volume: Any) -> list[str]:
         """How ``volume`` differs from the model's training data (rules: ``models.pretrained``)."""
