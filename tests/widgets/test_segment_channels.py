@@ -4,6 +4,7 @@ model's channels (preselected by name, in the model's order); a missing channel 
 from __future__ import annotations
 
 import numpy as np
+import pytest
 
 from napari_sscce.models.checkpoint import save_checkpoint
 from napari_sscce.widgets.segment import SegmentWidget, channel_layers, model_channels
@@ -34,6 +35,13 @@ def test_channels_come_from_the_layers_named_for_them(qtbot, make_napari_viewer,
     volume = widget._volume_for_model(flair)
     assert volume.channel_names == ("T1", "FLAIR") and volume.array.shape == (2, *image.array.shape)
     np.testing.assert_array_equal(volume.array[0], image.array.astype(np.float32))  # T1 first
+    picker = widget.channel_picker
+    widget._refresh_channels(flair)
+    assert not picker.isHidden()
+    assert [c.currentText() for c in picker.combos.values()] == ["case T1", "case FLAIR"]
+    picker.combos["T1"].setCurrentText("case FLAIR")  # a person's choice wins over the names
+    assert widget._volume_for_model(flair).array[0].mean() == pytest.approx(-image.array.mean(), rel=1e-5)
+    picker.combos["T1"].setCurrentText("case T1")
     widget.run(flair)
     qtbot.waitUntil(lambda: not widget.runner.running, timeout=WAIT_MS)
     assert "case FLAIR segmentation" in viewer.layers, widget.status.text()

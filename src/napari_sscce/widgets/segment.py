@@ -15,6 +15,7 @@ import numpy as np
 from qtpy.QtWidgets import (
     QComboBox,
     QFileDialog,
+    QFormLayout,
     QHBoxLayout,
     QLabel,
     QProgressBar,
@@ -173,6 +174,49 @@ class ImageLayerCombo(QComboBox):
         return self.viewer.layers[name] if name and name in self.viewer.layers else None
 
 
+class ChannelPicker(QWidget):
+    """One combo per channel of a multi-channel model: the image layer that is that channel, preselected by
+    name (:func:`channel_layers`) and changeable by the person. Hidden for a one-channel model."""
+
+    def __init__(self, parent: QWidget | None = None):
+        super().__init__(parent)
+        self.form = QFormLayout(self)
+        self.form.setContentsMargins(0, 0, 0, 0)
+        self.combos: dict[str, QComboBox] = {}
+        self.setVisible(False)
+
+    def refresh(self, viewer: Any, layer: Any | None, names: list[str]) -> None:
+        """List the layers on ``layer``'s grid for each channel of ``names``; keep a person's choices."""
+        kept = {n: c.currentText() for n, c in self.combos.items()}
+        while self.form.rowCount():
+            self.form.removeRow(0)
+        self.combos = {}
+        self.setVisible(bool(names) and layer is not None)
+        if not names or layer is None:
+            return
+        grid = [c.name for c in image_layers(viewer)
+                if np.shape(c.data) == np.shape(layer.data) and tuple(c.scale) == tuple(layer.scale)]
+        try:
+            guess = [c.name for c in channel_layers(viewer, layer, names)]
+        except ValueError:
+            guess = [""] * len(names)
+        for name, proposed in zip(names, guess, strict=True):
+            combo = QComboBox(self)
+            combo.addItems(["", *grid])
+            choice = kept.get(name) if kept.get(name) in grid else proposed
+            combo.setCurrentText(choice or "")
+            combo.setToolTip(f"the image layer that is the model's channel {name!r}")
+            self.form.addRow(f"channel {name}", combo)
+            self.combos[name] = combo
+
+    def chosen(self, viewer: Any) -> list[Any] | None:
+        """The chosen layers in the model's order, or None when a channel has no layer chosen."""
+        names = [c.currentText() for c in self.combos.values()]
+        if not names or not all(names) or any(n not in viewer.layers for n in names):
+            return None
+        return [viewer.layers[n] for n in names]
+
+
 class SegmentWidget(QWidget):
     """Segment a 3D image with a two-network model and show its uncertainty.
 
@@ -215,6 +259,7 @@ class SegmentWidget(QWidget):
         self.browse_button.setMaximumWidth(32)
         self.model_info = QLabel("no model chosen", self)
         self.model_info.setWordWrap(True)
+        self.channel_picker = ChannelPicker(self)
 
     def _build_options(self) -> None:
         """The inference options: a magicgui form over :class:`InferenceConfig` (its defaults and docs)."""
@@ -245,6 +290,7 @@ class SegmentWidget(QWidget):
         model = self.sections["model"]
         model.add_row("image", self.image_combo)
         model.add_row("model", model_row)
+        model.add_full(self.channel_picker)
         model.add_full(self.model_info)
         options = self.sections["options"]
         options.add_row("device", self.device_combo)
@@ -277,6 +323,7 @@ class SegmentWidget(QWidget):
         self.runner.failed.connect(self._on_failed)
         self.session.model_changed.connect(self._on_session_model)
         self.image_combo.currentTextChanged.connect(lambda _: self._propose_for_image())
+        self.image_combo.currentTextChanged.connect(lambda _: self._refresh_channels())
 
     # ------------------------------------------------------------------------------------------ controls
     def config(self) -> InferenceConfig:
@@ -313,6 +360,7 @@ class SegmentWidget(QWidget):
         self._model_picked = picked
         remember_model(path)
         self._fill_models()
+        self._refresh_channels()
 
     def propose_model(self, layer: Any | None = None) -> Path | None:
         """The known model whose training data fits ``layer`` (default: the chosen image) best.
@@ -440,8 +488,26 @@ class SegmentWidget(QWidget):
         )
 
     def _volume_for_model(self, layer: Any) -> Any:
-        """``layer`` as the model's input (:func:`model_volume`)."""
-        return model_volume(self.viewer, layer, self.model_path)
+        """``layer`` as the model's input: for a multi-channel model the layers the channel picker names
+        (preselected by name), else :func:`model_volume`."""
+        self._refresh_channels(layer)
+        chosen = self.channel_picker.chosen(self.viewer) if self.channel_picker.combos else None
+        if chosen is None:
+            return model_volume(self.viewer, layer, self.model_path)
+        base = volume_from_layer(layer)
+        stacked = np.stack([np.asarray(volume_from_layer(c).array, dtype=np.float32) for c in chosen])
+        return Volume(stacked, spacing=base.spacing, affine=base.affine, source=base.source,
+                      metadata=dict(base.metadata), channel_names=tuple(self.channel_picker.combos))
+
+    def _refresh_channels(self, layer: Any | None = None) -> None:
+        """Show one layer choice per channel when the model has several."""
+        from napari_sscce.models.checkpoint import read_checkpoint_metadata
+
+        try:
+            names = model_channels(read_checkpoint_metadata(self.model_path)) if self.model_path else []
+        except (ValueError, OSError):
+            names = []
+        self.channel_picker.refresh(self.viewer, layer or self.image_combo.layer(), names)
 
     def _check_domain(self, volume: Any) -> list[str]:
         """How ``volume`` differs from the model's training data (rules: ``models.pretrained``)."""
