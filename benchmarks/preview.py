@@ -25,6 +25,7 @@ import numpy as np
 
 from napari_sscce.atomic import atomic_write_bytes, atomic_write_json
 from napari_sscce.io.datasets import open_dataset
+from napari_sscce.precision import cpu_model
 
 ROOT = Path(__file__).resolve().parents[1]
 
@@ -85,7 +86,7 @@ def main(argv: list[str] | None = None) -> int:
     gains = np.array([r["gain"] for r in rows])
     result = {
         "model": args.model, "cases": len(rows), "slices": args.slices, "budget_seconds": seconds,
-        "machine": f"{_cpu()}, {torch.get_num_threads()} threads",
+        "machine": f"{cpu_model()}, {torch.get_num_threads()} threads",
         "mean_dice_before": float(np.mean([r["dice_before"] for r in rows])),
         "mean_dice_after": float(np.mean([r["dice_after"] for r in rows])),
         "mean_gain": float(gains.mean()), "cases_improved": int((gains > 0).sum()),
@@ -102,14 +103,6 @@ def main(argv: list[str] | None = None) -> int:
     return 0
 
 
-def _cpu() -> str:
-    try:
-        for line in Path("/proc/cpuinfo").read_text().splitlines():
-            if line.startswith("model name"):
-                return line.split(":", 1)[1].strip()
-    except OSError:
-        pass
-    return "unknown CPU"
 
 
 def to_markdown(r: dict[str, Any]) -> str:

@@ -25,7 +25,6 @@ from __future__ import annotations
 
 import argparse
 import json
-import platform
 import sys
 import time
 from pathlib import Path
@@ -35,6 +34,7 @@ import numpy as np
 
 from napari_sscce.atomic import atomic_write_bytes, atomic_write_json
 from napari_sscce.io.datasets import open_dataset
+from napari_sscce.precision import cpu_model
 
 ROOT = Path(__file__).resolve().parents[1]
 
@@ -132,14 +132,6 @@ def _dice(case: dict[str, Any]) -> float:
     return mean_dice(case["labels"], case["gt"], range(1, int(case["gt"].max()) + 1))
 
 
-def _cpu_name() -> str:
-    try:
-        for line in Path("/proc/cpuinfo").read_text().splitlines():
-            if line.startswith("model name"):
-                return line.split(":", 1)[1].strip()
-    except OSError:
-        pass
-    return platform.processor() or platform.machine()
 
 
 def to_markdown(result: dict[str, Any]) -> str:
@@ -188,7 +180,7 @@ def main(argv: list[str] | None = None) -> int:
     t = time.perf_counter()
     cases = predict_cached(args.model, args.data, args.cache, args.max_cases, args.tta)
     command = "python benchmarks/ranking.py " + " ".join(argv if argv is not None else sys.argv[1:])
-    machine = f"{_cpu_name()}, {torch.get_num_threads()} threads"
+    machine = f"{cpu_model()}, {torch.get_num_threads()} threads"
     result = {"model": args.model, "tta": args.tta, "machine": machine, "command": command, **evaluate(cases)}
     result["seconds"] = time.perf_counter() - t
     stem = args.name or f"ranking_{args.model}"

@@ -192,7 +192,8 @@ def _as_volume(volume: Volume | np.ndarray) -> Volume:
     return Volume(array=array)
 
 
-def _normalization_mode(metadata: dict[str, Any]) -> str:
+def normalization_mode(metadata: dict[str, Any]) -> str:
+    """The intensity normalisation a model was trained with (its metadata ``normalization``)."""
     norm = metadata.get("normalization")
     if isinstance(norm, dict):
         return str(norm.get("mode", DEFAULT_NORMALIZATION))
@@ -264,7 +265,7 @@ def _model_input(
             "inference", 0, 0, f"{replaced} NaN/Inf voxels set by nan_policy {config.nan_policy!r}"
         ))
     report(progress, ProgressEvent("inference", 0, 0, "normalising"))
-    image = normalize_intensity(raw, _normalization_mode(meta))
+    image = normalize_intensity(raw, normalization_mode(meta))
     del raw
     if tuple(work_shape) != tuple(volume.shape):
         report(progress, ProgressEvent("inference", 0, 0, f"resampling {volume.shape} -> {work_shape}"))
@@ -411,7 +412,7 @@ def predict_volume(
     info = {
         "windows": len(plan.windows), "patch": list(plan.patch), "step": list(plan.step),
         "work_shape": list(work_shape), "flips": [list(f) for f in flips],
-        "normalization": _normalization_mode(meta), "nonfinite_voxels": replaced,
+        "normalization": normalization_mode(meta), "nonfinite_voxels": replaced,
         "nan_policy": config.nan_policy, "temperature": temperature,
     }
     windows = len(plan.windows)

@@ -97,24 +97,23 @@ class PreviewResult:
     after: float | None = None
 
 
-def _prepare(image: Volume, labels: np.ndarray, mask: np.ndarray, meta: dict[str, Any], num_classes: int):
-    """Image, labels and confirmed-voxel weights on the model's grid, normalised as the model was trained."""
-    from napari_sscce.inference.predict import DEFAULT_NORMALIZATION
+def _model_image(image: Volume, meta: dict[str, Any]) -> np.ndarray:
+    """The scan on the model's grid, normalised as the model was trained (as inference prepares it)."""
+    from napari_sscce.inference.predict import normalization_mode
 
-    norm = meta.get("normalization")
-    if isinstance(norm, dict):
-        mode = str(norm.get("mode", DEFAULT_NORMALIZATION))
-    else:
-        mode = str(norm or DEFAULT_NORMALIZATION)
-    array = normalize_intensity(np.asarray(image.array, dtype=np.float32), mode)
+    array = normalize_intensity(np.asarray(image.array, dtype=np.float32), normalization_mode(meta))
     spacing = meta.get("spacing")
-    shape = tuple(image.shape)
     if spacing and not np.allclose(image.spacing, spacing, rtol=1e-3):
         shape = resampled_shape(image.shape, image.spacing, [float(s) for s in spacing])
         array = resample_to_shape(array, shape, order=1)
-    weights = np.clip(np.asarray(mask, dtype=np.float32), 0.0, 1.0)
-    lab, weights = resample_annotation(np.asarray(labels).astype(np.int64), weights, num_classes, shape)
-    return array.astype(np.float32), lab, weights
+    return array.astype(np.float32, copy=False)
+
+
+def _model_annotation(labels: np.ndarray, weights: np.ndarray, num_classes: int,
+                      shape: tuple[int, ...]) -> tuple[np.ndarray, np.ndarray]:
+    """Labels and weights on the model's grid, sparse annotations kept (``resample_annotation``)."""
+    weights = np.clip(np.asarray(weights, dtype=np.float32), 0.0, 1.0)
+    return resample_annotation(np.asarray(labels).astype(np.int64), weights, num_classes, shape)
 
 
 def _patch_starts(weights: np.ndarray, patch: tuple[int, ...], n: int, rng: np.random.Generator) -> list:
@@ -150,8 +149,10 @@ def _training_data(image: Volume, labels: np.ndarray, train_mask: np.ndarray, he
     but the held-aside voxels, the current labels (weight :data:`DISTILL_WEIGHT`); ``centres`` marks the
     corrections the patches centre on. The two parts are resampled apart, so that a thin corrected slice is
     not outvoted by its uncorrected neighbours when the model's grid is coarser."""
-    array, corrected_lab, centres = _prepare(image, labels, train_mask, meta, classes)
-    _, own_lab, own_w = _prepare(image, labels, (~held).astype(np.float32), meta, classes)
+    array = _model_image(image, meta)
+    shape = tuple(array.shape[-3:])
+    corrected_lab, centres = _model_annotation(labels, train_mask, classes, shape)
+    own_lab, own_w = _model_annotation(labels, ~held, classes, shape)
     lab = np.where(centres > 0, corrected_lab, own_lab)
     weights = np.where(centres > 0, centres, DISTILL_WEIGHT * own_w).astype(np.float32)
     return array, lab, weights, centres
