@@ -37,6 +37,7 @@ from napari_sscce.uncertainty.regions import (
     expected_threshold,
     label_regions,
     rank_regions,
+    resolve_threshold,
     split_large_components,
 )
 from napari_sscce.uncertainty.scans import volume_score
@@ -63,6 +64,7 @@ __all__ = [
     "label_regions",
     "rank_regions",
     "rank_slices",
+    "resolve_threshold",
     "split_large_components",
     "volume_score",
 ]

@@ -26,7 +26,7 @@ from napari_sscce.atomic import atomic_write_json
 from napari_sscce.io.volume import Volume
 from napari_sscce.io.writers import write_volume
 from napari_sscce.uncertainty.maps import combined_uncertainty, error_probability
-from napari_sscce.uncertainty.regions import DEFAULT_THRESHOLD, expected_threshold, label_regions
+from napari_sscce.uncertainty.regions import label_regions, resolve_threshold
 from napari_sscce.uncertainty.scans import volume_score
 from napari_sscce.uncertainty.slices import rank_slices
 
@@ -71,7 +71,7 @@ def ranking_report(
         JSON-ready; see the module docstring.
     """
     u = combined_uncertainty(entropy, kl)
-    threshold = expected_threshold(u) if DEFAULT_THRESHOLD == "expected" else DEFAULT_THRESHOLD
+    threshold = resolve_threshold(None, u, labels)  # the default, as a number the report records
     image, regions = label_regions(entropy, kl, labels, tuple(float(s) for s in spacing), threshold,
                                    max_regions=max_regions)
     slices = rank_slices(entropy, kl, labels, axis=axis, top=max_slices)

@@ -159,6 +159,20 @@ class Region:
         return asdict(self)
 
 
+def resolve_threshold(
+    threshold: float | str | None, u: np.ndarray, labels: np.ndarray | None = None
+) -> float:
+    """The number a region threshold stands for: ``None`` is :data:`DEFAULT_THRESHOLD`, ``"expected"``
+    :func:`expected_threshold`, ``"adaptive"`` :func:`adaptive_threshold`, a number itself."""
+    if threshold is None:
+        threshold = DEFAULT_THRESHOLD
+    if threshold == "expected":
+        return expected_threshold(u)
+    if threshold == "adaptive":
+        return adaptive_threshold(u, labels)
+    return float(threshold)
+
+
 def label_regions(
     entropy: np.ndarray,
     kl: np.ndarray | None,
@@ -187,12 +201,7 @@ def label_regions(
     spacing_arr = np.asarray(spacing, dtype=np.float64)
     if spacing_arr.shape != (u.ndim,):
         raise ValueError(f"spacing must have {u.ndim} values, got {spacing!r}")
-    if threshold is None:
-        threshold = DEFAULT_THRESHOLD
-    if threshold == "expected":
-        threshold = expected_threshold(u)
-    elif threshold == "adaptive":
-        threshold = adaptive_threshold(u, lab_map)
+    threshold = resolve_threshold(threshold, u, lab_map)
     mask = u >= threshold
     components, n = ndimage.label(mask, structure=np.ones((3,) * u.ndim, dtype=bool))
     if n == 0:

@@ -111,7 +111,11 @@ def model_volume(viewer: Any, layer: Any, model_path: Any) -> Volume:
         return volume
     if not names:
         return volume
-    layers = channel_layers(viewer, layer, names)
+    return stack_channels(volume, channel_layers(viewer, layer, names), names)
+
+
+def stack_channels(volume: Volume, layers: list[Any], names: list[str]) -> Volume:
+    """The channel ``layers`` (in the order of ``names``) as one (C, z, y, x) Volume on ``volume``'s grid."""
     stacked = np.stack([np.asarray(volume_from_layer(c).array, dtype=np.float32) for c in layers])
     return Volume(stacked, spacing=volume.spacing, affine=volume.affine, source=volume.source,
                   metadata=dict(volume.metadata), channel_names=tuple(names))
@@ -494,10 +498,7 @@ class SegmentWidget(QWidget):
         chosen = self.channel_picker.chosen(self.viewer) if self.channel_picker.combos else None
         if chosen is None:
             return model_volume(self.viewer, layer, self.model_path)
-        base = volume_from_layer(layer)
-        stacked = np.stack([np.asarray(volume_from_layer(c).array, dtype=np.float32) for c in chosen])
-        return Volume(stacked, spacing=base.spacing, affine=base.affine, source=base.source,
-                      metadata=dict(base.metadata), channel_names=tuple(self.channel_picker.combos))
+        return stack_channels(volume_from_layer(layer), chosen, list(self.channel_picker.combos))
 
     def _refresh_channels(self, layer: Any | None = None) -> None:
         """Show one layer choice per channel when the model has several."""
