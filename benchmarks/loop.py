@@ -428,6 +428,73 @@ def summarise(runs: dict[str, dict[int, list[RoundRecord]]]) -> dict[str, list[d
     return out
 
 
+def area_under_curve(xs: list[float], ys: list[float], upto: float) -> float:
+    """Mean of the piecewise-linear curve ``ys(xs)`` over ``[0, upto]`` (trapezoids; normalised AUC).
+
+    ``xs`` must start at 0 (the starting model) and increase; a curve that ends before ``upto`` is not
+    extended (ValueError), so that strategies are only compared over a range they all reached.
+    """
+    xs_a, ys_a = np.asarray(xs, float), np.asarray(ys, float)
+    if xs_a.size == 0 or xs_a[0] != 0 or np.any(np.diff(xs_a) < 0):
+        raise ValueError("the curve must start at 0 and not go back")
+    if upto <= 0 or xs_a[-1] < upto:
+        raise ValueError(f"the curve ends at {xs_a[-1]:g}, before {upto:g}")
+    grid = np.unique(np.concatenate([xs_a[xs_a <= upto], [upto]]))
+    values = np.interp(grid, xs_a, ys_a)
+    return float(np.sum((values[1:] + values[:-1]) / 2 * np.diff(grid)) / upto)
+
+
+def compare(runs: dict[str, dict[int, list[RoundRecord]]], ours: str = "a_ranked",
+            baseline: str = "b_random") -> dict[str, Any]:
+    """Seed-paired comparison of two strategies and the normalised AUC of every strategy.
+
+    Returns ``{"auc": {strategy: {"slices": mean, "slices_std": std, "voxels": mean, "voxels_std": std}},
+    "voxels_upto": V, "paired": {"rounds": [...], "auc_slices": ..., "auc_voxels": ...}}``. The slice AUC
+    runs over the budget every seed reached; the voxel AUC over the smallest final edited-voxel count of any
+    strategy and seed (the range every curve covers), each seed's curve against its own edited voxels.
+    ``paired`` gives, per round and for both AUCs, the mean and standard deviation over seeds of
+    ``ours - baseline`` and in how many seeds ours was higher (seeds both strategies played).
+    """
+    def curve(recs: list[RoundRecord], key: str) -> tuple[list[float], list[float]]:
+        return [float(getattr(r, key)) for r in recs], [r.dice for r in recs]
+
+    slices_upto = min(r[-1].slices for by in runs.values() for r in by.values())
+    voxels_upto = min(r[-1].edited_voxels for by in runs.values() for r in by.values())
+    per_seed: dict[str, dict[int, dict[str, float]]] = {}
+    for name, by_seed in runs.items():
+        for seed, recs in by_seed.items():
+            entry = {"slices": area_under_curve(*curve(recs, "slices"), slices_upto)}
+            if voxels_upto > 0:
+                entry["voxels"] = area_under_curve(*curve(recs, "edited_voxels"), voxels_upto)
+            per_seed.setdefault(name, {})[seed] = entry
+    auc = {}
+    for name, by_seed in per_seed.items():
+        auc[name] = {}
+        for key in ("slices", "voxels"):
+            values = [v[key] for v in by_seed.values() if key in v]
+            if values:
+                auc[name][key], auc[name][f"{key}_std"] = float(np.mean(values)), float(np.std(values))
+    paired: dict[str, Any] = {"ours": ours, "baseline": baseline, "rounds": []}
+    seeds = sorted(set(runs.get(ours, {})) & set(runs.get(baseline, {})))
+    if seeds:
+
+        def stats(diffs: list[float]) -> dict[str, float]:
+            return {"mean": float(np.mean(diffs)), "std": float(np.std(diffs)),
+                    "wins": int(sum(d > 0 for d in diffs)), "seeds": len(diffs)}
+
+        rounds = min(min(len(runs[ours][s]), len(runs[baseline][s])) for s in seeds)
+        for rnd in range(1, rounds):
+            paired["rounds"].append({"round": rnd, **stats(
+                [runs[ours][s][rnd].dice - runs[baseline][s][rnd].dice for s in seeds])})
+        for key in ("slices", "voxels"):
+            diffs = [per_seed[ours][s][key] - per_seed[baseline][s][key] for s in seeds
+                     if key in per_seed[ours][s]]
+            if diffs:
+                paired[f"auc_{key}"] = stats(diffs)
+    return {"auc": auc, "slices_upto": float(slices_upto), "voxels_upto": float(voxels_upto),
+            "paired": paired}
+
+
 def _opt(value: float | None, fmt: str) -> str:
     return "-" if value is None else format(value, fmt)
 
@@ -451,11 +518,39 @@ def to_markdown(summary: dict[str, list[dict[str, Any]]], meta: dict[str, Any]) 
             lines.append(f"| {name} | {r['round']} | {r['slices']:.0f} | {r['edited_voxels']:.0f} | "
                          f"{r['dice']:.4f} | {r['round_seconds']:.0f} | {_opt(r.get('adopted'), '.2f')} | "
                          f"{_opt(r.get('replayed'), '.0f')} |")
+    if meta.get("ceiling"):
+        c = meta["ceiling"]
+        lines += ["", f"Ceiling (`{c['checkpoint']}`, {c['description']}): val Dice **{c['dice']:.4f}**."]
+    if meta.get("comparison"):
+        lines += _comparison_lines(meta["comparison"])
     return "\n".join(lines) + "\n"
 
 
-def plot(summary: dict[str, list[dict[str, Any]]], path: Path) -> None:
-    """Two panels: Dice against corrected slices and against edited voxels."""
+def _comparison_lines(comp: dict[str, Any]) -> list[str]:
+    """The AUC table and the seed-paired comparison as markdown lines."""
+    lines = ["", f"Area under the curve (mean val Dice over 0-{comp['slices_upto']:.0f} corrected slices and "
+             f"over 0-{comp['voxels_upto']:.0f} edited voxels; mean ± std over seeds):", "",
+             "| strategy | AUC per slice | AUC per edited voxel |", "|---|---|---|"]
+    for name, a in comp["auc"].items():
+        vox = f"{a['voxels']:.4f} ± {a['voxels_std']:.4f}" if "voxels" in a else "-"
+        lines.append(f"| {name} | {a['slices']:.4f} ± {a['slices_std']:.4f} | {vox} |")
+    p = comp["paired"]
+    if p["rounds"]:
+        lines += ["", f"Seed-paired: {p['ours']} minus {p['baseline']} (Dice points, mean ± std; seeds where "
+                  f"{p['ours']} is higher):", ""]
+        for r in p["rounds"]:
+            lines.append(f"- round {r['round']}: {100 * r['mean']:+.2f} ± {100 * r['std']:.2f} "
+                         f"({r['wins']} of {r['seeds']})")
+        for key, label in (("auc_slices", "AUC per slice"), ("auc_voxels", "AUC per edited voxel")):
+            if key in p:
+                r = p[key]
+                lines.append(f"- {label}: {100 * r['mean']:+.2f} ± {100 * r['std']:.2f} "
+                             f"({r['wins']} of {r['seeds']})")
+    return lines
+
+
+def plot(summary: dict[str, list[dict[str, Any]]], path: Path, ceiling: dict[str, Any] | None = None) -> None:
+    """Two panels: Dice against corrected slices and against edited voxels (ceiling dashed when known)."""
     import matplotlib
 
     matplotlib.use("Agg")
@@ -465,6 +560,10 @@ def plot(summary: dict[str, list[dict[str, Any]]], path: Path) -> None:
     for name, rows in summary.items():
         for ax, key in zip(axes, ("slices", "edited_voxels"), strict=True):
             ax.plot([r[key] for r in rows], [r["dice"] for r in rows], marker="o", label=name)
+    if ceiling:
+        for ax in axes:
+            ax.axhline(ceiling["dice"], color="k", linestyle="--", linewidth=1,
+                       label=f"ceiling ({ceiling['description']})")
     axes[0].set_xlabel("corrected slices")
     axes[1].set_xlabel("edited voxels")
     for ax in axes:
@@ -490,6 +589,8 @@ def write_runs(runs: dict[str, dict[int, list[RoundRecord]]], replay_found: dict
     from napari_sscce.atomic import atomic_write_bytes, atomic_write_json
 
     summary = summarise(runs)
+    if all(len(recs) > 1 for by in runs.values() for recs in by.values()):
+        meta = {**meta, "comparison": compare(runs)}
     table = to_markdown(summary, meta)
     out.mkdir(parents=True, exist_ok=True)
     atomic_write_json(out / f"{name}.json", {
@@ -497,11 +598,21 @@ def write_runs(runs: dict[str, dict[int, list[RoundRecord]]], replay_found: dict
         "runs": {n: {str(s): [asdict(r) for r in recs] for s, recs in by.items()} for n, by in runs.items()},
     })
     atomic_write_bytes(out / f"{name}.md", table.encode())
-    plot(summary, out / f"{name}.png")
+    plot(summary, out / f"{name}.png", meta.get("ceiling"))
     return table
 
 
-def combine(parts: list[Path], out: Path, name: str) -> str:
+def ceiling_record(checkpoint: Path, description: str, data: Path, val: list[str]) -> dict[str, Any]:
+    """The ceiling line: ``checkpoint``'s mean val Dice on the same validation cases as the curves."""
+    from napari_sscce.io.datasets import open_dataset
+    from napari_sscce.models.checkpoint import load_checkpoint
+
+    num_classes = int(load_checkpoint(checkpoint).num_classes)
+    return {"checkpoint": str(checkpoint), "description": description,
+            "dice": evaluate(Path(checkpoint), open_dataset(data), val, num_classes)}
+
+
+def combine(parts: list[Path], out: Path, name: str, ceiling: tuple[Path, str, Path] | None = None) -> str:
     """Merge the results of runs played in separate processes (e.g. one per CPU core) into one.
 
     Every part must be complete and played with the same start model, validation cases, budget and
@@ -528,8 +639,10 @@ def combine(parts: list[Path], out: Path, name: str) -> str:
     seeds = sorted({s for by in runs.values() for s in by})
     meta = {**loaded[0], "seeds": seeds, "parts": [str(p) for p in parts], "complete": True,
             "status": "complete", "wall_seconds": [part.get("wall_seconds") for part in loaded]}
-    for key in ("summary", "runs", "replay_found"):
+    for key in ("summary", "runs", "replay_found", "comparison"):
         meta.pop(key, None)
+    if ceiling is not None:
+        meta["ceiling"] = ceiling_record(ceiling[0], ceiling[1], ceiling[2], list(meta["val_cases"]))
     return write_runs(runs, replay_found, meta, out, name)
 
 
@@ -558,6 +671,11 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
     parser.add_argument("--out", type=Path, default=ROOT / "benchmarks" / "results")
     parser.add_argument("--combine", nargs="+", type=Path, default=None, metavar="JSON",
                         help="merge complete results files of separate runs into --name (plays nothing)")
+    parser.add_argument("--ceiling", type=Path, default=None, metavar="CKPT",
+                        help="a model trained on every training case fully labeled: its val Dice is drawn "
+                             "as the ceiling line")
+    parser.add_argument("--ceiling-description", default="every training case fully labeled",
+                        help="what the ceiling model is (shown with the line)")
     parser.add_argument("--smoke", action="store_true",
                         help="1 round, 2 iterations, 2 val cases, 6 pool cases, 1 seed")
     args = parser.parse_args(argv)
@@ -582,7 +700,8 @@ def main(argv: list[str] | None = None) -> int:
 
     args = parse_args(argv)
     if args.combine:
-        print(combine(args.combine, args.out, args.name))
+        ceiling = (args.ceiling, args.ceiling_description, args.data) if args.ceiling else None
+        print(combine(args.combine, args.out, args.name, ceiling))
         return 0
     began = time.perf_counter()
     dataset = open_dataset(args.data)
@@ -609,6 +728,8 @@ def main(argv: list[str] | None = None) -> int:
             "iterations": args.iterations, "budget": args.budget, "smoke": args.smoke,
             "cpu": cpu_model(), "threads": torch.get_num_threads(), "torch": torch.__version__,
             "complete": False, "status": "running"}
+    if args.ceiling:
+        meta["ceiling"] = ceiling_record(args.ceiling, args.ceiling_description, args.data, val)
     longest = 0.0
     for rnd in range(1, rounds_needed(args.budget, args.cases_per_round, args.slices_per_case) + 1):
         for player in players:

@@ -72,8 +72,9 @@ RECIPES: dict[str, Recipe] = {
         license=HIPPOCAMPUS_CREDIT,
         dataset="hippocampus",
         class_names=("background", "anterior", "posterior"),
-        train_args=("--method", "cce", "--iterations", "1200", "--patch", "32", "48", "32", "--base-filters",
-                    "8", "--no-dropout", "--precision", "fp32", "--val-every", "400"),
+        train_args=("--method", "cce", "--iterations", "4000", "--patch", "32", "48", "32", "--base-filters",
+                    "8", "--no-dropout", "--precision", "fp32", "--val-every", "500", "--schedule", "poly",
+                    "--augment", "spatial", "intensity"),
     ),
     "left-atrium-cce": Recipe(
         title="Left atrium MRI — CCE",
@@ -165,6 +166,10 @@ def recipe_from_run(run: Path) -> tuple[list[str], float]:
             args += [flag, str(getattr(config, name))]
     if not config.has_dropout:
         args.append("--no-dropout")
+    kinds = [k for k, f in (("spatial", "augment_spatial"), ("intensity", "augment_intensity"),
+                            ("noise", "augment_noise")) if getattr(config, f)]
+    if kinds:
+        args += ["--augment", *kinds]
     if (config.labeled_bs, config.unlabeled_bs) != (d.labeled_bs, d.unlabeled_bs):
         args += ["--batch", str(config.labeled_bs), str(config.unlabeled_bs)]
     args += [f"--option={k}={json.dumps(v)}" for k, v in sorted(config.method_options.items())]

@@ -341,3 +341,21 @@ def test_the_progress_adapter_is_quiet_and_sparse_off_a_terminal():
     quiet(ProgressEvent("train", 1, 2, "", {"loss": 0.1}))
     quiet(ProgressEvent("train", 0, 2, "warning: something"))
     assert quiet_err.getvalue() == "" and out.getvalue().endswith("warning: something\n")
+
+
+def test_train_augment_option_switches_the_config_fields(tmp_path):
+    def config(*extra):
+        args = build_parser().parse_args(["train", "--data", str(tmp_path), "--out", str(tmp_path / "r"),
+                                          *extra])
+        return train_cmd.config_from_args(args)
+
+    default = config()
+    assert (default.augment_spatial, default.augment_intensity, default.augment_noise) == (False, False, False)
+    chosen = config("--augment", "spatial", "intensity")
+    assert (chosen.augment_spatial, chosen.augment_intensity, chosen.augment_noise) == (True, True, False)
+    off = config("--augment", "none")
+    assert not (off.augment_spatial or off.augment_intensity or off.augment_noise)
+    with pytest.raises(UserError, match="none cannot be combined"):
+        config("--augment", "none", "noise")
+    with pytest.raises(SystemExit):
+        config("--augment", "elastic")  # not a kind the training knows

@@ -171,6 +171,45 @@ def test_parts_played_in_separate_processes_combine_into_one_table(loop, tmp_pat
         loop.combine([tmp_path / "p1.json", tmp_path / "p1.json"], tmp_path, "x")
 
 
+def test_area_under_curve_and_the_seed_paired_comparison(loop, tmp_path) -> None:
+    # a straight line 0.5 -> 0.7 over 0..8 slices has mean 0.6; half the range (0..4) has mean 0.55
+    assert loop.area_under_curve([0, 8], [0.5, 0.7], 8) == pytest.approx(0.6)
+    assert loop.area_under_curve([0, 8], [0.5, 0.7], 4) == pytest.approx(0.55)
+    assert loop.area_under_curve([0, 4, 8], [0.5, 0.7, 0.7], 8) == pytest.approx((0.6 * 4 + 0.7 * 4) / 8)
+    with pytest.raises(ValueError, match="before"):
+        loop.area_under_curve([0, 4], [0.5, 0.6], 8)  # never extended past its end
+    with pytest.raises(ValueError, match="start at 0"):
+        loop.area_under_curve([2, 4], [0.5, 0.6], 4)
+    rec = loop.RoundRecord
+    # ours higher than the baseline in seed 0, lower in seed 1, per slice; per voxel ours is costlier
+    runs = {
+        "a_ranked": {0: [rec(0, [], 0, 0, 0.5), rec(1, [], 8, 400, 0.7)],
+                     1: [rec(0, [], 0, 0, 0.5), rec(1, [], 8, 400, 0.6)]},
+        "b_random": {0: [rec(0, [], 0, 0, 0.5), rec(1, [], 8, 200, 0.6)],
+                     1: [rec(0, [], 0, 0, 0.5), rec(1, [], 8, 200, 0.64)]},
+    }
+    comp = loop.compare(runs)
+    assert comp["slices_upto"] == 8 and comp["voxels_upto"] == 200
+    assert comp["auc"]["a_ranked"]["slices"] == pytest.approx(0.575)  # (0.6 + 0.55) / 2
+    assert comp["auc"]["a_ranked"]["slices_std"] == pytest.approx(0.025)
+    rounds = comp["paired"]["rounds"]
+    assert len(rounds) == 1 and rounds[0]["wins"] == 1 and rounds[0]["seeds"] == 2
+    assert rounds[0]["mean"] == pytest.approx(((0.7 - 0.6) + (0.6 - 0.64)) / 2)
+    # per voxel over 0..200: ours reaches half of its gain, the baseline all of it
+    assert comp["auc"]["a_ranked"]["voxels"] == pytest.approx(np.mean([0.55, 0.525]))
+    assert comp["auc"]["b_random"]["voxels"] == pytest.approx(np.mean([0.55, 0.57]))
+    assert comp["paired"]["auc_voxels"]["wins"] == 0
+    meta = {"checkpoint": "m", "n_val": 2, "val_cases": ["v1"], "seeds": [0, 1], "cases_per_round": 2,
+            "slices_per_case": 4, "iterations": 5, "budget": 8, "complete": True, "status": "complete",
+            "ceiling": {"checkpoint": "full.safetensors", "description": "all cases", "dice": 0.88}}
+    table = loop.write_runs(runs, {}, meta, tmp_path, "cmp")
+    assert "| a_ranked | 0.5750 ± 0.0250 |" in table and "Ceiling (`full.safetensors`, all cases)" in table
+    assert "- round 1: +3.00 ± 7.00 (1 of 2)" in table
+    import json
+
+    assert json.loads((tmp_path / "cmp.json").read_text())["comparison"]["voxels_upto"] == 200
+
+
 class _Result:
     """What run_finetune returns, as far as the benchmark reads it."""
 

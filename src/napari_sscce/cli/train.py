@@ -29,6 +29,15 @@ PLAIN_OPTIONS = {
     "base_filters": "base_filters",
 }
 
+#: ``--augment`` kinds -> TrainConfig switch
+AUGMENTATIONS = {"spatial": "augment_spatial", "intensity": "augment_intensity", "noise": "augment_noise",
+                 "none": ""}
+
+
+def _augment_default(config) -> list[str]:
+    """The ``--augment`` kinds a config has switched on."""
+    return [kind for kind, field in AUGMENTATIONS.items() if field and getattr(config, field)]
+
 
 def add_parser(sub: argparse._SubParsersAction) -> argparse.ArgumentParser:
     """Declare ``sscce train`` and its options."""
@@ -68,6 +77,10 @@ def add_parser(sub: argparse._SubParsersAction) -> argparse.ArgumentParser:
     add("--flip-axes", metavar="AXES",
         help="axes random flips may mirror: auto (all but those that order the classes, e.g. hippocampus "
         f"head/body), letters of zyx, or none (default: {d.flip_axes})")
+    add("--augment", nargs="+", choices=AUGMENTATIONS, metavar="KIND",
+        help="extra augmentations on top of the flips and 90-degree rotations: spatial (in-plane rotation "
+        "and zoom), intensity (brightness/contrast), noise; none switches all three off "
+        f"(default: {' '.join(_augment_default(d)) or 'none'})")
     add("--option", action="append", default=[], metavar="KEY=VALUE",
         help="method option (JSON value), e.g. --option cps=false --option entropy_percentile=30")
     add("--quiet", action="store_true", help="no progress line")
@@ -92,6 +105,12 @@ def _changes_from_args(args: argparse.Namespace, method_options: dict) -> dict:
         changes["patch_size"] = tuple(reversed(args.patch))  # X Y Z on the command line -> (z, y, x)
     if args.batch:
         changes["labeled_bs"], changes["unlabeled_bs"] = args.batch
+    if args.augment:
+        if "none" in args.augment and len(args.augment) > 1:
+            raise UserError("--augment none cannot be combined with other kinds")
+        for kind, fieldname in AUGMENTATIONS.items():
+            if fieldname:
+                changes[fieldname] = kind in args.augment
     if args.option:
         try:
             changes["method_options"] = {**method_options, **parse_method_options(args.option)}
