@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import dataclasses
 import importlib.util
 import json
 import os
@@ -97,3 +98,24 @@ def test_missing_checkpoint_fails(script, run_folder, tmp_path, capsys):
                           str(tmp_path / "m"), "--from-run", f"hippocampus-cce={run_folder}", "--checkpoint",
                           "best"])
     assert status == 1 and "failed" in capsys.readouterr().err
+
+
+def test_a_downsampled_recipe_is_also_scored_at_full_resolution(script, run_folder, tmp_path):
+    config = json.loads((run_folder / "config.json").read_text())
+    data = Path(config["data"])
+    recipe = dataclasses.replace(script.RECIPES["hippocampus-cce"], downsample=2.0)
+    card = script.package("hippocampus-cce", recipe, run_folder, data, ["--data", str(data)], 60.0,
+                          tmp_path / "models", "last", full_resolution=data)
+    full = card["validation_full_resolution"]
+    assert full["cases"] == 2 and set(full["per_case"]) == {"case_002", "case_003"}
+    assert "at full resolution" in script.report("hippocampus-cce", card)
+    plain = script.package("hippocampus-cce", script.RECIPES["hippocampus-cce"], run_folder, data,
+                           ["--data", str(data)], 60.0, tmp_path / "m2", "last", full_resolution=data)
+    assert "validation_full_resolution" not in plain  # trained at the scans' own resolution: one figure
+
+
+def test_recipe_from_run_records_the_augmentations(script, run_folder):
+    config = TrainConfig.load(run_folder / "config.json").replace(augment_spatial=True, augment_noise=True)
+    config.save(run_folder / "config.json")
+    args, _ = script.recipe_from_run(run_folder)
+    assert " --augment spatial noise " in f" {' '.join(args)} "
