@@ -350,7 +350,7 @@ def test_train_augment_option_switches_the_config_fields(tmp_path):
         return train_cmd.config_from_args(args)
 
     default = config()
-    assert (default.augment_spatial, default.augment_intensity, default.augment_noise) == (False, False, False)
+    assert not (default.augment_spatial or default.augment_intensity or default.augment_noise)
     chosen = config("--augment", "spatial", "intensity")
     assert (chosen.augment_spatial, chosen.augment_intensity, chosen.augment_noise) == (True, True, False)
     off = config("--augment", "none")
