@@ -22,7 +22,14 @@ from napari_sscce.loop.config import (
     cold_start_config,
     describe_cold_start,
 )
-from napari_sscce.loop.data_view import DISTILL_WEIGHT, DataView, Distillation, build_view, teacher_labels
+from napari_sscce.loop.data_view import (
+    DISTILL_WEIGHT,
+    FILL_WEIGHT,
+    DataView,
+    Distillation,
+    build_view,
+    teacher_labels,
+)
 from napari_sscce.loop.held_aside import HOLDOUT_FRACTION, score_model
 from napari_sscce.loop.replay import REPLAY_SHARE, find_replay_source
 from napari_sscce.methods.registry import check_compatible, compatible_methods, default_method
@@ -159,7 +166,7 @@ def _cold_start(ws: Workspace, run: Path, request: _Request) -> FinetuneResult:
     asked = (("method", request.method), ("iterations", request.iterations))
     extra = {k: v for k, v in asked if v is not None}
     config = cold_start_config(ws, run / "model", **extra, **request.changes)
-    view = build_view(ws, run / "view", None, holdout=0.0)
+    view = build_view(ws, run / "view", None, holdout=0.0, fill=FILL_WEIGHT)
     config = config.replace(data=str(view.folder))
     report(progress, ProgressEvent("train", 0, config.iterations, describe_cold_start(config)))
     result = train(config, progress=progress, cancel=cancel)
@@ -172,6 +179,7 @@ def _cold_start(ws: Workspace, run: Path, request: _Request) -> FinetuneResult:
         "run": str(run),
         "labeled_cases": [c.name for c in ws.labeled_cases],
         "note": describe_cold_start(config),
+        "filled_voxels": int(sum(view.filled_voxels.values())),
     }
     trained, why = trained_enough(result)
     info["effective_steps"] = result.effective_steps
