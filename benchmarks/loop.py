@@ -444,16 +444,39 @@ def area_under_curve(xs: list[float], ys: list[float], upto: float) -> float:
     return float(np.sum((values[1:] + values[:-1]) / 2 * np.diff(grid)) / upto)
 
 
-def compare(runs: dict[str, dict[int, list[RoundRecord]]], ours: str = "a_ranked",
-            baseline: str = "b_random") -> dict[str, Any]:
-    """Seed-paired comparison of two strategies and the normalised AUC of every strategy.
+def _paired(runs: dict[str, dict[int, list[RoundRecord]]], per_seed: dict[str, dict[int, dict[str, float]]],
+            ours: str, baseline: str) -> dict[str, Any]:
+    """``ours - baseline`` per round and per AUC over the seeds both played (mean, std, wins)."""
+    def stats(diffs: list[float]) -> dict[str, float]:
+        return {"mean": float(np.mean(diffs)), "std": float(np.std(diffs)),
+                "wins": int(sum(d > 0 for d in diffs)), "seeds": len(diffs)}
+
+    paired: dict[str, Any] = {"ours": ours, "baseline": baseline, "rounds": []}
+    seeds = sorted(set(runs.get(ours, {})) & set(runs.get(baseline, {})))
+    if not seeds:
+        return paired
+    rounds = min(min(len(runs[ours][s]), len(runs[baseline][s])) for s in seeds)
+    for rnd in range(1, rounds):
+        paired["rounds"].append({"round": rnd, **stats(
+            [runs[ours][s][rnd].dice - runs[baseline][s][rnd].dice for s in seeds])})
+    for key in ("slices", "voxels"):
+        diffs = [per_seed[ours][s][key] - per_seed[baseline][s][key] for s in seeds
+                 if key in per_seed[ours][s]]
+        if diffs:
+            paired[f"auc_{key}"] = stats(diffs)
+    return paired
+
+
+def compare(runs: dict[str, dict[int, list[RoundRecord]]], baseline: str = "b_random") -> dict[str, Any]:
+    """Normalised AUC of every strategy and each strategy's seed-paired comparison with ``baseline``.
 
     Returns ``{"auc": {strategy: {"slices": mean, "slices_std": std, "voxels": mean, "voxels_std": std}},
-    "voxels_upto": V, "paired": {"rounds": [...], "auc_slices": ..., "auc_voxels": ...}}``. The slice AUC
-    runs over the budget every seed reached; the voxel AUC over the smallest final edited-voxel count of any
-    strategy and seed (the range every curve covers), each seed's curve against its own edited voxels.
-    ``paired`` gives, per round and for both AUCs, the mean and standard deviation over seeds of
-    ``ours - baseline`` and in how many seeds ours was higher (seeds both strategies played).
+    "slices_upto": S, "voxels_upto": V, "paired": [{"ours": strategy, "baseline": ..., "rounds": [...],
+    "auc_slices": ..., "auc_voxels": ...}, ...]}``. The slice AUC runs over the budget every seed reached; the
+    voxel AUC over the smallest final edited-voxel count of any strategy and seed (the range every curve
+    covers), each seed's curve against its own edited voxels. Each ``paired`` entry gives, per round and for
+    both AUCs, the mean and standard deviation over seeds of ``strategy - baseline`` and in how many seeds the
+    strategy was higher (seeds both played).
     """
     def curve(recs: list[RoundRecord], key: str) -> tuple[list[float], list[float]]:
         return [float(getattr(r, key)) for r in recs], [r.dice for r in recs]
@@ -474,25 +497,9 @@ def compare(runs: dict[str, dict[int, list[RoundRecord]]], ours: str = "a_ranked
             values = [v[key] for v in by_seed.values() if key in v]
             if values:
                 auc[name][key], auc[name][f"{key}_std"] = float(np.mean(values)), float(np.std(values))
-    paired: dict[str, Any] = {"ours": ours, "baseline": baseline, "rounds": []}
-    seeds = sorted(set(runs.get(ours, {})) & set(runs.get(baseline, {})))
-    if seeds:
-
-        def stats(diffs: list[float]) -> dict[str, float]:
-            return {"mean": float(np.mean(diffs)), "std": float(np.std(diffs)),
-                    "wins": int(sum(d > 0 for d in diffs)), "seeds": len(diffs)}
-
-        rounds = min(min(len(runs[ours][s]), len(runs[baseline][s])) for s in seeds)
-        for rnd in range(1, rounds):
-            paired["rounds"].append({"round": rnd, **stats(
-                [runs[ours][s][rnd].dice - runs[baseline][s][rnd].dice for s in seeds])})
-        for key in ("slices", "voxels"):
-            diffs = [per_seed[ours][s][key] - per_seed[baseline][s][key] for s in seeds
-                     if key in per_seed[ours][s]]
-            if diffs:
-                paired[f"auc_{key}"] = stats(diffs)
+    paired = [_paired(runs, per_seed, name, baseline) for name in runs if name != baseline]
     return {"auc": auc, "slices_upto": float(slices_upto), "voxels_upto": float(voxels_upto),
-            "paired": paired}
+            "paired": [p for p in paired if p["rounds"]]}
 
 
 def _opt(value: float | None, fmt: str) -> str:
@@ -534,8 +541,7 @@ def _comparison_lines(comp: dict[str, Any]) -> list[str]:
     for name, a in comp["auc"].items():
         vox = f"{a['voxels']:.4f} ± {a['voxels_std']:.4f}" if "voxels" in a else "-"
         lines.append(f"| {name} | {a['slices']:.4f} ± {a['slices_std']:.4f} | {vox} |")
-    p = comp["paired"]
-    if p["rounds"]:
+    for p in comp["paired"]:
         lines += ["", f"Seed-paired: {p['ours']} minus {p['baseline']} (Dice points, mean ± std; seeds where "
                   f"{p['ours']} is higher):", ""]
         for r in p["rounds"]:

@@ -192,13 +192,14 @@ def test_area_under_curve_and_the_seed_paired_comparison(loop, tmp_path) -> None
     assert comp["slices_upto"] == 8 and comp["voxels_upto"] == 200
     assert comp["auc"]["a_ranked"]["slices"] == pytest.approx(0.575)  # (0.6 + 0.55) / 2
     assert comp["auc"]["a_ranked"]["slices_std"] == pytest.approx(0.025)
-    rounds = comp["paired"]["rounds"]
+    assert [p["ours"] for p in comp["paired"]] == ["a_ranked"]  # every strategy against the baseline
+    rounds = comp["paired"][0]["rounds"]
     assert len(rounds) == 1 and rounds[0]["wins"] == 1 and rounds[0]["seeds"] == 2
     assert rounds[0]["mean"] == pytest.approx(((0.7 - 0.6) + (0.6 - 0.64)) / 2)
     # per voxel over 0..200: ours reaches half of its gain, the baseline all of it
     assert comp["auc"]["a_ranked"]["voxels"] == pytest.approx(np.mean([0.55, 0.525]))
     assert comp["auc"]["b_random"]["voxels"] == pytest.approx(np.mean([0.55, 0.57]))
-    assert comp["paired"]["auc_voxels"]["wins"] == 0
+    assert comp["paired"][0]["auc_voxels"]["wins"] == 0
     meta = {"checkpoint": "m", "n_val": 2, "val_cases": ["v1"], "seeds": [0, 1], "cases_per_round": 2,
             "slices_per_case": 4, "iterations": 5, "budget": 8, "complete": True, "status": "complete",
             "ceiling": {"checkpoint": "full.safetensors", "description": "all cases", "dice": 0.88}}

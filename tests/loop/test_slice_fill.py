@@ -82,6 +82,7 @@ def test_a_first_models_view_trains_on_the_fill_with_its_weight(tmp_path):
     np.testing.assert_allclose(weights[mask > 0], 1.0)
     filled = (weights > 0) & (mask == 0)
     assert filled.sum() == view.filled_voxels["painted"]
-    np.testing.assert_allclose(weights[filled], round(FILL_WEIGHT * WEIGHTED_MASK_SCALE) / WEIGHTED_MASK_SCALE)
+    expected = round(FILL_WEIGHT * WEIGHTED_MASK_SCALE) / WEIGHTED_MASK_SCALE
+    np.testing.assert_allclose(weights[filled], expected)
     plain = build_view(ws, tmp_path / "plain", None, holdout=0.0)
     assert not plain.filled_voxels  # fine-tunes keep the person's mask as it is
