@@ -60,7 +60,13 @@ from typing import Any
 
 import numpy as np
 
-from napari_sscce.uncertainty import dilated_foreground, rank_slices, volume_score
+from napari_sscce.uncertainty import (
+    STRATIFIED_NOISE,
+    dilated_foreground,
+    rank_slices,
+    rank_slices_by_class,
+    volume_score,
+)
 
 ROOT = Path(__file__).resolve().parents[1]
 DEFAULT_CHECKPOINT = Path("/tmp/models/hippo4_cce/best.safetensors")
@@ -111,8 +117,6 @@ STRATEGIES = {
         Strategy("g_stratified", "score", "stratified", "cce"),
     )
 }
-#: the noise of the class-stratified entropy strategy: Gumbel scale on the log of a slice's expected errors
-STRATIFIED_NOISE = 0.25
 
 
 @dataclass
@@ -178,29 +182,10 @@ def choose_slices(
 
 
 def stratified_slices(seg: Segmented, k: int, rng: np.random.Generator, axis: int = SLICE_AXIS) -> list[int]:
-    """Class-stratified expected errors with noise (after ClaSP PE, TMLR 2026): for every foreground class,
-    the slices ranked by the expected errors near that class (sum of ``error_probability`` over the class's
-    predicted voxels dilated by 3), perturbed by Gumbel noise on the log score (:data:`STRATIFIED_NOISE`);
-    the classes take turns. Classes never predicted fall back to the whole-volume ranking."""
-    from napari_sscce.uncertainty import combined_uncertainty, error_probability
-
-    e = error_probability(combined_uncertainty(seg.entropy, seg.kl))
-    other = tuple(a for a in range(e.ndim) if a != axis)
-    n = e.shape[axis]
-    classes = [int(c) for c in np.unique(seg.labels) if c != 0] or [0]
-    orders = []
-    for c in classes:
-        near = dilated_foreground(seg.labels == c) if c else np.ones(e.shape, bool)
-        score = np.where(near, e, 0.0).sum(axis=other) + 1e-9
-        noisy = np.log(score) + rng.gumbel(0.0, STRATIFIED_NOISE, size=n)
-        orders.append([int(i) for i in np.argsort(-noisy, kind="stable")])
-    picked: list[int] = []
-    while len(picked) < min(k, n):
-        for order in orders:
-            nxt = next((i for i in order if i not in picked), None)
-            if nxt is not None and len(picked) < k:
-                picked.append(nxt)
-    return sorted(picked)
+    """Class-stratified expected errors with noise: the product's
+    :func:`napari_sscce.uncertainty.rank_slices_by_class` with the player's random generator."""
+    return sorted(s.index for s in rank_slices_by_class(seg.entropy, seg.kl, seg.labels, axis=axis, top=k,
+                                                        noise=STRATIFIED_NOISE, rng=rng))
 
 
 @dataclass

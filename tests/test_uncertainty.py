@@ -276,3 +276,25 @@ def test_torch_twin_defaults_are_the_documented_ones() -> None:
     assert kl_divergence_torch(p, q).item() == pytest.approx(expected, abs=1e-5)
     assert kl_divergence(p.numpy(), q.numpy()).item() == pytest.approx(expected, abs=1e-5)
     assert entropy(uniform.numpy()).item() == pytest.approx(1.0, abs=1e-6)
+
+
+def test_slices_by_class_give_a_small_class_its_turn():
+    from napari_sscce.uncertainty import rank_slices, rank_slices_by_class
+
+    labels = np.zeros((20, 16, 16), np.uint8)
+    labels[2:8, 2:14, 2:14] = 1  # a large class, very uncertain
+    labels[14:17, 6:9, 6:9] = 2  # a small class, a little uncertain
+    ent = np.zeros(labels.shape, np.float32)
+    ent[2:8, 2:14, 2:14] = 0.9
+    ent[15, 6:9, 6:9] = 0.5
+    plain = [s.index for s in rank_slices(ent, None, labels, top=2)]
+    assert set(plain) <= set(range(2, 8))  # expected errors alone: both slices from the large class
+    turns = rank_slices_by_class(ent, None, labels, top=2, noise=0.0)
+    assert [s.index for s in turns][1] == 15  # the small class's most uncertain slice comes second
+    assert turns[1].score == pytest.approx(next(s.score for s in rank_slices(ent) if s.index == 15))
+    # the same maps give the same list; another generator may reorder near-ties, never the class turns
+    again = rank_slices_by_class(ent, None, labels, top=4)
+    assert [s.index for s in again] == [s.index for s in rank_slices_by_class(ent, None, labels, top=4)]
+    other = rank_slices_by_class(ent, None, labels, top=4, rng=np.random.default_rng(5))
+    assert other[1].index == 15  # class 2's first turn: its only uncertain slice, whatever the noise
+    assert len(rank_slices_by_class(ent, None, labels)) == 20

@@ -41,7 +41,7 @@ from napari_sscce.uncertainty.regions import (
     split_large_components,
 )
 from napari_sscce.uncertainty.scans import volume_score
-from napari_sscce.uncertainty.slices import SliceScore, rank_slices
+from napari_sscce.uncertainty.slices import STRATIFIED_NOISE, SliceScore, rank_slices, rank_slices_by_class
 
 __all__ = [
     "DEFAULT_MAX_EXTENT",
@@ -64,6 +64,8 @@ __all__ = [
     "label_regions",
     "rank_regions",
     "rank_slices",
+    "rank_slices_by_class",
+    "STRATIFIED_NOISE",
     "resolve_threshold",
     "split_large_components",
     "volume_score",
