@@ -167,8 +167,9 @@ def recipe_from_run(run: Path) -> tuple[list[str], float]:
             args += [flag, str(getattr(config, name))]
     if not config.has_dropout:
         args.append("--no-dropout")
-    kinds = [k for k, f in (("spatial", "augment_spatial"), ("intensity", "augment_intensity"),
-                            ("noise", "augment_noise")) if getattr(config, f)]
+    from napari_sscce.cli.train import AUGMENTATIONS
+
+    kinds = [k for k, f in AUGMENTATIONS.items() if f and getattr(config, f)]
     if kinds:
         args += ["--augment", *kinds]
     if (config.labeled_bs, config.unlabeled_bs) != (d.labeled_bs, d.unlabeled_bs):

@@ -31,7 +31,7 @@ PLAIN_OPTIONS = {
 
 #: ``--augment`` kinds -> TrainConfig switch
 AUGMENTATIONS = {"spatial": "augment_spatial", "intensity": "augment_intensity", "noise": "augment_noise",
-                 "none": ""}
+                 "gamma": "augment_gamma", "blur": "augment_blur", "lowres": "augment_lowres", "none": ""}
 
 
 def _augment_default(config) -> list[str]:
@@ -79,7 +79,8 @@ def add_parser(sub: argparse._SubParsersAction) -> argparse.ArgumentParser:
         f"head/body), letters of zyx, or none (default: {d.flip_axes})")
     add("--augment", nargs="+", choices=AUGMENTATIONS, metavar="KIND",
         help="extra augmentations on top of the flips and 90-degree rotations: spatial (in-plane rotation "
-        "and zoom), intensity (brightness/contrast), noise; none switches all three off "
+        "and zoom), intensity (brightness/contrast), noise, gamma, blur, lowres (simulated low resolution; "
+        "nnU-Net's transforms); none switches them all off "
         f"(default: {' '.join(_augment_default(d)) or 'none'})")
     add("--option", action="append", default=[], metavar="KEY=VALUE",
         help="method option (JSON value), e.g. --option cps=false --option entropy_percentile=30")

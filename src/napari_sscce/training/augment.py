@@ -64,6 +64,15 @@ class AugmentConfig:
     rotation_degrees: float = 15.0
     scale_range: float = 0.15
     spatial_p: float = 0.5
+    gamma: bool = False
+    gamma_range: tuple[float, float] = (0.7, 1.5)
+    gamma_p: float = 0.3
+    blur: bool = False
+    blur_sigma: tuple[float, float] = (0.5, 1.0)
+    blur_p: float = 0.2
+    lowres: bool = False
+    lowres_zoom: tuple[float, float] = (0.5, 1.0)
+    lowres_p: float = 0.25
 
     @classmethod
     def from_train_config(cls, config, flip_axes: tuple[int, ...] | None = None) -> AugmentConfig:
@@ -87,6 +96,9 @@ class AugmentConfig:
             spatial=bool(getattr(config, "augment_spatial", False)),
             rotation_degrees=float(getattr(config, "rotation_degrees", 15.0)),
             scale_range=float(getattr(config, "scale_range", 0.15)),
+            gamma=bool(getattr(config, "augment_gamma", False)),
+            blur=bool(getattr(config, "augment_blur", False)),
+            lowres=bool(getattr(config, "augment_lowres", False)),
         )
 
 
@@ -179,8 +191,79 @@ def random_noise(sample: Sample, rng: np.random.Generator, std: float) -> Sample
     return Sample(sample.image + noise, sample.label, sample.mask, sample.extras)
 
 
+def random_gamma(sample: Sample, rng: np.random.Generator, gamma_range: tuple[float, float] = (0.7, 1.5),
+                 p: float = 0.3) -> Sample:
+    """nnU-Net's gamma transform: each channel min-max scaled to [0, 1], raised to a power drawn from
+    ``gamma_range`` (below 1 and above 1 equally often, as nnU-Net draws it), scaled back and given its mean
+    and standard deviation again (``retain_stats``); with probability ``p`` per patch.
+
+    Draws are made whatever happens, so the random stream does not depend on the outcome.
+    """
+    apply = rng.random() < p
+    low, high = gamma_range
+    g = rng.uniform(low, 1.0) if rng.random() < 0.5 and low < 1.0 else rng.uniform(max(low, 1.0), high)
+    if not apply:
+        return sample
+    out = np.empty_like(sample.image)
+    for i, ch in enumerate(sample.image):
+        mean, std = float(ch.mean()), float(ch.std())
+        lo, hi = float(ch.min()), float(ch.max())
+        span = hi - lo
+        if span <= 0:
+            out[i] = ch
+            continue
+        x = ((ch - lo) / span) ** g * span + lo
+        new_std = float(x.std())
+        out[i] = (x - x.mean()) / new_std * std + mean if new_std > 0 else x
+    return Sample(out.astype(np.float32, copy=False), sample.label, sample.mask, sample.extras)
+
+
+def random_blur(sample: Sample, rng: np.random.Generator, sigma: tuple[float, float] = (0.5, 1.0),
+                p: float = 0.2) -> Sample:
+    """Gaussian blur of the image with sigma ``U(*sigma)`` voxels (nnU-Net's GaussianBlurTransform), with
+    probability ``p`` per patch; labels unchanged."""
+    from scipy import ndimage
+
+    apply = rng.random() < p
+    s = rng.uniform(*sigma)
+    if not apply:
+        return sample
+    image = np.stack([ndimage.gaussian_filter(ch, s, mode="nearest") for ch in sample.image])
+    return Sample(image.astype(np.float32, copy=False), sample.label, sample.mask, sample.extras)
+
+
+def random_lowres(sample: Sample, rng: np.random.Generator, zoom: tuple[float, float] = (0.5, 1.0),
+                  p: float = 0.25) -> Sample:
+    """Simulated low resolution (nnU-Net's SimulateLowResolutionTransform): the image is down-sampled by a
+    factor ``U(*zoom)`` with nearest-neighbour sampling and brought back with linear interpolation, with
+    probability ``p`` per patch; labels unchanged."""
+    from scipy import ndimage
+
+    apply = rng.random() < p
+    f = rng.uniform(*zoom)
+    if not apply:
+        return sample
+    shape = sample.image.shape[1:]
+    small = tuple(max(1, int(round(n * f))) for n in shape)
+    out = []
+    for ch in sample.image:
+        down = ndimage.zoom(ch, [a / b for a, b in zip(small, shape, strict=True)], order=0, mode="nearest")
+        up = ndimage.zoom(down, [a / b for a, b in zip(shape, down.shape, strict=True)], order=1,
+                          mode="nearest")
+        out.append(up[tuple(slice(0, n) for n in shape)] if up.shape == shape else _fit(up, shape))
+    return Sample(np.stack(out).astype(np.float32, copy=False), sample.label, sample.mask, sample.extras)
+
+
+def _fit(a: np.ndarray, shape: tuple[int, ...]) -> np.ndarray:
+    """Crop or edge-pad ``a`` to ``shape`` (``ndimage.zoom`` can be one voxel off)."""
+    a = a[tuple(slice(0, n) for n in shape)]
+    pad = [(0, n - m) for n, m in zip(shape, a.shape, strict=True)]
+    return np.pad(a, pad, mode="edge") if any(b for _, b in pad) else a
+
+
 def augment(sample: Sample, rng: np.random.Generator, config: AugmentConfig) -> Sample:
-    """Apply the switched-on augmentations in a fixed order (flip, rot90, spatial, intensity, noise).
+    """Apply the switched-on augmentations in a fixed order (flip, rot90, spatial, intensity, gamma, blur,
+    low resolution, noise).
 
     Returns contiguous arrays (``np.flip`` / ``np.rot90`` give views).
     """
@@ -192,6 +275,12 @@ def augment(sample: Sample, rng: np.random.Generator, config: AugmentConfig) -> 
         sample = random_spatial(sample, rng, config.rotation_degrees, config.scale_range, config.spatial_p)
     if config.intensity:
         sample = random_intensity(sample, rng, config.intensity_scale, config.intensity_shift)
+    if config.gamma:
+        sample = random_gamma(sample, rng, config.gamma_range, config.gamma_p)
+    if config.blur:
+        sample = random_blur(sample, rng, config.blur_sigma, config.blur_p)
+    if config.lowres:
+        sample = random_lowres(sample, rng, config.lowres_zoom, config.lowres_p)
     if config.noise and config.noise_std > 0:
         sample = random_noise(sample, rng, config.noise_std)
     return _geometric(sample, lambda a, off: np.ascontiguousarray(a))

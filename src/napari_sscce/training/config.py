@@ -92,7 +92,9 @@ class TrainConfig:
     foreground_fraction : float
         Fraction of labeled patches centred on a voxel of a random present foreground class.
     augment_* : switches of the augmentations in ``training.augment`` (``augment_spatial``: in-plane rotation
-        by up to ``rotation_degrees`` and zoom by up to ``scale_range``, nnU-Net's spatial transform).
+        by up to ``rotation_degrees`` and zoom by up to ``scale_range``, nnU-Net's spatial transform;
+        ``augment_gamma`` / ``augment_blur`` / ``augment_lowres``: nnU-Net's gamma, Gaussian blur and
+        simulated low-resolution transforms with its probabilities).
     flip_axes : str
         Axes ``augment_flip`` may mirror: ``"auto"`` (default) = every axis except those along which two
         foreground classes keep the same order in the labeled cases (e.g. the hippocampus head and body;
@@ -168,6 +170,9 @@ class TrainConfig:
     augment_spatial: bool = False
     rotation_degrees: float = 15.0
     scale_range: float = 0.15
+    augment_gamma: bool = False
+    augment_blur: bool = False
+    augment_lowres: bool = False
     rampup_length: float = 40.0
     rampup_step: int | None = None
     seed: int = 0
