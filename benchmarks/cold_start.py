@@ -19,6 +19,7 @@ from __future__ import annotations
 
 import argparse
 import json
+import shutil
 import tempfile
 import time
 from pathlib import Path
@@ -70,23 +71,32 @@ def run(args) -> dict:
     if result.cancelled or result.model_path is None or not result.adopted:
         raise RuntimeError(f"cold start produced no model in use: {result.message}")
     model = load_checkpoint(result.model_path)
-    icfg = InferenceConfig(device="cpu")
-    scores, seconds = {}, []
+    if args.keep:
+        args.keep.mkdir(parents=True, exist_ok=True)
+        shutil.copy2(result.model_path, args.keep / Path(result.model_path).name)
+    variants = {"plain": InferenceConfig(device="cpu"),
+                "tta_lcc": InferenceConfig(device="cpu", tta=True, largest_component=True)}
+    scores: dict[str, dict[str, float]] = {k: {} for k in variants}
+    seconds = []
     for name in eval_names:
         image, label, _ = ds.load_case(name)
-        t0 = time.perf_counter()
-        pred = predict_volume(model, image, icfg)
-        seconds.append(time.perf_counter() - t0)
         gt = np.asarray(label.array)
         classes = range(1, int(model.metadata.get("num_classes") or max(2, int(gt.max()) + 1)))
-        scores[name] = float(np.mean([dice(pred.labels == c, gt == c) for c in classes]))
+        for key, icfg in variants.items():
+            t0 = time.perf_counter()
+            pred = predict_volume(model, image, icfg)
+            if key == "plain":
+                seconds.append(time.perf_counter() - t0)
+            scores[key][name] = float(np.mean([dice(pred.labels == c, gt == c) for c in classes]))
     config = json.loads((Path(result.train.best_path).parent / "config.json").read_text())
     return {
         "data": Path(args.data).name, "scans": train_names, "slices_per_scan": args.slices,
         "budget_seconds": args.budget, "train_seconds": round(train_seconds, 1),
         "plan": config.get("plan"), "method": config.get("method"), "message": result.message,
-        "eval_cases": len(scores), "mean_dice": float(np.mean(list(scores.values()))),
-        "dice": scores, "inference_seconds_median": float(np.median(seconds)),
+        "eval_cases": len(scores["plain"]), "mean_dice": float(np.mean(list(scores["plain"].values()))),
+        "mean_dice_tta_lcc": float(np.mean(list(scores["tta_lcc"].values()))),
+        "dice": scores["plain"], "dice_tta_lcc": scores["tta_lcc"],
+        "inference_seconds_median": float(np.median(seconds)),
         "changes": changes, "cpu": cpu_model(), "threads": args.threads, "seed": args.seed,
         "date": time.strftime("%Y-%m-%d"),
     }
@@ -94,16 +104,21 @@ def run(args) -> dict:
 
 def markdown(records: list[dict]) -> str:
     lines = ["# Cold start: a first model from painted slices", "",
-             "| data | scans x slices | method | plan | budget | trained in | eval cases | mean Dice | CPU |",
-             "|---|---|---|---|---|---|---|---|---|"]
+             "| data | scans x slices | method | plan | budget | trained in | eval cases | mean Dice "
+             "| with TTA + largest component | CPU |",
+             "|---|---|---|---|---|---|---|---|---|---|"]
     for r in records:
         plan = r.get("plan") or {}
         patch = "x".join(map(str, plan.get("patch_size", [])))
         spacing = plan.get("target_spacing", ["?"])[0]
         what = f"{patch} at {spacing} mm, {plan.get('iterations')} it" if plan else "-"
+        tta = f"{r['mean_dice_tta_lcc']:.3f}" if "mean_dice_tta_lcc" in r else "-"
+        extra = ", ".join(f"{k}={v}" for k, v in (r.get("changes") or {}).items())
+        note = f"; {extra}" if extra else ""
         lines.append(f"| {r['data']} | {len(r['scans'])} x {r['slices_per_scan']} | {r['method']} | {what} | "
                      f"{r['budget_seconds'] / 60:.0f} min | {r['train_seconds'] / 60:.1f} min | "
-                     f"{r['eval_cases']} | **{r['mean_dice']:.3f}** | {r['cpu']}, {r['threads']} threads |")
+                     f"{r['eval_cases']} | **{r['mean_dice']:.3f}** | {tta} | {r['cpu']}, "
+                     f"{r['threads']} threads{note} |")
     return "\n".join(lines) + "\n"
 
 
@@ -124,6 +139,7 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--set", action="append", default=[], metavar="FIELD=JSON",
                         help="a TrainConfig field for this run, e.g. --set augment_intensity=true")
     parser.add_argument("--out", type=Path, default=RESULTS / "cold_start.json")
+    parser.add_argument("--keep", type=Path, default=None, help="copy the trained model into this folder")
     args = parser.parse_args(argv)
     record = run(args)
     records = json.loads(args.out.read_text()) if args.out.exists() else []

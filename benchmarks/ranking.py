@@ -105,8 +105,36 @@ def region_figures(case: dict[str, Any], image: np.ndarray, report: dict[str, An
     }
 
 
+#: error-probability bins of the calibration table (what bounds a region's precision)
+CALIBRATION_BINS = (0.05, 0.1, 0.2, 0.3, 0.4, 0.45, 0.48, 0.5001)
+
+
+def calibration(cases: list[dict[str, Any]]) -> list[dict[str, float]]:
+    """Share of wrong voxels per bin of the error probability the product's map implies.
+
+    ``u = max(entropy, kl)`` (:func:`~napari_sscce.uncertainty.maps.combined_uncertainty`) turned into an
+    error probability (:func:`~napari_sscce.uncertainty.maps.error_probability`); a calibrated model has
+    each bin's wrong share near its error probability, and then no set of voxels chosen from the map is wrong
+    more than about half the time.
+    """
+    from napari_sscce.uncertainty.maps import combined_uncertainty, error_probability
+
+    counts = np.zeros(len(CALIBRATION_BINS) - 1)
+    wrongs = np.zeros(len(CALIBRATION_BINS) - 1)
+    for case in cases:
+        u = combined_uncertainty(case["entropy"].astype(np.float32), case["kl"].astype(np.float32))
+        e = error_probability(u).ravel()
+        wrong = (case["labels"] != case["gt"]).ravel()
+        idx = np.digitize(e, CALIBRATION_BINS) - 1
+        ok = (idx >= 0) & (idx < len(counts))
+        counts += np.bincount(idx[ok], minlength=len(counts))[: len(counts)]
+        wrongs += np.bincount(idx[ok], weights=wrong[ok], minlength=len(counts))[: len(counts)]
+    return [{"low": lo, "high": min(hi, 0.5), "voxels": int(n), "wrong_share": float(w / n) if n else 0.0}
+            for lo, hi, n, w in zip(CALIBRATION_BINS[:-1], CALIBRATION_BINS[1:], counts, wrongs, strict=True)]
+
+
 def evaluate(cases: list[dict[str, Any]]) -> dict[str, Any]:
-    """Per-case and mean figures of the product's current ranking."""
+    """Per-case and mean figures of the product's current ranking, and the calibration table."""
     rows = []
     for case in cases:
         t = time.perf_counter()
@@ -123,7 +151,7 @@ def evaluate(cases: list[dict[str, Any]]) -> dict[str, Any]:
     mean["recall_top5"] = float(np.mean([r["recall_top"]["5"] for r in rows]))
     mean["recall_top10"] = float(np.mean([r["recall_top"]["10"] for r in rows]))
     mean["regions"] = float(np.mean([r["regions"] for r in rows]))
-    return {"mean": mean, "cases": rows}
+    return {"mean": mean, "cases": rows, "calibration": calibration(cases)}
 
 
 def _dice(case: dict[str, Any]) -> float:
@@ -161,6 +189,12 @@ def to_markdown(result: dict[str, Any]) -> str:
     for r in result["cases"]:
         prec = " ".join(f"{p:.0%}" for p in r["precision"])
         lines.append(f"| {r['name']} | {r['dice']:.3f} | {r['slices_top10']:.0%} | {prec} | {r['regions']} |")
+    if result.get("calibration"):
+        lines += ["", "Calibration (error probability of the product's map -> share of those voxels wrong; "
+                  "a region's precision cannot pass the top bins' share):", "",
+                  "| error probability | voxels | wrong |", "|---|---|---|"]
+        lines += [f"| {b['low']:.2f}-{b['high']:.2f} | {b['voxels']} | {b['wrong_share']:.1%} |"
+                  for b in result["calibration"]]
     lines += ["", f"Command: `{result['command']}`", ""]
     return "\n".join(lines)
 

@@ -32,8 +32,9 @@ def add_parser(sub: argparse._SubParsersAction) -> argparse.ArgumentParser:
     add("--patch", "--patch-size", dest="patch", type=int, nargs=3, default=None, metavar=("X", "Y", "Z"),
         help="window size in X Y Z, like `sscce train --patch` (default: the model's training patch)")
     add("--tta", action=argparse.BooleanOptionalAction, default=None,
-        help="mirroring test-time augmentation (default: on with --regions, where it ranks better: the "
-        "10 top-ranked LA slices hold 90 %% of the truly worst ten's errors with it, 87 %% without)")
+        help="mirroring test-time augmentation (default: on with --regions: +0.2 Dice points with the "
+        "packaged models, and the 10 top-ranked LA slices hold 89-90 %% of the truly worst ten's errors "
+        "either way; benchmarks/results/ranking_*.md)")
     add("--regions", action="store_true",
         help="also write the ranking: <name>_regions.nii.gz (voxel value k = the region ranked k) and "
         "<name>_regions.json (ranked regions and slices, z y x order); with several inputs also "
