@@ -259,7 +259,11 @@ def segment(model: Any, image: Any) -> Segmented:
     from napari_sscce.inference.predict import predict_volume
 
     pred = predict_volume(model, image)
-    return Segmented(labels=pred.labels, entropy=pred.entropy, kl=pred.kl)
+    from napari_sscce.uncertainty import binary_reading
+
+    # read as the product reads it (the Uncertainty widget and `sscce predict --regions`)
+    entropy = binary_reading(pred.entropy, int(pred.probabilities.shape[0]))
+    return Segmented(labels=pred.labels, entropy=entropy, kl=pred.kl)
 
 
 def mean_dice(pred: np.ndarray, gt: np.ndarray, num_classes: int) -> float:

@@ -40,7 +40,10 @@ def one_case(ckpt: Any, image: Any, gt: np.ndarray, n_slices: int, seconds: floa
 
     icfg = InferenceConfig()  # the product's defaults, as the widget uses them
     pred = predict_volume(ckpt.model, image, icfg, metadata=ckpt.metadata)
-    chosen = [s.index for s in rank_slices(pred.entropy, pred.kl, pred.labels, axis=0, top=n_slices)]
+    from napari_sscce.uncertainty import binary_reading
+
+    entropy = binary_reading(pred.entropy, int(pred.probabilities.shape[0]))  # as the product reads it
+    chosen = [s.index for s in rank_slices(entropy, pred.kl, pred.labels, axis=0, top=n_slices)]
     mask = np.zeros(gt.shape, bool)
     mask[chosen] = True
     corrected = np.where(mask, gt, pred.labels)

@@ -48,7 +48,9 @@ def predict_cached(model_name: str, data: Path, cache: Path, max_cases: int | No
     from napari_sscce.models.pretrained import get_model
 
     path = get_model(model_name).path
-    names = list(read_checkpoint_metadata(path)["model_card"]["val_cases"])[:max_cases]
+    metadata = read_checkpoint_metadata(path)
+    names = list(metadata["model_card"]["val_cases"])[:max_cases]
+    num_classes = int(metadata.get("num_classes") or 2)
     dataset = open_dataset(data)
     cache.mkdir(parents=True, exist_ok=True)
     ckpt = None
@@ -68,7 +70,7 @@ def predict_cached(model_name: str, data: Path, cache: Path, max_cases: int | No
                                 spacing=np.asarray(image.spacing))
             tmp.replace(file)
         with np.load(file) as z:
-            cases.append({"name": name, **{k: z[k] for k in z.files}})
+            cases.append({"name": name, "num_classes": num_classes, **{k: z[k] for k in z.files}})
     return cases
 
 
@@ -77,7 +79,7 @@ def ranking_of(case: dict[str, Any]) -> tuple[np.ndarray, dict[str, Any]]:
     from napari_sscce.uncertainty.export import ranking_report
 
     return ranking_report(case["labels"], case["entropy"].astype(np.float32), case["kl"].astype(np.float32),
-                          tuple(case["spacing"]))
+                          tuple(case["spacing"]), num_classes=case.get("num_classes"))
 
 
 def slice_capture(case: dict[str, Any], report: dict[str, Any], k: int) -> float:
@@ -117,13 +119,13 @@ def calibration(cases: list[dict[str, Any]]) -> list[dict[str, float]]:
     each bin's wrong share near its error probability, and then no set of voxels chosen from the map is wrong
     more than about half the time.
     """
-    from napari_sscce.uncertainty.maps import combined_uncertainty, error_probability
+    from napari_sscce.uncertainty.maps import binary_reading, combined_uncertainty, error_probability
 
     counts = np.zeros(len(CALIBRATION_BINS) - 1)
     wrongs = np.zeros(len(CALIBRATION_BINS) - 1)
     for case in cases:
-        u = combined_uncertainty(case["entropy"].astype(np.float32), case["kl"].astype(np.float32))
-        e = error_probability(u).ravel()
+        h = binary_reading(case["entropy"].astype(np.float32), case.get("num_classes"))
+        e = error_probability(combined_uncertainty(h, case["kl"].astype(np.float32))).ravel()
         wrong = (case["labels"] != case["gt"]).ravel()
         idx = np.digitize(e, CALIBRATION_BINS) - 1
         ok = (idx >= 0) & (idx < len(counts))

@@ -298,3 +298,34 @@ def test_slices_by_class_give_a_small_class_its_turn():
     other = rank_slices_by_class(ent, None, labels, top=4, rng=np.random.default_rng(5))
     assert other[1].index == 15  # class 2's first turn: its only uncertain slice, whatever the noise
     assert len(rank_slices_by_class(ent, None, labels)) == 20
+
+
+def test_binary_reading_counts_two_class_boundaries_of_a_three_class_model_right():
+    import math
+
+    import torch
+
+    from napari_sscce.divergence import entropy as entropy_t
+    from napari_sscce.uncertainty import binary_reading, error_probability
+
+    # a voxel at 0.7 / 0.3 between two of three classes: wrong 30 % of the time (calibrated)
+    p = torch.tensor([[0.7], [0.3], [0.0]]).unsqueeze(0)
+    h3 = entropy_t(p, dim=1, normalize=True).numpy().ravel()  # divided by ln 3
+    assert float(error_probability(h3)[0]) < 0.2  # read as binary without the rescaling: too low
+    e = float(error_probability(binary_reading(h3, 3))[0])
+    assert math.isclose(e, 0.3, abs_tol=0.01)
+    same = np.array([0.2, 0.9], np.float32)
+    assert np.array_equal(binary_reading(same, 2), same) and np.array_equal(binary_reading(same, None), same)
+    assert binary_reading(np.array([0.9], np.float32), 3)[0] == 1.0  # clipped
+
+
+def test_ranking_report_reads_a_multiclass_entropy_as_binary():
+    from napari_sscce.uncertainty.export import ranking_report
+
+    rng = np.random.default_rng(0)
+    labels = np.zeros((8, 16, 16), np.uint8)
+    labels[2:6, 4:12, 4:12] = 1
+    entropy = (rng.random(labels.shape) * 0.6).astype(np.float32)
+    _, two = ranking_report(labels, entropy, None)
+    _, three = ranking_report(labels, entropy, None, num_classes=3)
+    assert three["expected_errors"] > 1.3 * two["expected_errors"]

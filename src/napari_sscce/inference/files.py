@@ -182,7 +182,8 @@ def predict_files(
         written.extend(write_prediction(prediction, out, name))
         if regions:
             image, ranking = ranking_report(prediction.labels, prediction.entropy, prediction.kl,
-                                            volume.spacing, source=str(path))
+                                            volume.spacing, source=str(path),
+                                            num_classes=int(prediction.probabilities.shape[0]))
             written.extend(write_regions(volume, image, ranking, out, name))
             reports.append(ranking)
         report(

@@ -19,6 +19,7 @@ from __future__ import annotations
 from napari_sscce.uncertainty.maps import (
     EPS,
     FOREGROUND_MARGIN,
+    binary_reading,
     combined_uncertainty,
     dilated_foreground,
     entropy,
@@ -57,6 +58,7 @@ __all__ = [
     "dilated_foreground",
     "entropy",
     "entropy_torch",
+    "binary_reading",
     "error_probability",
     "expected_threshold",
     "kl_divergence",

@@ -25,7 +25,7 @@ import numpy as np
 from napari_sscce.atomic import atomic_write_json
 from napari_sscce.io.volume import Volume
 from napari_sscce.io.writers import write_volume
-from napari_sscce.uncertainty.maps import combined_uncertainty, error_probability
+from napari_sscce.uncertainty.maps import binary_reading, combined_uncertainty, error_probability
 from napari_sscce.uncertainty.regions import label_regions, resolve_threshold
 from napari_sscce.uncertainty.scans import volume_score
 from napari_sscce.uncertainty.slices import rank_slices
@@ -47,6 +47,7 @@ def ranking_report(
     max_regions: int = MAX_REGIONS,
     max_slices: int = MAX_SLICES,
     source: str | None = None,
+    num_classes: int | None = None,
 ) -> tuple[np.ndarray, dict[str, Any]]:
     """The ranked regions (label image) and the report of one segmented scan, with the product's defaults.
 
@@ -62,6 +63,10 @@ def ranking_report(
         How many regions and slices to keep.
     source : str, optional
         Where the scan came from (recorded in the report).
+    num_classes : int, optional
+        Classes of the model (background included); with more than two the entropy is re-read as a binary
+        one (:func:`~napari_sscce.uncertainty.maps.binary_reading`) so that expected errors are counted
+        right. None: two.
 
     Returns
     -------
@@ -70,6 +75,7 @@ def ranking_report(
     report : dict
         JSON-ready; see the module docstring.
     """
+    entropy = binary_reading(entropy, num_classes)
     u = combined_uncertainty(entropy, kl)
     threshold = resolve_threshold(None, u, labels)  # the default, as a number the report records
     image, regions = label_regions(entropy, kl, labels, tuple(float(s) for s in spacing), threshold,

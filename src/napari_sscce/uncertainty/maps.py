@@ -128,6 +128,22 @@ _H_GRID = np.concatenate(
 )
 
 
+def binary_reading(entropy: np.ndarray, num_classes: int | None) -> np.ndarray:
+    """A ``C``-class normalised entropy (``H / ln C``) re-read as a binary one (``H / ln 2``, clipped to 1).
+
+    :func:`error_probability` reads its input as a normalised binary entropy: exact where two classes
+    compete, which is where the errors are. The entropy map of a model with ``C > 2`` classes is divided by
+    ``ln C``, so a boundary voxel at p = 0.7 / 0.3 between two classes shows 0.56 instead of 0.88 and would
+    be read as 13 % likely wrong instead of 30 %. Measured on the hippocampus model's 30 unseen scans
+    (benchmarks/results/ranking_hippocampus.md): without this reading voxels put at 10-20 % were wrong 32 % of
+    the time, with it 12 %. ``num_classes`` None or <= 2 returns ``entropy`` unchanged.
+    """
+    h = np.asarray(entropy, dtype=np.float32)
+    if num_classes is None or int(num_classes) <= 2:
+        return h
+    return np.minimum(h * np.float32(math.log(int(num_classes)) / math.log(2)), np.float32(1.0))
+
+
 def error_probability(u: np.ndarray) -> np.ndarray:
     """The probability of being wrong that an uncertainty value in [0, 1] implies, in [0, 0.5].
 

@@ -18,6 +18,8 @@ from napari_sscce.io.volume import Volume
 
 SEGMENTATION = "segmentation"
 ENTROPY = "entropy"
+#: metadata key of an entropy layer: the model's number of classes (its entropy is divided by ln C)
+NUM_CLASSES_KEY = "sscce_num_classes"
 KL = "KL"
 ROLE_KEY = "sscce_role"
 IMAGE_KEY = "sscce_image"
@@ -111,6 +113,12 @@ def upsert_layer(viewer: Any, name: str, data: np.ndarray, layer_type: str, **kw
     return add(data, name=name, **kwargs)
 
 
+def _num_classes(prediction: Any) -> int | None:
+    """The classes of a prediction's probabilities (None when it carries none)."""
+    prob = getattr(prediction, "probabilities", None)
+    return None if prob is None else int(np.shape(prob)[0])
+
+
 def show_prediction(
     viewer: Any, image_layer: Any, prediction: Any, per_network: bool = False
 ) -> dict[str, Any]:
@@ -158,7 +166,7 @@ def show_prediction(
             opacity=0.4,
             visible=True,
             **grid,
-            **meta(ENTROPY),
+            metadata={ROLE_KEY: ENTROPY, IMAGE_KEY: image, NUM_CLASSES_KEY: _num_classes(prediction)},
         ),
         KL: upsert_layer(
             viewer,

@@ -32,9 +32,11 @@ from qtpy.QtWidgets import (
 )
 
 from napari_sscce.uncertainty import Region, SliceScore, rank_regions, rank_slices, volume_score
+from napari_sscce.uncertainty.maps import binary_reading
 from napari_sscce.widgets._layers import (
     ENTROPY,
     KL,
+    NUM_CLASSES_KEY,
     SEGMENTATION,
     find_result_layer,
     images_with_uncertainty,
@@ -50,6 +52,12 @@ MIN_CONTEXT = 0.3
 MAX_REGIONS = 50
 #: rows of the "slices to check next" table
 MAX_SLICES = 10
+
+
+def _entropy_of(layer: Any) -> np.ndarray:
+    """An entropy layer's data read as a binary entropy (:func:`~napari_sscce.uncertainty.maps.binary_reading`
+    with the model's number of classes the layer records), as the ranking expects."""
+    return binary_reading(np.asarray(layer.data), layer.metadata.get(NUM_CLASSES_KEY))
 
 
 def region_world_box(layer: Any, region: Region) -> tuple[np.ndarray, np.ndarray]:
@@ -173,11 +181,11 @@ class UncertaintyWidget(QWidget):
         """Recompute the volume scores and the regions of ``image_name`` (default: the current or best)."""
         self._scores = []
         for name in images_with_uncertainty(self.viewer):
-            entropy = find_result_layer(self.viewer, name, ENTROPY).data
+            entropy = _entropy_of(find_result_layer(self.viewer, name, ENTROPY))
             kl_layer = find_result_layer(self.viewer, name, KL)
             labels = find_result_layer(self.viewer, name, SEGMENTATION).data
             score = volume_score(
-                np.asarray(entropy),
+                entropy,
                 None if kl_layer is None else np.asarray(kl_layer.data),
                 np.asarray(labels),
             )
@@ -225,15 +233,16 @@ class UncertaintyWidget(QWidget):
             kl_layer = find_result_layer(self.viewer, image_name, KL)
             seg_layer = find_result_layer(self.viewer, image_name, SEGMENTATION)
             spacing = tuple(float(s) for s in ent_layer.scale[-3:])
+            entropy = _entropy_of(ent_layer)
             self.regions = rank_regions(
-                np.asarray(ent_layer.data),
+                entropy,
                 None if kl_layer is None else np.asarray(kl_layer.data),
                 np.asarray(seg_layer.data),
                 spacing,
                 max_regions=MAX_REGIONS,
             )
             self.slices = rank_slices(
-                np.asarray(ent_layer.data),
+                entropy,
                 None if kl_layer is None else np.asarray(kl_layer.data),
                 np.asarray(seg_layer.data),
                 axis=0,
