@@ -92,3 +92,17 @@ def test_train_config_and_cli_switch_the_new_augmentations():
         config = TrainConfig(**{AUGMENTATIONS[kind]: True})
         assert getattr(AugmentConfig.from_train_config(config), kind) is True
         assert getattr(AugmentConfig.from_train_config(TrainConfig()), kind) is False
+
+
+def test_random_spatial_3d_rotation_tilts_the_slices_and_keeps_labels_with_image():
+    from napari_sscce.training.augment import Sample, random_spatial
+
+    label = np.zeros((24, 24, 24), np.uint8)
+    label[10:14, 4:20, 4:20] = 1  # a slab across z
+    sample = Sample(label[None].astype(np.float32) * 5.0, label, np.ones(label.shape, np.float32), {})
+    flat = random_spatial(sample, np.random.default_rng(3), degrees=40.0, scale=0.0, p=1.0)
+    tilted = random_spatial(sample, np.random.default_rng(3), degrees=40.0, scale=0.0, p=1.0, rotate_3d=True)
+    # an in-plane rotation keeps the slab in its z range; rotating about y or x tilts it out of it
+    assert flat.label[:10].sum() == 0 and flat.label[14:].sum() == 0
+    assert tilted.label[:10].sum() + tilted.label[14:].sum() > 0
+    assert (tilted.image[0] > 2.5).sum() == pytest.approx(tilted.label.sum(), rel=0.25)

@@ -64,6 +64,7 @@ class AugmentConfig:
     rotation_degrees: float = 15.0
     scale_range: float = 0.15
     spatial_p: float = 0.5
+    rotate_3d: bool = False
     gamma: bool = False
     gamma_range: tuple[float, float] = (0.7, 1.5)
     gamma_p: float = 0.3
@@ -96,6 +97,7 @@ class AugmentConfig:
             spatial=bool(getattr(config, "augment_spatial", False)),
             rotation_degrees=float(getattr(config, "rotation_degrees", 15.0)),
             scale_range=float(getattr(config, "scale_range", 0.15)),
+            rotate_3d=bool(getattr(config, "rotation_3d", False)),
             gamma=bool(getattr(config, "augment_gamma", False)),
             blur=bool(getattr(config, "augment_blur", False)),
             lowres=bool(getattr(config, "augment_lowres", False)),
@@ -138,7 +140,8 @@ def random_rot90(sample: Sample, rng: np.random.Generator) -> Sample:
 
 
 def random_spatial(
-    sample: Sample, rng: np.random.Generator, degrees: float = 15.0, scale: float = 0.15, p: float = 0.5
+    sample: Sample, rng: np.random.Generator, degrees: float = 15.0, scale: float = 0.15, p: float = 0.5,
+    rotate_3d: bool = False,
 ) -> Sample:
     """Rotate in the (y, x) plane by U(-degrees, degrees) and zoom by U(1 - scale, 1 + scale) about the patch
     centre (each with probability ``p``; nnU-Net's spatial transform, in-plane as for its anisotropic data).
@@ -146,6 +149,10 @@ def random_spatial(
     Image and extras are interpolated linearly with the border repeated; label and annotation mask take the
     nearest voxel, and the mask is 0 where the patch was filled from outside (not supervised there). Draws
     are made whatever happens, so the random stream does not depend on the outcome.
+
+    ``rotate_3d`` also rotates about the y and x axes by U(-degrees, degrees) each (nnU-Net's rotation of
+    isotropic data: about all three axes); the in-plane draws come first, so the stream of the in-plane
+    transform is unchanged.
     """
     from scipy import ndimage
 
@@ -154,11 +161,17 @@ def random_spatial(
     factor = 1.0 + rng.uniform(-scale, scale)
     if not (rotate or zoom):
         return sample
+    extra = rng.uniform(-degrees, degrees, 2) if rotate_3d else np.zeros(2)
     c, s = (np.cos(angle), np.sin(angle)) if rotate else (1.0, 0.0)
     f = factor if zoom else 1.0
     # output -> input mapping: in = M (out - centre) + centre
-    matrix = np.array([[1.0, 0.0, 0.0], [0.0, c, -s], [0.0, s, c]]) / f
-    matrix[0, 0] = 1.0 / f
+    matrix = np.array([[1.0, 0.0, 0.0], [0.0, c, -s], [0.0, s, c]])
+    if rotate and rotate_3d:
+        b, g = np.deg2rad(extra)
+        about_y = np.array([[np.cos(b), 0.0, -np.sin(b)], [0.0, 1.0, 0.0], [np.sin(b), 0.0, np.cos(b)]])
+        about_x = np.array([[np.cos(g), -np.sin(g), 0.0], [np.sin(g), np.cos(g), 0.0], [0.0, 0.0, 1.0]])
+        matrix = matrix @ about_y @ about_x
+    matrix = matrix / f
     centre = (np.asarray(sample.label.shape, dtype=float) - 1.0) / 2.0
     offset = centre - matrix @ centre
 
@@ -272,7 +285,8 @@ def augment(sample: Sample, rng: np.random.Generator, config: AugmentConfig) -> 
     if config.rot90:
         sample = random_rot90(sample, rng)
     if config.spatial:
-        sample = random_spatial(sample, rng, config.rotation_degrees, config.scale_range, config.spatial_p)
+        sample = random_spatial(sample, rng, config.rotation_degrees, config.scale_range, config.spatial_p,
+                                config.rotate_3d)
     if config.intensity:
         sample = random_intensity(sample, rng, config.intensity_scale, config.intensity_shift)
     if config.gamma:

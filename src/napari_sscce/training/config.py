@@ -92,7 +92,8 @@ class TrainConfig:
     foreground_fraction : float
         Fraction of labeled patches centred on a voxel of a random present foreground class.
     augment_* : switches of the augmentations in ``training.augment`` (``augment_spatial``: in-plane rotation
-        by up to ``rotation_degrees`` and zoom by up to ``scale_range``, nnU-Net's spatial transform;
+        by up to ``rotation_degrees`` and zoom by up to ``scale_range``, nnU-Net's spatial transform, about
+        all three axes with ``rotation_3d``;
         ``augment_gamma`` / ``augment_blur`` / ``augment_lowres``: nnU-Net's gamma, Gaussian blur and
         simulated low-resolution transforms with its probabilities).
     flip_axes : str
@@ -170,6 +171,7 @@ class TrainConfig:
     augment_spatial: bool = False
     rotation_degrees: float = 15.0
     scale_range: float = 0.15
+    rotation_3d: bool = False
     augment_gamma: bool = False
     augment_blur: bool = False
     augment_lowres: bool = False
